@@ -1,0 +1,219 @@
+"""The compile worker: builds outlines-core indices in a separate process.
+
+outlines-core's ``Index`` construction is one blocking Rust call that cannot be interrupted and
+can, for some regexes, run for minutes or eat gigabytes. Running it in a child process is the only
+way to give a compile a real time and memory budget: on timeout the child is killed, and its
+address-space limit turns a runaway allocation into a dead child instead of a dead host.
+
+The child imports outlines-core and numpy only (no torch), so it starts in well under a second,
+and it is kept alive between compiles with the vocabularies it has seen.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import select
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
+_OUT_OF_MEMORY = "out-of-memory"
+
+
+def _build_tables(index, vocab_size: int) -> dict:
+    """Flatten ``Index.get_transitions()`` into CSR arrays and per-state distances.
+
+    Decoding needs, per state, the allowed token ids, where each leads, and how many tokens the
+    shortest completion from there takes (the budget guarantee). Arrays keep that at 8 bytes per
+    transition instead of ~100 for Python dicts, and save/load as one ``.npz``.
+    """
+    transitions = index.get_transitions()
+    states = sorted(transitions)
+    position = {state: i for i, state in enumerate(states)}
+    initial = index.get_initial_state()
+    if initial not in position:  # an index whose start state has no transitions at all
+        position[initial] = len(states)
+        states.append(initial)
+    finals = index.get_final_states()
+
+    offsets = np.zeros(len(states) + 1, dtype=np.int64)
+    token_chunks, next_chunks = [], []
+    for i, state in enumerate(states):
+        row = transitions.get(state, {})
+        tokens = np.fromiter(row.keys(), dtype=np.int32, count=len(row))
+        order = np.argsort(tokens, kind="stable")
+        nexts = np.fromiter((position.setdefault(n, -1) for n in row.values()), np.int32, len(row))
+        token_chunks.append(tokens[order])
+        next_chunks.append(nexts[order])
+        offsets[i + 1] = offsets[i] + len(row)
+    tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int32)
+    nexts = np.concatenate(next_chunks) if next_chunks else np.zeros(0, np.int32)
+
+    is_final = np.array([state in finals for state in states], dtype=bool)
+    distance = _distances_to_accept(offsets, nexts, is_final)
+    return {
+        "offsets": offsets,
+        "tokens": tokens,
+        "next": nexts,
+        "distance": distance,
+        "is_final": is_final,
+        "initial": np.int64(position[initial]),
+        "vocab_size": np.int64(vocab_size),
+    }
+
+
+UNREACHABLE = np.iinfo(np.int32).max
+
+
+def _distances_to_accept(offsets, nexts, is_final) -> np.ndarray:
+    """Fewest tokens from each state to an accepting state (breadth-first, backwards)."""
+    n = len(is_final)
+    predecessors: list[set[int]] = [set() for _ in range(n)]
+    for state in range(n):
+        for successor in set(nexts[offsets[state] : offsets[state + 1]].tolist()):
+            if successor >= 0:
+                predecessors[successor].add(state)
+    distance = np.full(n, UNREACHABLE, dtype=np.int32)
+    frontier = [i for i in range(n) if is_final[i]]
+    distance[frontier] = 0
+    depth = 0
+    while frontier:
+        depth += 1
+        following = []
+        for state in frontier:
+            for previous in predecessors[state]:
+                if distance[previous] == UNREACHABLE:
+                    distance[previous] = depth
+                    following.append(previous)
+        frontier = following
+    return distance
+
+
+def _write_frame(stream, message) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(payload)) + payload)
+    stream.flush()
+
+
+def _read_exact(stream, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(stream):
+    (size,) = struct.unpack("<Q", _read_exact(stream, 8))
+    return pickle.loads(_read_exact(stream, size))
+
+
+def serve(memory_limit: int) -> None:
+    """The child's loop: frames in on stdin, frames out on a private copy of stdout."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
+    requests = sys.stdin.buffer
+    if memory_limit:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    from outlines_core import Index, Vocabulary
+
+    vocabularies: dict[str, tuple] = {}
+    while True:
+        try:
+            message = _read_frame(requests)
+        except EOFError:
+            return
+        kind = message[0]
+        if kind == "vocabulary":
+            _, fingerprint, eos_token_id, bytes_to_ids, vocab_size = message
+            vocabularies[fingerprint] = (Vocabulary(eos_token_id, bytes_to_ids), vocab_size)
+            _write_frame(replies, ("ok",))
+            continue
+        _, fingerprint, regex = message
+        vocabulary, vocab_size = vocabularies[fingerprint]
+        started = time.perf_counter()
+        try:
+            index = Index(regex, vocabulary)
+            index_seconds = time.perf_counter() - started
+            tables = _build_tables(index, vocab_size)
+        except MemoryError:
+            _write_frame(replies, ("error", _OUT_OF_MEMORY, "the compile ran out of its memory budget"))
+            continue
+        except Exception as error:  # outlines-core raises ValueError for regexes it rejects
+            _write_frame(replies, ("error", type(error).__name__, str(error)))
+            continue
+        tables["index_seconds"] = np.float64(index_seconds)
+        _write_frame(replies, ("ok", tables))
+
+
+class CompileWorker:
+    """A long-lived child process that compiles regexes; killed and restarted on a timeout.
+
+    Started with ``python -c`` rather than multiprocessing: spawn would re-import the user's main
+    script in the child, which breaks scripts without an ``if __name__ == "__main__"`` guard.
+    """
+
+    def __init__(self, memory_limit: int):
+        self.memory_limit = memory_limit
+        self._process: subprocess.Popen | None = None
+        self._vocabularies: set[str] = set()
+
+    def _start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from structgen.constraint._worker import serve; "
+             f"serve({int(self.memory_limit)})"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+        )
+        self._vocabularies = set()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+            for stream in (self._process.stdin, self._process.stdout):
+                stream.close()
+        self._process = None
+
+    def compile(self, regex: str, tokenizer_info, timeout: float) -> tuple[str, object]:
+        """Returns ("ok", tables) or ("timeout"|"out-of-memory"|<error name>, message)."""
+        if self._process is None or self._process.poll() is not None:
+            self._start()
+        deadline = time.monotonic() + timeout
+        if tokenizer_info.fingerprint not in self._vocabularies:
+            status = self._request(("vocabulary", tokenizer_info.fingerprint,
+                                    tokenizer_info.eos_token_id, tokenizer_info.bytes_to_ids(),
+                                    tokenizer_info.vocab_size), deadline)
+            if status[0] != "ok":
+                return status
+            self._vocabularies.add(tokenizer_info.fingerprint)
+        return self._request(("compile", tokenizer_info.fingerprint, regex), deadline)
+
+    def _request(self, message, deadline: float):
+        try:
+            _write_frame(self._process.stdin, message)
+            reply = self._receive(deadline)
+        except (EOFError, OSError):  # the child died: its address-space limit killed it
+            self.stop()
+            return (_OUT_OF_MEMORY, "the compile worker died (memory budget exceeded)")
+        if reply is None:
+            self.stop()
+            return ("timeout", "the compile did not finish within its time budget")
+        return reply if reply[0] == "ok" else (reply[1], reply[2])
+
+    def _receive(self, deadline: float):
+        """One reply frame, or None when the deadline passes first."""
+        stdout = self._process.stdout
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([stdout], [], [], max(0.0, remaining))
+        if not ready:
+            return None
+        return _read_frame(stdout)

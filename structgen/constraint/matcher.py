@@ -1,0 +1,104 @@
+"""Matcher: the per-sequence cursor over a CompiledConstraint.
+
+Holds one state number and, when given a token budget, the tokens left. Cheap to create (one per
+sequence, per request); all tables live in the shared constraint.
+
+The budget rule: a token may be taken only if, after it, an accepting state is reachable within
+the tokens still left. By induction the answer always completes inside ``max_tokens`` — the
+shortest completion is always among the allowed tokens — so it parses and validates even when a
+model would otherwise loop on a list until the budget runs out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Matcher:
+    """Per-sequence state: ``allowed_token_ids``, ``fill_bitmask``, ``advance``, ``is_accepting``."""
+
+    def __init__(self, constraint, max_tokens: int | None = None):
+        if max_tokens is not None and max_tokens < constraint.min_tokens:
+            from structgen.errors import BudgetTooSmallError
+
+            raise BudgetTooSmallError(max_tokens, constraint.min_tokens)
+        self.constraint = constraint
+        self.state = constraint.initial_state
+        self.max_tokens = max_tokens
+        self.tokens_consumed = 0
+        self.finished = False  # the EOS token was taken
+
+    @property
+    def tokens_left(self) -> int | None:
+        """Tokens that may still be taken, or None without a budget."""
+        return None if self.max_tokens is None else self.max_tokens - self.tokens_consumed
+
+    def mask(self) -> np.ndarray:
+        """Boolean mask over the vocabulary (``constraint.vocab_size`` entries)."""
+        if self.finished or self.tokens_left == 0:
+            return np.zeros(self.constraint.vocab_size, dtype=bool)
+        after = None if self.max_tokens is None else self.tokens_left - 1
+        return self.constraint.mask(self.state, after)
+
+    def allowed_token_ids(self) -> list[int]:
+        return np.flatnonzero(self.mask()).tolist()
+
+    def fill_bitmask(self, buffer, row: int = 0) -> None:
+        """Write the allowed-token bitmask into ``buffer`` (int32, ``ceil(vocab/32)`` words).
+
+        The layout is xgrammar's and llguidance's: bit ``i % 32`` of word ``i // 32`` is token
+        ``i``. ``buffer`` may be a numpy array or a torch tensor, 1-D or 2-D (``row`` picks the row).
+        Without a budget in force this is a copy of a cached array.
+        """
+        from structgen.constraint.compiler import pack_bitmask
+
+        if self.finished or self.tokens_left is not None:
+            packed = pack_bitmask(self.mask())
+        else:
+            packed = self.constraint.bitmask(self.state)
+        target = buffer[row] if getattr(buffer, "ndim", 1) == 2 else buffer
+        if hasattr(target, "numpy"):  # a torch tensor
+            import torch
+
+            target[: len(packed)].copy_(torch.from_numpy(packed))
+            target[len(packed):] = 0
+        else:
+            target[: len(packed)] = packed
+            target[len(packed):] = 0
+
+    def advance(self, token_id: int) -> bool:
+        """Take ``token_id``; returns False and changes nothing if it is not allowed."""
+        if self.finished or self.tokens_left == 0:
+            return False
+        token_id = int(token_id)
+        if token_id == self.constraint.eos_token_id:
+            if not self.constraint.is_final(self.state):
+                return False
+            self.finished = True
+            self.tokens_consumed += 1
+            return True
+        following = self.constraint.next_state(self.state, token_id)
+        if following is None:
+            return False
+        if self.max_tokens is not None:
+            if self.constraint.distance(following) > self.tokens_left - 1:
+                return False
+        self.state = following
+        self.tokens_consumed += 1
+        return True
+
+    def is_accepting(self) -> bool:
+        """True when the text so far is a complete, valid answer."""
+        return self.constraint.is_final(self.state)
+
+    def is_finished(self) -> bool:
+        """True when no further token can be taken (EOS taken, or the budget spent)."""
+        return self.finished or self.tokens_left == 0
+
+    def min_tokens_to_accept(self) -> int:
+        """Fewest tokens that turn the text so far into a complete answer (0 when accepting)."""
+        return self.constraint.distance(self.state)
+
+    def __repr__(self) -> str:
+        return (f"Matcher(state={self.state}, accepting={self.is_accepting()}, "
+                f"tokens_consumed={self.tokens_consumed}, tokens_left={self.tokens_left})")

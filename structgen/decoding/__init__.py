@@ -1,0 +1,1 @@
+"""Decoding: the logits processor and the generation loop."""

@@ -1,0 +1,137 @@
+"""Every error structgen raises, under one base class.
+
+    StructgenError
+     ├── SchemaError                 the output type / JSON schema cannot be turned into a constraint
+     │    ├── InvalidSchemaError       not a valid schema (wrong keyword type, dangling $ref, ...)
+     │    ├── UnsupportedSchemaError   valid, but uses something structgen cannot enforce exactly
+     │    └── UnsatisfiableSchemaError no JSON value can satisfy it (minimum > maximum, empty enum, ...)
+     ├── ConstraintError             compiling the schema against a vocabulary failed
+     │    ├── CompileTimeoutError      the compile ran past its time budget
+     │    ├── CompileTooLargeError     the compile ran past its size or memory budget
+     │    └── VocabularyError          the tokenizer's tokens cannot be mapped to bytes
+     ├── ModelError                  a model or tokenizer could not be loaded
+     │    └── ModelNotFoundError       nothing at that name / path; says how to get it
+     ├── GenerationError             a request cannot be decoded as asked
+     │    ├── EmptyPromptError
+     │    ├── PromptTooLongError       prompt does not fit the model's context window
+     │    ├── BudgetTooSmallError      max_tokens is below the fewest tokens any valid answer needs
+     │    └── TokenizerMismatchError   constraint compiled for another tokenizer than the model's
+     └── OutputError                 model text that does not parse or validate (unconstrained text,
+                                     or a constraint bug: it carries the raw text)
+
+Schema errors carry a JSON pointer (``pointer``) into the schema the user gave, so the message
+says *where* the problem is, not only what it is.
+"""
+
+from __future__ import annotations
+
+
+class StructgenError(Exception):
+    """Base class of every error structgen raises on purpose."""
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+class SchemaError(StructgenError):
+    """The output type or JSON schema cannot be compiled; ``pointer`` says where."""
+
+    def __init__(self, reason: str, pointer: str = ""):
+        self.reason = reason
+        self.pointer = pointer
+        where = pointer if pointer else "/ (root)"
+        super().__init__(f"{reason} (at schema {where})")
+
+
+class InvalidSchemaError(SchemaError):
+    """Not a valid JSON schema, or not a type pydantic can describe."""
+
+
+class UnsupportedSchemaError(SchemaError):
+    """A valid schema using a feature structgen cannot enforce exactly, so it refuses it."""
+
+
+class UnsatisfiableSchemaError(SchemaError):
+    """No JSON value satisfies the schema, so no answer could ever be produced."""
+
+
+# --- constraint -------------------------------------------------------------------------------
+
+
+class ConstraintError(StructgenError):
+    """Compiling a schema or regex against a vocabulary failed."""
+
+
+class CompileTimeoutError(ConstraintError):
+    """The compile ran past its time budget (``timeout`` seconds)."""
+
+
+class CompileTooLargeError(ConstraintError):
+    """The compile ran past its size or memory budget."""
+
+
+class VocabularyError(ConstraintError):
+    """The tokenizer's vocabulary cannot be mapped to byte strings."""
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+class ModelError(StructgenError):
+    """A model or tokenizer could not be loaded."""
+
+
+class ModelNotFoundError(ModelError):
+    """Nothing loadable at the given name or path."""
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+class GenerationError(StructgenError):
+    """The request cannot be decoded as asked."""
+
+
+class EmptyPromptError(GenerationError):
+    """The prompt has no text in it."""
+
+
+class PromptTooLongError(GenerationError):
+    """The rendered prompt does not fit into the model's context window."""
+
+    def __init__(self, prompt_tokens: int, context_length: int):
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens but the model's context window is "
+            f"{context_length} tokens; shorten the prompt (structgen never truncates it silently)"
+        )
+
+
+class BudgetTooSmallError(GenerationError):
+    """``max_tokens`` is smaller than the shortest valid answer."""
+
+    def __init__(self, max_tokens: int, min_tokens: int):
+        self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
+        super().__init__(
+            f"max_tokens={max_tokens} is too small: the shortest answer that validates needs "
+            f"{min_tokens} tokens with this tokenizer; raise max_tokens to at least {min_tokens}"
+        )
+
+
+class TokenizerMismatchError(GenerationError):
+    """The constraint was compiled for a different tokenizer than the model uses."""
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+class OutputError(StructgenError):
+    """Model text that does not parse or validate; ``text`` is the raw output."""
+
+    def __init__(self, reason: str, text: str):
+        self.reason = reason
+        self.text = text
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        super().__init__(f"{reason}; model output was: {shown!r}")

@@ -1,0 +1,13 @@
+"""Prompt formats: ChatML conversations and the Hermes 2 Pro JSON-mode and tool prompts."""
+
+from structgen.prompts.hermes import (
+    JSON_MODE_SYSTEM_PROMPT,
+    as_messages,
+    json_mode_messages,
+    json_mode_system_prompt,
+    render_chat,
+    render_chatml,
+)
+
+__all__ = ["JSON_MODE_SYSTEM_PROMPT", "as_messages", "json_mode_messages", "json_mode_system_prompt",
+           "render_chat", "render_chatml"]

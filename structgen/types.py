@@ -1,0 +1,132 @@
+"""Output types: what the user asks for, as a JSON schema or a regex, and how to parse the answer.
+
+Anything pydantic can describe is accepted (BaseModel, dataclass, TypedDict, ``list[str]``,
+``Literal[...]``, ...); a ``dict`` is taken as a raw JSON schema; ``Regex`` asks for plain text
+matching a pattern. Each becomes an ``OutputType`` that knows its constraint source and parses the
+final text back into the value the user asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Regex:
+    """Ask for plain text matching ``pattern`` (full match); the result is the matched string."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
+class OutputType:
+    """A normalised output request: exactly one of ``schema`` and ``regex`` is set."""
+
+    source: Any
+    schema: dict | bool | None = None
+    regex: str | None = None
+
+    @property
+    def is_json(self) -> bool:
+        return self.regex is None
+
+    def parse(self, text: str) -> Any:
+        """Turn the model's text into the requested value, or raise ``OutputError``."""
+        from structgen.errors import OutputError
+
+        if not self.is_json:
+            return text
+        if isinstance(self.source, (dict, bool)):
+            import jsonschema
+
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise OutputError(f"not JSON: {error}", text) from None
+            validator_class = jsonschema.validators.validator_for(self.source)
+            validator = validator_class(self.source, format_checker=jsonschema.FormatChecker())
+            problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
+            if problem is not None:
+                raise OutputError(f"does not validate: {problem.message}", text)
+            return value
+        import pydantic
+
+        try:
+            return _adapter(self.source).validate_json(text)
+        except pydantic.ValidationError as error:
+            raise OutputError(f"does not validate: {error}", text) from None
+
+
+def _adapter(output_type):
+    import pydantic
+
+    return pydantic.TypeAdapter(output_type)
+
+
+def as_output_type(output_type: Any) -> OutputType:
+    """Normalise anything a user may pass as an output type; bad types raise ``SchemaError``."""
+    from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
+
+    if isinstance(output_type, OutputType):
+        return output_type
+    if isinstance(output_type, Regex):
+        _check_user_regex(output_type.pattern)
+        return OutputType(source=output_type, regex=output_type.pattern)
+    if isinstance(output_type, (dict, bool)):
+        return OutputType(source=output_type, schema=output_type)
+    if isinstance(output_type, str):
+        raise InvalidSchemaError(
+            "a str is not an output type: pass a JSON schema dict, a Python type, or "
+            "structgen.Regex(pattern) for a regular expression"
+        )
+    import pydantic
+
+    try:
+        schema = _adapter(output_type).json_schema()
+    except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as error:
+        raise UnsupportedSchemaError(
+            f"pydantic cannot describe {output_type!r} as a JSON schema: {error}"
+        ) from None
+    except TypeError as error:
+        raise InvalidSchemaError(f"{output_type!r} is not a type: {error}") from None
+    return OutputType(source=output_type, schema=schema)
+
+
+def _check_user_regex(pattern: str) -> None:
+    """Reject what a finite-state compiler cannot do (lookarounds, backreferences) up front."""
+    import re._parser as sre_parse
+
+    from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
+
+    if not isinstance(pattern, str) or not pattern:
+        raise InvalidSchemaError("Regex pattern must be a non-empty string")
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error as error:
+        raise InvalidSchemaError(f"regex {pattern!r} does not parse: {error}") from None
+    unsupported = next((_NON_REGULAR[op] for op in _opcodes(parsed) if op in _NON_REGULAR), None)
+    if unsupported:
+        raise UnsupportedSchemaError(
+            f"regex {pattern!r} uses {unsupported}, which no finite-state constraint can enforce"
+        )
+
+
+_NON_REGULAR = {
+    "ASSERT": "a lookahead/lookbehind",
+    "ASSERT_NOT": "a negative lookahead/lookbehind",
+    "GROUPREF": "a backreference",
+    "GROUPREF_EXISTS": "a conditional group",
+}
+
+
+def _opcodes(parsed):
+    """Every sre opcode name in a parsed regex, nested groups, repeats and branches included."""
+    for op, argument in parsed:
+        yield str(op)
+        for value in argument if isinstance(argument, (tuple, list)) else ():
+            for item in value if isinstance(value, list) else [value]:
+                if type(item).__name__ == "SubPattern":
+                    yield from _opcodes(item)

@@ -1,0 +1,136 @@
+"""The constraint layer driven token by token: compile_constraint -> Matcher."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import structgen
+from structgen.constraint.compiler import ConstraintCompiler
+from structgen.constraint.vocabulary import TokenizerInfo
+
+WORDS = structgen.Regex(r'\[("[a-zé ]{1,12}"(,"[a-zé ]{1,12}")*)?\]')
+
+
+@pytest.fixture(scope="module")
+def info(smollm2_tokenizer):
+    return TokenizerInfo.from_huggingface(smollm2_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def words(info):
+    return structgen.compile_constraint(WORDS, info)
+
+
+def walk(matcher, rng, info):
+    """Take random allowed tokens until the matcher is done; return the text written."""
+    out = []
+    while not matcher.is_finished():
+        allowed = matcher.allowed_token_ids()
+        assert allowed, "a live matcher must always allow some token"
+        token = rng.choice(allowed)
+        assert matcher.advance(token)
+        if token != info.eos_token_id:
+            out.append(info.token_bytes[token])
+    return b"".join(out).decode("utf-8")
+
+
+def test_text_of_a_valid_answer_walks_to_acceptance(words, smollm2_tokenizer):
+    matcher = words.matcher()
+    for token in smollm2_tokenizer('["café","goku"]', add_special_tokens=False)["input_ids"]:
+        assert token in matcher.allowed_token_ids()
+        assert matcher.advance(token)
+    assert matcher.is_accepting()
+    assert matcher.min_tokens_to_accept() == 0
+    assert words.eos_token_id in matcher.allowed_token_ids()
+    assert matcher.advance(words.eos_token_id)
+    assert matcher.is_finished()
+
+
+def test_a_refused_token_leaves_the_state_unchanged(words, smollm2_tokenizer):
+    matcher = words.matcher()
+    bad = smollm2_tokenizer("{", add_special_tokens=False)["input_ids"][0]
+    state = matcher.state
+    assert not matcher.advance(bad)
+    assert matcher.state == state and matcher.tokens_consumed == 0
+    assert not matcher.advance(words.eos_token_id)  # not accepting yet
+
+
+def test_fill_bitmask_matches_allowed_ids(words, smollm2_tokenizer):
+    matcher = words.matcher()
+    matcher.advance(smollm2_tokenizer("[", add_special_tokens=False)["input_ids"][0])
+    allowed = set(matcher.allowed_token_ids())
+    words_needed = (words.vocab_size + 31) // 32
+    for buffer in (np.full(words_needed + 2, -1, dtype=np.int32),
+                   torch.full((3, words_needed), -1, dtype=torch.int32)):
+        matcher.fill_bitmask(buffer, row=1)
+        row = buffer[1] if buffer.ndim == 2 else buffer
+        bits = np.unpackbits(np.asarray(row).view(np.uint8), bitorder="little")
+        assert set(np.flatnonzero(bits).tolist()) == allowed
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), extra=st.integers(0, 12))
+def test_random_walks_always_end_valid_within_budget(words, info, seed, extra):
+    budget = words.min_tokens + 1 + extra  # +1: room for the EOS token
+    matcher = words.matcher(max_tokens=budget)
+    text = walk(matcher, random.Random(seed), info)
+    assert matcher.tokens_consumed <= budget
+    assert re.fullmatch(r'\[("[a-zé ]{1,12}"(,"[a-zé ]{1,12}")*)?\]', text), text
+
+
+def test_budget_below_the_minimum_is_refused_before_decoding(words):
+    with pytest.raises(structgen.BudgetTooSmallError) as caught:
+        words.matcher(max_tokens=words.min_tokens - 1)
+    assert caught.value.min_tokens == words.min_tokens
+
+
+def test_multibyte_characters_can_be_written(info, smollm2_tokenizer):
+    constraint = structgen.compile_constraint(structgen.Regex("(é|日本)+"), info)
+    matcher = constraint.matcher()
+    for token in smollm2_tokenizer("é日本é", add_special_tokens=False)["input_ids"]:
+        assert matcher.advance(token)
+    assert matcher.is_accepting()
+
+
+def test_compiles_are_cached_in_memory_and_on_disk(info, tmp_path, monkeypatch):
+    monkeypatch.setenv("STRUCTGEN_CACHE", str(tmp_path))
+    regex = r"[0-9]{2,4}-[a-z]{3}"
+    first = ConstraintCompiler()
+    try:
+        cold = first.compile_regex(regex, info)
+        warm = first.compile_regex(regex, info)
+    finally:
+        first.close()
+    assert (cold.from_cache, warm.from_cache) == ("none", "memory")
+    assert list(tmp_path.glob("constraints/*.npz"))
+    second = ConstraintCompiler()
+    try:
+        loaded = second.compile_regex(regex, info)
+    finally:
+        second.close()
+    assert loaded.from_cache == "disk"
+    assert loaded.min_tokens == cold.min_tokens and loaded.num_states == cold.num_states
+
+
+def test_a_compile_past_its_time_budget_is_a_typed_error(info):
+    compiler = ConstraintCompiler(disk_cache=False)
+    try:
+        with pytest.raises(structgen.CompileTimeoutError):
+            compiler.compile_regex("[ab]*a[ab]{16}", info, timeout=1.0)
+        # the worker is restarted for the next compile
+        assert compiler.compile_regex("[0-9]+", info).min_tokens == 1
+    finally:
+        compiler.close()
+
+
+@pytest.mark.parametrize("pattern", ["(?=a)b", r"(a)\1", "(?<!x)y"])
+def test_regexes_outside_the_regular_subset_are_refused(info, pattern):
+    with pytest.raises(structgen.UnsupportedSchemaError):
+        structgen.compile_constraint(structgen.Regex(pattern), info)
