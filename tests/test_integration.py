@@ -1,0 +1,80 @@
+"""The embedded SmolLM2 model end to end, and the README / docs examples as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+import structgen
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parent.parent
+
+
+class Character(BaseModel):
+    name: str
+    species: Literal["human", "saiyan", "namekian"]
+    age: int = Field(ge=0)
+    attacks: list[str]
+
+
+class Team(BaseModel):
+    name: str
+    members: list[str]
+    rivals: list[str]
+    catchphrases: list[str]
+
+
+def test_character_example(embedded_model):
+    result = structgen.generate_with_details(Character, "Describe Goku from Dragon Ball Z.",
+                                             model=embedded_model)
+    assert isinstance(result.value, Character)
+    assert result.stop_reason == "eos"
+
+
+@pytest.mark.parametrize("output_type", [list[str], Team])
+def test_list_heavy_answers_close_within_a_tiny_budget(embedded_model, output_type):
+    result = structgen.generate_with_details(
+        output_type, "List every Dragon Ball Z character you know, with all their attacks.",
+        model=embedded_model, max_tokens=40)
+    assert result.completion_tokens <= 40
+    assert result.value is not None  # parsed and validated, or generate would have raised
+
+
+def test_sampling_with_a_seed_is_reproducible(embedded_model):
+    def run():
+        return structgen.generate_with_details(Character, "Describe Vegeta.", model=embedded_model,
+                                               temperature=0.8, top_p=0.95, seed=11, max_tokens=80).text
+    assert run() == run()
+
+
+def test_a_second_load_is_served_from_the_converted_cache():
+    from structgen.backends.transformers import _converted_gguf, embedded_gguf_path
+
+    directory = _converted_gguf(embedded_gguf_path())
+    assert (directory / "model.safetensors").is_file()
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/index.md"])
+def test_documented_examples_run(path, embedded_model):
+    blocks = python_blocks(ROOT / path)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, path, "exec"), {"__name__": "docs_example"})
+
+
+def test_demo_prints_validated_objects(capsys, embedded_model):
+    from structgen import demo
+
+    demo.main()
+    out = capsys.readouterr().out
+    assert "all answers parsed and validated" in out
+    assert out.count("== ") == len(demo.JOBS)
