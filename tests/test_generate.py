@@ -6,7 +6,7 @@ import dataclasses
 import re
 from datetime import date
 from enum import Enum
-from typing import Literal, Optional, TypedDict, Union
+from typing import Literal, Optional, Union
 
 import jsonschema
 import pydantic
@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 import structgen
 

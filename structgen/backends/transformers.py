@@ -67,8 +67,11 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None,
 
     Loaded models are kept, so calling this twice costs nothing the second time.
     """
+    from structgen.constraint.compiler import default_compiler
+
     name = name_or_path or EMBEDDED_MODEL
     key = (name, device, dtype)
+    default_compiler().start()  # the compile worker boots while the model loads
     with _load_lock:
         if key not in _loaded:
             _loaded[key] = _load(name, device=device, dtype=dtype)

@@ -175,6 +175,10 @@ class CompileWorker:
         )
         self._vocabularies = set()
 
+    def start(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            self._start()
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.kill()
@@ -185,8 +189,7 @@ class CompileWorker:
 
     def compile(self, regex: str, tokenizer_info, timeout: float) -> tuple[str, object]:
         """Returns ("ok", tables) or ("timeout"|"out-of-memory"|<error name>, message)."""
-        if self._process is None or self._process.poll() is not None:
-            self._start()
+        self.start()
         deadline = time.monotonic() + timeout
         if tokenizer_info.fingerprint not in self._vocabularies:
             status = self._request(("vocabulary", tokenizer_info.fingerprint,

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,6 +45,14 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+class _StateRow(NamedTuple):
+    tokens: np.ndarray  # allowed token ids, sorted
+    nexts: np.ndarray  # the state each leads to
+    distances: np.ndarray  # fewest tokens to acceptance after each
+    worst_distance: int  # the largest of those: budgets at least this large change nothing
+    mask: np.ndarray  # boolean over the vocabulary
+
+
 class CompiledConstraint:
     """An immutable finite-state constraint over one tokenizer's vocabulary."""
 
@@ -67,7 +75,7 @@ class CompiledConstraint:
         self._is_final = tables["is_final"]
         self.initial_state = int(tables["initial"])
         self.vocab_size = int(tables["vocab_size"])
-        self._masks: dict[int, np.ndarray] = {}
+        self._rows: dict[int, _StateRow] = {}
         self._bitmasks: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -100,40 +108,48 @@ class CompiledConstraint:
 
     def transitions(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, next states) of ``state``, sorted by token id, dead ends removed."""
-        start, end = self._offsets[state], self._offsets[state + 1]
-        tokens, nexts = self._tokens[start:end], self._next[start:end]
-        alive = (nexts >= 0) & (self._distance[np.maximum(nexts, 0)] < UNREACHABLE)
-        return tokens[alive], nexts[alive]
+        row = self._row(state)
+        return row.tokens, row.nexts
+
+    def _row(self, state: int) -> "_StateRow":
+        """The live transitions of ``state`` and its full mask, built on first visit and kept."""
+        row = self._rows.get(state)
+        if row is None:
+            with self._lock:
+                start, end = self._offsets[state], self._offsets[state + 1]
+                tokens, nexts = self._tokens[start:end], self._next[start:end]
+                distances = np.where(nexts >= 0, self._distance[np.maximum(nexts, 0)], UNREACHABLE)
+                alive = distances < UNREACHABLE
+                tokens, nexts, distances = tokens[alive], nexts[alive], distances[alive]
+                mask = np.zeros(self.vocab_size, dtype=bool)
+                mask[tokens] = True
+                row = _StateRow(tokens, nexts, distances, int(distances.max(initial=0)), mask)
+                self._rows[state] = row
+        return row
 
     def next_state(self, state: int, token_id: int) -> int | None:
-        tokens, nexts = self.transitions(state)
-        at = int(np.searchsorted(tokens, token_id))
-        if at < len(tokens) and tokens[at] == token_id:
-            return int(nexts[at])
+        row = self._row(state)
+        at = int(np.searchsorted(row.tokens, token_id))
+        if at < len(row.tokens) and row.tokens[at] == token_id:
+            return int(row.nexts[at])
         return None
+
+    def needs_budget_mask(self, state: int, tokens_left: int) -> bool:
+        """True when some token of ``state`` leads where no valid ending fits in ``tokens_left``."""
+        return tokens_left < self._row(state).worst_distance
 
     def mask(self, state: int, tokens_left: int | None = None) -> np.ndarray:
         """Boolean mask over the vocabulary of tokens allowed in ``state``.
 
         With ``tokens_left`` (tokens that may still follow *after* this one), only tokens from which
         an accepting state stays reachable in time are allowed. The unbudgeted mask is built once
-        per state and reused (a memory read per step); the budgeted one only near the end.
+        per state and reused (a memory read per step); a budgeted one only near the end of a budget.
         """
-        full = self._masks.get(state)
-        if full is None:
-            with self._lock:
-                tokens, _ = self.transitions(state)
-                full = np.zeros(self.vocab_size, dtype=bool)
-                full[tokens] = True
-                self._masks[state] = full
-        if tokens_left is None:
-            return full
-        tokens, nexts = self.transitions(state)
-        reachable = self._distance[nexts] <= tokens_left
-        if reachable.all():
-            return full
+        row = self._row(state)
+        if tokens_left is None or tokens_left >= row.worst_distance:
+            return row.mask
         budgeted = np.zeros(self.vocab_size, dtype=bool)
-        budgeted[tokens[reachable]] = True
+        budgeted[row.tokens[row.distances <= tokens_left]] = True
         return budgeted
 
     def bitmask(self, state: int) -> np.ndarray:
@@ -178,6 +194,10 @@ class ConstraintCompiler:
         self._memory: OrderedDict[str, CompiledConstraint] = OrderedDict()
         self._worker = CompileWorker(memory_limit)
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the compile worker now (it boots in the background while a model loads)."""
+        self._worker.start()
 
     def compile_regex(self, regex: str, tokenizer_info: TokenizerInfo, *, whitespace: str = "compact",
                       output_type: OutputType | None = None,
@@ -262,7 +282,7 @@ class ConstraintCompiler:
 def _with_meta(constraint: CompiledConstraint, meta: dict, source: str) -> CompiledConstraint:
     """The cached tables with this request's metadata (output type, whitespace) attached."""
     copy = CompiledConstraint(constraint.tables(), compile_seconds=0.0, from_cache=source, **meta)
-    copy._masks, copy._bitmasks = constraint._masks, constraint._bitmasks
+    copy._rows, copy._bitmasks = constraint._rows, constraint._bitmasks
     return copy
 
 

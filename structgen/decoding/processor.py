@@ -25,8 +25,7 @@ class ConstraintLogitsProcessor(LogitsProcessor):
         self.matchers = matchers
         self.prompt_length = prompt_length
         self.rejected: dict[int, int] = {}  # row -> token the matcher refused (a bug if ever set)
-        self._device_masks: dict[tuple, torch.Tensor] = {}
-        self._eos_only: dict[tuple, torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}  # (constraint, state, width, device) -> mask
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] > self.prompt_length:
@@ -36,44 +35,46 @@ class ConstraintLogitsProcessor(LogitsProcessor):
                     continue
                 if not matcher.advance(token):
                     self.rejected[row] = token
-        allowed = torch.stack([self._row_mask(row, scores) for row in range(len(self.matchers))])
-        scores.masked_fill_(~allowed, float("-inf"))
+        if len(self.matchers) == 1:
+            scores[0].masked_fill_(self._forbidden(0, scores), float("-inf"))
+        else:
+            forbidden = torch.stack([self._forbidden(row, scores) for row in range(len(self.matchers))])
+            scores.masked_fill_(forbidden, float("-inf"))
         return scores
 
-    def _row_mask(self, row: int, scores: torch.Tensor) -> torch.Tensor:
+    def _forbidden(self, row: int, scores: torch.Tensor) -> torch.Tensor:
+        """Boolean tensor over the logits of the tokens this row may not take next."""
         matcher = self.matchers[row]
         width = scores.shape[-1]
+        constraint = matcher.constraint
         if matcher.is_finished() or row in self.rejected:
             # The row is done; transformers still samples for it (then writes padding), so leave
             # it one finite logit instead of all -inf, which would turn sampling into NaNs.
-            return self._eos_mask(matcher.constraint.eos_token_id, width, scores.device)
+            return self._eos_only(constraint.eos_token_id, width, scores.device)
         tokens_left = matcher.tokens_left
-        constraint = matcher.constraint
-        if tokens_left is not None:
-            mask = constraint.mask(matcher.state, tokens_left - 1)
-            if mask is not constraint.mask(matcher.state):  # budget-restricted: not cached
-                return self._to_device(mask, width, scores.device)
-        key = (id(constraint), matcher.state, scores.device)
-        cached = self._device_masks.get(key)
+        if tokens_left is not None and constraint.needs_budget_mask(matcher.state, tokens_left - 1):
+            return self._to_device(~constraint.mask(matcher.state, tokens_left - 1), width, scores.device)
+        key = (id(constraint), matcher.state, width, scores.device)
+        cached = self._cache.get(key)
         if cached is None:
-            cached = self._to_device(constraint.mask(matcher.state), width, scores.device)
-            self._device_masks[key] = cached
+            cached = self._to_device(~constraint.mask(matcher.state), width, scores.device)
+            self._cache[key] = cached
         return cached
 
-    def _eos_mask(self, eos_token_id: int, width: int, device) -> torch.Tensor:
-        key = (eos_token_id, width, device)
-        if key not in self._eos_only:
-            mask = torch.zeros(width, dtype=torch.bool, device=device)
-            mask[eos_token_id] = True
-            self._eos_only[key] = mask
-        return self._eos_only[key]
+    def _eos_only(self, eos_token_id: int, width: int, device) -> torch.Tensor:
+        key = ("eos", eos_token_id, width, device)
+        if key not in self._cache:
+            forbidden = torch.ones(width, dtype=torch.bool, device=device)
+            forbidden[eos_token_id] = False
+            self._cache[key] = forbidden
+        return self._cache[key]
 
     @staticmethod
-    def _to_device(mask: np.ndarray, width: int, device) -> torch.Tensor:
-        """The model's logits may be wider than the tokenizer (padded lm_head): pad with False."""
-        tensor = torch.from_numpy(mask)
-        if width > len(mask):
-            tensor = torch.cat([tensor, torch.zeros(width - len(mask), dtype=torch.bool)])
-        elif width < len(mask):
+    def _to_device(forbidden: np.ndarray, width: int, device) -> torch.Tensor:
+        """The model's logits may be wider than the tokenizer (padded lm_head): forbid the rest."""
+        tensor = torch.from_numpy(forbidden)
+        if width > len(forbidden):
+            tensor = torch.cat([tensor, torch.ones(width - len(forbidden), dtype=torch.bool)])
+        elif width < len(forbidden):
             tensor = tensor[:width]
         return tensor.to(device)
