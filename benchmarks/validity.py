@@ -50,7 +50,8 @@ def check(schema, text: str) -> tuple[bool, bool]:
         value = json.loads(text)
     except json.JSONDecodeError:
         return False, False
-    validator = jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
     return True, validator.is_valid(value)
 
 

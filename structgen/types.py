@@ -47,7 +47,9 @@ class OutputType:
             except json.JSONDecodeError as error:
                 raise OutputError(f"not JSON: {error}", text) from None
             validator_class = jsonschema.validators.validator_for(self.source)
-            validator = validator_class(self.source, format_checker=jsonschema.FormatChecker())
+            # The draft's own format checker: the generic FormatChecker() applies draft-3 rules
+            # (e.g. "time" without an offset), which would refuse valid 2020-12 times.
+            validator = validator_class(self.source, format_checker=validator_class.FORMAT_CHECKER)
             problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
             if problem is not None:
                 raise OutputError(f"does not validate: {problem.message}", text)

@@ -26,13 +26,25 @@ import numpy as np
 _OUT_OF_MEMORY = "out-of-memory"
 
 
-def _build_tables(index, vocab_size: int) -> dict:
+# outlines-core drops every transition from a complete text to an incomplete one, so with a bare
+# regex a top-level `1` could never grow into `1.5`. structgen therefore compiles `(?:regex)\x00`
+# over a vocabulary where one extra id, past the real ones, is spelled "\x00": a state is accepting
+# when it can take that id, and the real EOS token is put in its place.
+END_MARK = b"\x00"
+
+
+def end_marked(regex: str) -> str:
+    return f"(?:{regex})\\x00"
+
+
+def _build_tables(index, vocab_size: int, eos_token_id: int) -> dict:
     """Flatten ``Index.get_transitions()`` into CSR arrays and per-state distances.
 
     Decoding needs, per state, the allowed token ids, where each leads, and how many tokens the
     shortest completion from there takes (the budget guarantee). Arrays keep that at 8 bytes per
     transition instead of ~100 for Python dicts, and save/load as one ``.npz``.
     """
+    end_mark_id = vocab_size
     transitions = index.get_transitions()
     states = sorted(transitions)
     position = {state: i for i, state in enumerate(states)}
@@ -40,22 +52,24 @@ def _build_tables(index, vocab_size: int) -> dict:
     if initial not in position:  # an index whose start state has no transitions at all
         position[initial] = len(states)
         states.append(initial)
-    finals = index.get_final_states()
 
     offsets = np.zeros(len(states) + 1, dtype=np.int64)
+    is_final = np.zeros(len(states), dtype=bool)
     token_chunks, next_chunks = [], []
     for i, state in enumerate(states):
-        row = transitions.get(state, {})
+        row = dict(transitions.get(state, {}))
+        row.pop(eos_token_id, None)  # outlines-core's own EOS sits after the end mark: not ours
+        if row.pop(end_mark_id, None) is not None:
+            is_final[i] = True
+            row[eos_token_id] = state
         tokens = np.fromiter(row.keys(), dtype=np.int32, count=len(row))
         order = np.argsort(tokens, kind="stable")
-        nexts = np.fromiter((position.setdefault(n, -1) for n in row.values()), np.int32, len(row))
+        nexts = np.fromiter((position.get(n, -1) for n in row.values()), np.int32, len(row))
         token_chunks.append(tokens[order])
         next_chunks.append(nexts[order])
         offsets[i + 1] = offsets[i] + len(row)
     tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int32)
     nexts = np.concatenate(next_chunks) if next_chunks else np.zeros(0, np.int32)
-
-    is_final = np.array([state in finals for state in states], dtype=bool)
     distance = _distances_to_accept(offsets, nexts, is_final)
     return {
         "offsets": offsets,
@@ -135,16 +149,18 @@ def serve(memory_limit: int) -> None:
         kind = message[0]
         if kind == "vocabulary":
             _, fingerprint, eos_token_id, bytes_to_ids, vocab_size = message
-            vocabularies[fingerprint] = (Vocabulary(eos_token_id, bytes_to_ids), vocab_size)
+            bytes_to_ids = {b: ids for b, ids in bytes_to_ids.items() if END_MARK not in b}
+            bytes_to_ids[END_MARK] = [vocab_size]
+            vocabularies[fingerprint] = (Vocabulary(eos_token_id, bytes_to_ids), vocab_size, eos_token_id)
             _write_frame(replies, ("ok",))
             continue
         _, fingerprint, regex = message
-        vocabulary, vocab_size = vocabularies[fingerprint]
+        vocabulary, vocab_size, eos_token_id = vocabularies[fingerprint]
         started = time.perf_counter()
         try:
-            index = Index(regex, vocabulary)
+            index = Index(end_marked(regex), vocabulary)
             index_seconds = time.perf_counter() - started
-            tables = _build_tables(index, vocab_size)
+            tables = _build_tables(index, vocab_size, eos_token_id)
         except MemoryError:
             _write_frame(replies, ("error", _OUT_OF_MEMORY, "the compile ran out of its memory budget"))
             continue

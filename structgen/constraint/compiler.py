@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_LIMIT = 8 << 30
 MAX_REGEX_CHARS = 2_000_000
 _MEMORY_CACHE_SIZE = 64
+TABLES_FORMAT = 2  # bump when the meaning of the cached arrays changes
 
 
 def cache_dir() -> Path:
@@ -292,7 +293,7 @@ def _cache_key(regex: str, fingerprint: str) -> str:
     from structgen import __version__
 
     version = getattr(outlines_core, "__version__", None) or _package_version("outlines_core")
-    digest = hashlib.sha256(f"{__version__}|{version}|{fingerprint}|{regex}".encode())
+    digest = hashlib.sha256(f"{__version__}|{TABLES_FORMAT}|{version}|{fingerprint}|{regex}".encode())
     return digest.hexdigest()[:32]
 
 
