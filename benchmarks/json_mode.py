@@ -75,11 +75,11 @@ def decode_round(model, constraint) -> tuple[float, float, int, str]:
     import torch
 
     import structgen
-    from structgen.decoding.generate import prompt_ids
+    from structgen.decoding.generate import chat_ids, messages_for
 
     result = structgen.generate_with_details(constraint, PROMPT, model=model, max_tokens=256)
     n = result.completion_tokens
-    ids = torch.tensor([prompt_ids(model, constraint, PROMPT)])
+    ids = torch.tensor([chat_ids(model, messages_for(constraint, PROMPT))])
     started = time.perf_counter()
     with torch.inference_mode():
         model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,

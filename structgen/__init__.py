@@ -26,6 +26,10 @@ from structgen.errors import (
     SchemaError,
     StructgenError,
     TokenizerMismatchError,
+    ToolArgumentsError,
+    ToolCallParseError,
+    ToolDefinitionError,
+    ToolError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
     VocabularyError,
@@ -55,14 +59,27 @@ __all__ = [
     "StructgenError",
     "TokenizerInfo",
     "TokenizerMismatchError",
+    "ToolArgumentsError",
+    "ToolCallParseError",
+    "ToolDefinitionError",
+    "ToolError",
     "UnsatisfiableSchemaError",
     "UnsupportedSchemaError",
     "VocabularyError",
+    "Tool",
+    "ToolCall",
+    "ToolRun",
+    "ToolTurn",
     "__version__",
+    "as_tool",
+    "call_tools",
+    "call_tools_with_details",
     "compile_constraint",
     "generate",
     "generate_with_details",
     "load_model",
+    "parse_tool_calls",
+    "run_tools",
     "schema_to_regex",
 ]
 
@@ -78,6 +95,15 @@ _LAZY = {
     "load_model": "structgen.backends.transformers",
     "Model": "structgen.backends.transformers",
     "schema_to_regex": "structgen.schema",
+    "Tool": "structgen.schema.tools",
+    "as_tool": "structgen.schema.tools",
+    "ToolCall": "structgen.parsing.tool_calls",
+    "parse_tool_calls": "structgen.parsing.tool_calls",
+    "call_tools": "structgen.decoding.tools",
+    "call_tools_with_details": "structgen.decoding.tools",
+    "run_tools": "structgen.decoding.tools",
+    "ToolRun": "structgen.decoding.tools",
+    "ToolTurn": "structgen.decoding.tools",
 }
 
 if TYPE_CHECKING:
@@ -86,7 +112,10 @@ if TYPE_CHECKING:
     from structgen.constraint.matcher import Matcher
     from structgen.constraint.vocabulary import TokenizerInfo
     from structgen.decoding.generate import Generation, generate, generate_with_details
+    from structgen.decoding.tools import ToolRun, ToolTurn, call_tools, call_tools_with_details, run_tools
+    from structgen.parsing.tool_calls import ToolCall, parse_tool_calls
     from structgen.schema import schema_to_regex
+    from structgen.schema.tools import Tool, as_tool
 
 
 def __getattr__(name: str):

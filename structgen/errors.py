@@ -16,8 +16,12 @@
      │    ├── PromptTooLongError       prompt does not fit the model's context window
      │    ├── BudgetTooSmallError      max_tokens is below the fewest tokens any valid answer needs
      │    └── TokenizerMismatchError   constraint compiled for another tokenizer than the model's
-     └── OutputError                 model text that does not parse or validate (unconstrained text,
-                                     or a constraint bug: it carries the raw text)
+     ├── OutputError                 model text that does not parse or validate (unconstrained text,
+     │                               or a constraint bug: it carries the raw text)
+     └── ToolError                   function calling
+          ├── ToolDefinitionError      a function / model / dict that cannot be described as a tool
+          ├── ToolCallParseError       <tool_call> blocks that are malformed (one problem per block)
+          └── ToolArgumentsError       arguments that do not validate against the tool's parameters
 
 Schema errors carry a JSON pointer (``pointer``) into the schema the user gave, so the message
 says *where* the problem is, not only what it is.
@@ -135,3 +139,40 @@ class OutputError(StructgenError):
         self.text = text
         shown = text if len(text) <= 200 else text[:200] + "..."
         super().__init__(f"{reason}; model output was: {shown!r}")
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+class ToolError(StructgenError):
+    """Function calling went wrong: a tool definition, a call's text, or its arguments."""
+
+
+class ToolDefinitionError(ToolError):
+    """A tool cannot be described; ``tool`` and ``parameter`` say which and where."""
+
+    def __init__(self, reason: str, tool: str = "", parameter: str = ""):
+        self.reason = reason
+        self.tool = tool
+        self.parameter = parameter
+        where = f"tool {tool!r}" + (f", parameter {parameter!r}" if parameter else "") if tool else ""
+        super().__init__(f"{reason} ({where})" if where else reason)
+
+
+class ToolCallParseError(ToolError):
+    """Malformed ``<tool_call>`` blocks; ``problems`` is a list of (block index, reason, raw text)."""
+
+    def __init__(self, problems: list[tuple[int, str, str]]):
+        self.problems = problems
+        lines = [f"block {index}: {reason}: {raw[:120]!r}" for index, reason, raw in problems]
+        super().__init__(f"{len(problems)} malformed <tool_call> block(s):\n  " + "\n  ".join(lines))
+
+
+class ToolArgumentsError(ToolError):
+    """Arguments that do not validate for the named tool."""
+
+    def __init__(self, tool: str, reason: str, arguments):
+        self.tool = tool
+        self.reason = reason
+        self.arguments = arguments
+        super().__init__(f"arguments for tool {tool!r} do not validate: {reason}")

@@ -68,7 +68,7 @@ def test_documented_examples_run(path, embedded_model):
     blocks = python_blocks(ROOT / path)
     assert blocks
     for block in blocks:
-        exec(compile(block, path, "exec"), {"__name__": "docs_example"})
+        exec(compile(block, path, "exec", dont_inherit=True), {"__name__": "docs_example"})
 
 
 def test_demo_prints_validated_objects(capsys, embedded_model):

@@ -12,7 +12,8 @@ Three token spellings cover the tokenizers in use (the same split xgrammar makes
 * raw: the token string is the text (UTF-8 encoded).
 
 Special tokens (``<|im_start|>``, ``<s>``, ...) never appear inside JSON, so they are left out;
-the end-of-turn token is kept as the constraint's EOS. Note the HF pitfall: the model's logits
+the end-of-turn token is kept as the constraint's EOS, and the Hermes ``<tool_call>`` tags are kept
+as text even where a tokenizer marks them special, so a call can open with the single token. Note the HF pitfall: the model's logits
 can be wider than ``len(tokenizer)`` (padded lm_head); masks are sized by the logits, not here.
 """
 
@@ -24,6 +25,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from structgen.errors import VocabularyError
+
+
+TEXT_TAGS = frozenset({"<tool_call>", "</tool_call>"})
 
 
 @lru_cache(maxsize=1)
@@ -107,6 +111,7 @@ class TokenizerInfo:
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         special = {i for i, tok in added.items() if getattr(tok, "special", False)}
         special |= set(getattr(tokenizer, "all_special_ids", []) or [])
+        special -= {i for i, tok in added.items() if tok.content in TEXT_TAGS}
 
         vocab = tokenizer.get_vocab()
         token_bytes: dict[int, bytes] = {}

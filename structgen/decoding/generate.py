@@ -65,12 +65,15 @@ def constraint_for(output_type: Any, model: Model, whitespace: str) -> CompiledC
     return constraint
 
 
-def prompt_ids(model: Model, constraint: CompiledConstraint, prompt) -> list[int]:
+def messages_for(constraint: CompiledConstraint, prompt) -> list[dict]:
+    """JSON outputs get the Hermes JSON-mode system prompt; regex outputs the bare conversation."""
     output_type = constraint.output_type
     if output_type is not None and output_type.is_json:
-        messages = json_mode_messages(prompt, output_type.schema)
-    else:
-        messages = as_messages(prompt)
+        return json_mode_messages(prompt, output_type.schema)
+    return as_messages(prompt)
+
+
+def chat_ids(model: Model, messages: list[dict]) -> list[int]:
     text = render_chat(model.tokenizer, messages)
     return model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -120,25 +123,29 @@ def decode_completion(model: Model, constraint: CompiledConstraint, token_ids: l
     return b"".join(pieces).decode("utf-8", errors="replace"), stop_reason
 
 
-def generate_with_details(output_type: Any, prompt, *, model: Model | str | None = None,
-                          max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
-                          top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                          whitespace: str = "compact") -> Generation:
-    """Like ``generate``, but returns a ``Generation`` with the raw text, token counts and timings."""
+@dataclass
+class Decoded:
+    """The raw outcome of one constrained decode."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str
+    seconds: float
+
+
+def decode(model: Model, constraint: CompiledConstraint, messages: list[dict], *, max_tokens: int,
+           temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
+           seed: int | None = None) -> Decoded:
+    """Render ``messages``, decode one assistant turn under ``constraint``, return its exact text."""
     import torch
     from transformers import LogitsProcessorList
 
     from structgen.decoding.processor import ConstraintLogitsProcessor
 
-    model = resolve_model(model)
-    compile_started = time.perf_counter()
-    constraint = constraint_for(output_type, model, whitespace)
-    compile_seconds = time.perf_counter() - compile_started
-    ids = prompt_ids(model, constraint, prompt)
+    ids = chat_ids(model, messages)
     budget = token_budget(model, constraint, len(ids), max_tokens)
-
-    matcher = constraint.matcher(max_tokens=budget)
-    processor = ConstraintLogitsProcessor([matcher], prompt_length=len(ids))
+    processor = ConstraintLogitsProcessor([constraint.matcher(max_tokens=budget)], prompt_length=len(ids))
     input_ids = torch.tensor([ids], device=model.device)
     started = time.perf_counter()
     with torch.inference_mode(), seeded(seed, model.device):
@@ -157,10 +164,27 @@ def generate_with_details(output_type: Any, prompt, *, model: Model | str | None
     text, stop_reason = decode_completion(model, constraint, completion)
     if processor.rejected:
         raise OutputError("the model produced a token the constraint forbids (please report this)", text)
-    value = constraint.output_type.parse(text) if constraint.output_type else text
-    n_completion = len(completion) if stop_reason == "max_tokens" else completion.index(constraint.eos_token_id) + 1
-    return Generation(value=value, text=text, prompt_tokens=len(ids), completion_tokens=n_completion,
-                      stop_reason=stop_reason, seconds=seconds, compile_seconds=compile_seconds)
+    if stop_reason == "eos":
+        completion = completion[: completion.index(constraint.eos_token_id) + 1]
+    return Decoded(text=text, prompt_tokens=len(ids), completion_tokens=len(completion),
+                   stop_reason=stop_reason, seconds=seconds)
+
+
+def generate_with_details(output_type: Any, prompt, *, model: Model | str | None = None,
+                          max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
+                          top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
+                          whitespace: str = "compact") -> Generation:
+    """Like ``generate``, but returns a ``Generation`` with the raw text, token counts and timings."""
+    model = resolve_model(model)
+    compile_started = time.perf_counter()
+    constraint = constraint_for(output_type, model, whitespace)
+    compile_seconds = time.perf_counter() - compile_started
+    decoded = decode(model, constraint, messages_for(constraint, prompt), max_tokens=max_tokens,
+                     temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
+    return Generation(value=value, text=decoded.text, prompt_tokens=decoded.prompt_tokens,
+                      completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
+                      seconds=decoded.seconds, compile_seconds=compile_seconds)
 
 
 def generate(output_type: Any, prompt, *, model: Model | str | None = None,

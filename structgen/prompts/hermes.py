@@ -16,6 +16,20 @@ JSON_MODE_SYSTEM_PROMPT = (
     "\n<schema>\n{schema}\n</schema>"
 )
 
+TOOLS_SYSTEM_PROMPT = (
+    "You are a function calling AI model. You are provided with function signatures within "
+    "<tools></tools> XML tags. You may call one or more functions to assist with the user query. "
+    "Don't make assumptions about what values to plug into functions. Here are the available "
+    "tools: <tools> {tools} </tools> Use the following pydantic model json schema for each tool "
+    'call you will make: {{"properties": {{"arguments": {{"title": "Arguments", "type": "object"}}, '
+    '"name": {{"title": "Name", "type": "string"}}}}, "required": ["arguments", "name"], '
+    '"title": "FunctionCall", "type": "object"}} For each function call return a json object with '
+    "function name and arguments within <tool_call></tool_call> XML tags as follows:\n"
+    "<tool_call>\n"
+    '{{"arguments": <args-dict>, "name": <function-name>}}\n'
+    "</tool_call>"
+)
+
 Messages = list[dict[str, Any]]
 
 
@@ -52,6 +66,49 @@ def with_system_prompt(messages: Messages, system: str) -> Messages:
 
 def json_mode_messages(prompt: str | Messages, schema: Any) -> Messages:
     return with_system_prompt(as_messages(prompt), json_mode_system_prompt(schema))
+
+
+def tools_system_prompt(signatures: list[dict]) -> str:
+    """The Hermes function-calling system prompt with the OpenAI-style signatures as a JSON list."""
+    return TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(signatures, ensure_ascii=False))
+
+
+def tool_messages(prompt: str | Messages, signatures: list[dict]) -> Messages:
+    """The conversation with the tools prompt, tool calls and results spelled the Hermes way."""
+    messages = [hermes_message(m) for m in as_messages(prompt)]
+    return with_system_prompt(messages, tools_system_prompt(signatures))
+
+
+def hermes_message(message: dict) -> dict:
+    """One message as plain role/content, so any chat template renders it as the cards show.
+
+    An assistant message's ``tool_calls`` become ``<tool_call>`` blocks; a ``tool`` message's
+    content becomes a ``<tool_response>`` block holding ``{"name": ..., "content": ...}``.
+    """
+    role = message.get("role")
+    if role == "assistant" and message.get("tool_calls"):
+        blocks = [_call_block(call) for call in message["tool_calls"]]
+        text = _content_text(message.get("content")).strip()
+        return {"role": "assistant", "content": "\n".join(([text] if text else []) + blocks)}
+    if role == "tool":
+        content = message.get("content")
+        if isinstance(content, str):
+            try:
+                content = json.loads(content)
+            except json.JSONDecodeError:
+                pass  # plain text results stay text
+        response = json.dumps({"name": message.get("name", ""), "content": content}, ensure_ascii=False)
+        return {"role": "tool", "content": f"<tool_response>\n{response}\n</tool_response>"}
+    return {"role": role, "content": _content_text(message.get("content"))}
+
+
+def _call_block(call: dict) -> str:
+    function = call.get("function", call)
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        arguments = json.loads(arguments)
+    body = json.dumps({"name": function.get("name"), "arguments": arguments}, ensure_ascii=False)
+    return f"<tool_call>\n{body}\n</tool_call>"
 
 
 def render_chat(tokenizer, messages: Messages, **template_kwargs) -> str:

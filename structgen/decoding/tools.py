@@ -1,0 +1,164 @@
+"""Function calling: one constrained assistant turn (call_tools) and the tool loop (run_tools).
+
+call_tools renders the Hermes function-calling prompt, decodes one assistant turn under the
+tool-turn constraint (text, or <tool_call> blocks whose JSON names a real tool and carries
+arguments valid for that tool), and parses the calls. run_tools executes them — arguments are
+validated with pydantic before any function runs — feeds each result back as a <tool_response>,
+and repeats until the model answers in text or the iterations run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from structgen.backends.transformers import Model
+from structgen.constraint.compiler import default_compiler
+from structgen.constraint.tool_calls import tool_turn_regex
+from structgen.decoding.generate import DEFAULT_MAX_TOKENS, decode, resolve_model
+from structgen.errors import ToolArgumentsError, ToolDefinitionError
+from structgen.parsing.tool_calls import ToolCall, parse_tool_calls
+from structgen.prompts.hermes import as_messages, tool_messages
+from structgen.schema.tools import Tool, as_tools
+
+
+@dataclass
+class ToolTurn:
+    """One assistant turn: its exact text and the calls parsed from it (empty for a text answer)."""
+
+    text: str
+    calls: list[ToolCall]
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str
+    seconds: float
+    compile_seconds: float
+
+
+@dataclass
+class ToolRun:
+    """What run_tools did: the final text answer, every call made, and the whole conversation."""
+
+    answer: str
+    messages: list[dict]
+    calls: list[ToolCall] = field(default_factory=list)
+    iterations: int = 0
+
+
+def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
+                            tool_choice: str = "auto", max_calls: int | None = None,
+                            parallel: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS,
+                            temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
+                            seed: int | None = None, whitespace: str = "compact") -> ToolTurn:
+    """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings)."""
+    model = resolve_model(model)
+    tool_list = as_tools(tools)
+    if not parallel:
+        max_calls = 1
+    compile_started = time.perf_counter()
+    regex = tool_turn_regex(tool_list, tool_choice=tool_choice, max_calls=max_calls, whitespace=whitespace)
+    constraint = default_compiler().compile_regex(regex, model.tokenizer_info, whitespace=whitespace)
+    compile_seconds = time.perf_counter() - compile_started
+    messages = tool_messages(prompt, [tool.signature() for tool in tool_list])
+    decoded = decode(model, constraint, messages, max_tokens=max_tokens, temperature=temperature,
+                     top_p=top_p, top_k=top_k, seed=seed)
+    calls = parse_tool_calls(decoded.text, tool_list)
+    return ToolTurn(text=decoded.text, calls=calls, prompt_tokens=decoded.prompt_tokens,
+                    completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
+                    seconds=decoded.seconds, compile_seconds=compile_seconds)
+
+
+def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str = "auto",
+               max_calls: int | None = None, parallel: bool = True,
+               max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int | None = None, seed: int | None = None,
+               whitespace: str = "compact") -> list[ToolCall]:
+    """Let the model call ``tools`` for ``prompt``; returns the validated calls (``[]`` for text).
+
+    ``tools``: Python functions, pydantic models or OpenAI-style tool dicts. ``tool_choice``:
+    "auto" (text or calls), "required" (at least one call), "none" (text only) or a tool name.
+    ``max_calls`` bounds the calls in the turn; ``parallel=False`` means at most one. Every call
+    names a real tool and its arguments validate against that tool's parameters.
+    """
+    return call_tools_with_details(
+        tools, prompt, model=model, tool_choice=tool_choice, max_calls=max_calls, parallel=parallel,
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+        whitespace=whitespace).calls
+
+
+def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations: int = 5,
+              max_calls: int | None = None, parallel: bool = True,
+              max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+              top_k: int | None = None, seed: int | None = None,
+              whitespace: str = "compact") -> ToolRun:
+    """Answer ``prompt`` with the help of ``tools`` (callables), executing the calls the model makes.
+
+    Up to ``max_iterations`` turns may call tools; each call's arguments are validated before
+    the function runs (sync or async), and its result — or its exception, as an error — goes back
+    to the model as a ``<tool_response>``. If the model is still calling tools after that many
+    turns, one last turn is decoded with ``tool_choice="none"`` so the run always ends in text.
+    """
+    model = resolve_model(model)
+    tool_list = as_tools(tools)
+    by_name = {tool.name: tool for tool in tool_list}
+    for tool in tool_list:
+        if tool.function is None:
+            raise ToolDefinitionError("run_tools needs a Python function to execute", tool=tool.name)
+    messages = as_messages(prompt)
+    run = ToolRun(answer="", messages=messages)
+    options = dict(model=model, max_calls=max_calls, parallel=parallel, max_tokens=max_tokens,
+                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)
+    while True:
+        last_turn = run.iterations >= max_iterations
+        turn = call_tools_with_details(tool_list, messages, tool_choice="none" if last_turn else "auto",
+                                       **options)
+        run.iterations += 1
+        if not turn.calls:
+            run.answer = turn.text
+            messages.append({"role": "assistant", "content": turn.text})
+            return run
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}} for call in turn.calls]})
+        for call in turn.calls:
+            run.calls.append(call)
+            messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                             "content": execute(by_name[call.name], call)})
+
+
+def execute(tool: Tool, call: ToolCall) -> Any:
+    """Run one validated call; an exception becomes ``{"error": ...}`` for the model to read."""
+    try:
+        kwargs = tool.validate_arguments(call.arguments)
+        result = tool.function(**kwargs)
+        if inspect.isawaitable(result):
+            result = _await(result)
+        return _jsonable(result)
+    except ToolArgumentsError as error:
+        return {"error": str(error)}
+    except Exception as error:  # a tool's own failure is the model's to handle, not a crash
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def _await(awaitable):
+    """Run a coroutine to completion, also when called from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_as_coroutine(awaitable))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, _as_coroutine(awaitable)).result()
+
+
+async def _as_coroutine(awaitable):
+    return await awaitable
+
+
+def _jsonable(value: Any) -> Any:
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value, fallback=str)  # what JSON cannot hold is shown as text

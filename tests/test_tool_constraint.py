@@ -1,0 +1,129 @@
+"""The tool-turn constraint: text or <tool_call> blocks, each a real tool with valid arguments."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import structgen
+from structgen.constraint.tool_calls import text_without, tool_turn_regex
+from structgen.parsing.tool_calls import parse_tool_calls
+from structgen.schema.tools import as_tools
+
+ALPHABET = "<tool_call>/ x\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=ALPHABET, max_size=30))
+def test_text_without_a_word_is_exactly_the_text_that_avoids_it(text):
+    matches = re.fullmatch(text_without("<tool_call>"), text) is not None
+    assert matches == (bool(text) and "<tool_call>" not in text)
+
+
+def get_current_temperature(location: str, unit: Literal["celsius", "fahrenheit"]) -> float:
+    """Get the current temperature at a location.
+
+    Args:
+        location: The location, in the format "City, Country"
+        unit: The unit to return the temperature in.
+    """
+    return 22.0
+
+
+def get_stock_fundamentals(symbol: str) -> dict:
+    """Get fundamental data for a stock.
+
+    Args:
+        symbol: The stock symbol, e.g. "TSLA".
+    """
+    return {"symbol": symbol, "pe_ratio": 50.1}
+
+
+TOOLS = as_tools([get_current_temperature, get_stock_fundamentals])
+CALL = ('<tool_call>\n{"name":"get_current_temperature","arguments":'
+        '{"location":"Paris, France","unit":"celsius"}}\n</tool_call>')
+OTHER = '<tool_call>\n{"name":"get_stock_fundamentals","arguments":{"symbol":"TSLA"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize(("choice", "text", "accepted"), [
+    ("auto", CALL, True),
+    ("auto", CALL + "\n" + OTHER, True),
+    ("auto", "It is sunny.", True),
+    ("auto", "Sure: " + CALL, False),  # a turn is text or calls, never both
+    ("auto", CALL.replace('"celsius"', '"kelvin"'), False),  # arguments of *that* tool
+    ("auto", CALL.replace("get_current_temperature", "get_stock_fundamentals"), False),
+    ("required", "It is sunny.", False),
+    ("required", OTHER, True),
+    ("none", CALL, False),
+    ("none", "I cannot call tools.", True),
+    ("get_stock_fundamentals", OTHER, True),
+    ("get_stock_fundamentals", CALL, False),
+])
+def test_what_each_tool_choice_accepts(choice, text, accepted):
+    regex = tool_turn_regex(TOOLS, tool_choice=choice)
+    assert (re.fullmatch(regex, text) is not None) == accepted
+
+
+def test_max_calls_bounds_the_blocks():
+    regex = tool_turn_regex(TOOLS, tool_choice="required", max_calls=1)
+    assert re.fullmatch(regex, CALL)
+    assert not re.fullmatch(regex, CALL + "\n" + OTHER)
+
+
+def test_flexible_whitespace_accepts_the_card_spelling():
+    regex = tool_turn_regex(TOOLS, whitespace="flexible")
+    text = ('<tool_call>\n{"name": "get_stock_fundamentals", "arguments": {"symbol": "TSLA"}}\n'
+            "</tool_call>")
+    assert re.fullmatch(regex, text)
+
+
+def test_an_unknown_tool_choice_is_a_typed_error():
+    with pytest.raises(structgen.ToolDefinitionError, match="get_current_temperature"):
+        tool_turn_regex(TOOLS, tool_choice="get_weather")
+
+
+# --- decoding on the tiny random model: whatever the weights, calls are real and valid ------
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), choice=st.sampled_from(["auto", "required", "none"]),
+       budget=st.integers(70, 160))
+def test_random_weights_produce_only_valid_calls(tiny_model, seed, choice, budget):
+    turn = structgen.call_tools_with_details(TOOLS, "What's the temperature in Paris?",
+                                             model=tiny_model, tool_choice=choice, temperature=1.0,
+                                             seed=seed, max_tokens=budget)
+    assert turn.completion_tokens <= budget
+    if choice == "none":
+        assert turn.calls == [] and "<tool_call>" not in turn.text
+    if choice == "required":
+        assert turn.calls
+    by_name = {tool.name: tool for tool in TOOLS}
+    for call in turn.calls:
+        jsonschema.validate(call.arguments, by_name[call.name].parameters)
+    assert [c.name for c in parse_tool_calls(turn.text, TOOLS)] == [c.name for c in turn.calls]
+
+
+def test_a_single_special_token_tag_is_used(smollm2_tokenizer):
+    """Hermes tokenizers have <tool_call> as one (special) token: the constraint must allow it."""
+    import copy
+
+    from structgen.constraint.vocabulary import TokenizerInfo
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]})
+    info = TokenizerInfo.from_huggingface(tokenizer)
+    open_id = tokenizer.convert_tokens_to_ids("<tool_call>")
+    constraint = structgen.compile_constraint(
+        structgen.Regex(tool_turn_regex(TOOLS, tool_choice="required")), info)
+    matcher = constraint.matcher()
+    assert open_id in matcher.allowed_token_ids()
+    ids = tokenizer(OTHER, add_special_tokens=False)["input_ids"]
+    assert ids[0] == open_id
+    for token in ids:
+        assert matcher.advance(token)
+    assert matcher.is_accepting()
