@@ -78,3 +78,13 @@ def test_demo_prints_validated_objects(capsys, embedded_model):
     out = capsys.readouterr().out
     assert "all answers parsed and validated" in out
     assert out.count("== ") == len(demo.JOBS)
+
+
+def test_tools_page_example_gives_a_valid_call(embedded_model):
+    """docs/tools.md: the weather example of the model cards on the embedded model."""
+    blocks = python_blocks(ROOT / "docs" / "tools.md")
+    namespace = {"__name__": "docs_example"}
+    exec(compile(blocks[0], "docs/tools.md", "exec", dont_inherit=True), namespace)
+    call = namespace["calls"][0]
+    assert call.name in {"get_current_temperature", "get_stock_fundamentals"}
+    assert namespace["run"].answer

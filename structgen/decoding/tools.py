@@ -91,16 +91,17 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
 
 
 def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations: int = 5,
-              max_calls: int | None = None, parallel: bool = True,
+              tool_choice: str = "auto", max_calls: int | None = None, parallel: bool = True,
               max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
               top_k: int | None = None, seed: int | None = None,
               whitespace: str = "compact") -> ToolRun:
     """Answer ``prompt`` with the help of ``tools`` (callables), executing the calls the model makes.
 
-    Up to ``max_iterations`` turns may call tools; each call's arguments are validated before
-    the function runs (sync or async), and its result — or its exception, as an error — goes back
-    to the model as a ``<tool_response>``. If the model is still calling tools after that many
-    turns, one last turn is decoded with ``tool_choice="none"`` so the run always ends in text.
+    Up to ``max_iterations`` turns may call tools (under ``tool_choice``: "auto", "required" or a
+    tool name); each call's arguments are validated before the function runs (sync or async), and
+    its result — or its exception, as an error — goes back to the model as a ``<tool_response>``.
+    If the model is still calling tools after that many turns, one last turn is decoded with
+    ``tool_choice="none"`` so the run always ends in text.
     """
     model = resolve_model(model)
     tool_list = as_tools(tools)
@@ -114,8 +115,8 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)
     while True:
         last_turn = run.iterations >= max_iterations
-        turn = call_tools_with_details(tool_list, messages, tool_choice="none" if last_turn else "auto",
-                                       **options)
+        turn = call_tools_with_details(tool_list, messages,
+                                       tool_choice="none" if last_turn else tool_choice, **options)
         run.iterations += 1
         if not turn.calls:
             run.answer = turn.text
