@@ -71,20 +71,19 @@ def compile_times(model) -> dict:
 
 
 def decode_round(model, constraint) -> tuple[float, float, int, str]:
-    """One constrained and one unconstrained greedy run of the same length; ms/token of each."""
-    import torch
-
+    """One constrained and one unconstrained greedy run of the same length, through the same
+    decoding loop; ms/token of each."""
     import structgen
     from structgen.decoding.generate import chat_ids, messages_for
+    from structgen.decoding.loop import Row, Sampling, Unconstrained, decode_rows
 
     result = structgen.generate_with_details(constraint, PROMPT, model=model, max_tokens=256)
     n = result.completion_tokens
-    ids = torch.tensor([chat_ids(model, messages_for(constraint, PROMPT))])
+    ids = chat_ids(model, messages_for(constraint, PROMPT))
+    # EOS id -1: the unconstrained run writes exactly n tokens, like the constrained one
+    row = Row(prompt_ids=ids, matcher=Unconstrained(eos_token_id=-1, max_tokens=n))
     started = time.perf_counter()
-    with torch.inference_mode():
-        model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                min_new_tokens=n, do_sample=False, temperature=None, top_p=None,
-                                top_k=None, pad_token_id=model.tokenizer.pad_token_id)
+    decode_rows(model, [row], Sampling())
     unconstrained = time.perf_counter() - started
     return 1000 * result.seconds / n, 1000 * unconstrained / n, n, result.text
 

@@ -76,6 +76,8 @@ __all__ = [
     "call_tools_with_details",
     "compile_constraint",
     "generate",
+    "generate_batch",
+    "generate_batch_with_details",
     "generate_with_details",
     "load_model",
     "parse_tool_calls",
@@ -91,6 +93,8 @@ _LAZY = {
     "TokenizerInfo": "structgen.constraint.vocabulary",
     "generate": "structgen.decoding.generate",
     "generate_with_details": "structgen.decoding.generate",
+    "generate_batch": "structgen.decoding.generate",
+    "generate_batch_with_details": "structgen.decoding.generate",
     "Generation": "structgen.decoding.generate",
     "load_model": "structgen.backends.transformers",
     "Model": "structgen.backends.transformers",
@@ -111,7 +115,13 @@ if TYPE_CHECKING:
     from structgen.constraint.compiler import CompiledConstraint, compile_constraint
     from structgen.constraint.matcher import Matcher
     from structgen.constraint.vocabulary import TokenizerInfo
-    from structgen.decoding.generate import Generation, generate, generate_with_details
+    from structgen.decoding.generate import (
+        Generation,
+        generate,
+        generate_batch,
+        generate_batch_with_details,
+        generate_with_details,
+    )
     from structgen.decoding.tools import ToolRun, ToolTurn, call_tools, call_tools_with_details, run_tools
     from structgen.parsing.tool_calls import ToolCall, parse_tool_calls
     from structgen.schema import schema_to_regex

@@ -29,6 +29,10 @@ class Matcher:
         self.finished = False  # the EOS token was taken
 
     @property
+    def eos_token_id(self) -> int:
+        return self.constraint.eos_token_id
+
+    @property
     def tokens_left(self) -> int | None:
         """Tokens that may still be taken, or None without a budget."""
         return None if self.max_tokens is None else self.max_tokens - self.tokens_consumed

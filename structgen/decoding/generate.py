@@ -7,7 +7,6 @@ constraint knows about -> the completion's exact bytes -> parsed and validated v
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,10 @@ from structgen.errors import (
     GenerationError,
     OutputError,
     PromptTooLongError,
+    StructgenError,
     TokenizerMismatchError,
 )
+from structgen.decoding.loop import Row, Sampling, decode_rows
 from structgen.prompts.hermes import as_messages, json_mode_messages, render_chat
 
 DEFAULT_MAX_TOKENS = 512
@@ -90,26 +91,6 @@ def token_budget(model: Model, constraint: CompiledConstraint, n_prompt: int, ma
     return budget
 
 
-def sampling_kwargs(temperature: float, top_p: float, top_k: int | None) -> dict:
-    if temperature is None or temperature <= 0:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device):
-    """Reproducible sampling without touching the caller's global RNG state."""
-    if seed is None:
-        yield
-        return
-    import torch
-
-    devices = [device] if getattr(device, "type", "cpu") == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def decode_completion(model: Model, constraint: CompiledConstraint, token_ids: list[int]) -> tuple[str, str]:
     """The completion's exact text (from token bytes, no tokenizer clean-up) and stop reason."""
     info = model.tokenizer_info
@@ -134,40 +115,30 @@ class Decoded:
     seconds: float
 
 
+def prepare_row(model: Model, constraint: CompiledConstraint, messages: list[dict],
+                max_tokens: int) -> Row:
+    """Tokenise the conversation and give it a matcher with its budget (typed errors if it can't)."""
+    ids = chat_ids(model, messages)
+    budget = token_budget(model, constraint, len(ids), max_tokens)
+    return Row(prompt_ids=ids, matcher=constraint.matcher(max_tokens=budget))
+
+
+def finish_row(model: Model, constraint: CompiledConstraint, row: Row, seconds: float) -> Decoded:
+    text, _ = decode_completion(model, constraint, row.tokens)
+    if row.stop_reason == "rejected":
+        raise OutputError("the model produced a token the constraint forbids (please report this)", text)
+    return Decoded(text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens),
+                   stop_reason=row.stop_reason, seconds=seconds)
+
+
 def decode(model: Model, constraint: CompiledConstraint, messages: list[dict], *, max_tokens: int,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
            seed: int | None = None) -> Decoded:
     """Render ``messages``, decode one assistant turn under ``constraint``, return its exact text."""
-    import torch
-    from transformers import LogitsProcessorList
-
-    from structgen.decoding.processor import ConstraintLogitsProcessor
-
-    ids = chat_ids(model, messages)
-    budget = token_budget(model, constraint, len(ids), max_tokens)
-    processor = ConstraintLogitsProcessor([constraint.matcher(max_tokens=budget)], prompt_length=len(ids))
-    input_ids = torch.tensor([ids], device=model.device)
+    row = prepare_row(model, constraint, messages, max_tokens)
     started = time.perf_counter()
-    with torch.inference_mode(), seeded(seed, model.device):
-        output = model.hf_model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            logits_processor=LogitsProcessorList([processor]),
-            max_new_tokens=budget,
-            min_new_tokens=0,
-            eos_token_id=constraint.eos_token_id,
-            pad_token_id=model.tokenizer.pad_token_id,
-            **sampling_kwargs(temperature, top_p, top_k),
-        )
-    seconds = time.perf_counter() - started
-    completion = output[0, len(ids):].tolist()
-    text, stop_reason = decode_completion(model, constraint, completion)
-    if processor.rejected:
-        raise OutputError("the model produced a token the constraint forbids (please report this)", text)
-    if stop_reason == "eos":
-        completion = completion[: completion.index(constraint.eos_token_id) + 1]
-    return Decoded(text=text, prompt_tokens=len(ids), completion_tokens=len(completion),
-                   stop_reason=stop_reason, seconds=seconds)
+    decode_rows(model, [row], Sampling(temperature, top_p, top_k, seed))
+    return finish_row(model, constraint, row, time.perf_counter() - started)
 
 
 def generate_with_details(output_type: Any, prompt, *, model: Model | str | None = None,
@@ -201,3 +172,64 @@ def generate(output_type: Any, prompt, *, model: Model | str | None = None,
     return generate_with_details(output_type, prompt, model=model, max_tokens=max_tokens,
                                  temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                  whitespace=whitespace).value
+
+
+def generate_batch_with_details(output_type: Any, prompts: list, *, model: Model | str | None = None,
+                                batch_size: int = 8, max_tokens: int = DEFAULT_MAX_TOKENS,
+                                temperature: float = 0.0, top_p: float = 1.0,
+                                top_k: int | None = None, seed: int | None = None,
+                                whitespace: str = "compact") -> list:
+    """Like ``generate_batch``, but each result is a ``Generation`` (or the row's error)."""
+    if batch_size < 1:
+        raise GenerationError(f"batch_size must be at least 1, not {batch_size}")
+    model = resolve_model(model)
+    compile_started = time.perf_counter()
+    constraint = constraint_for(output_type, model, whitespace)
+    compile_seconds = time.perf_counter() - compile_started
+    results: list = [None] * len(prompts)
+    ready: list[tuple[int, Row]] = []
+    for index, prompt in enumerate(prompts):
+        try:
+            messages = messages_for(constraint, prompt)
+            ready.append((index, prepare_row(model, constraint, messages, max_tokens)))
+        except StructgenError as error:
+            results[index] = error
+    # Similar lengths share a batch, so left padding wastes little; results keep input order.
+    ready.sort(key=lambda item: len(item[1].prompt_ids), reverse=True)
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start:start + batch_size]
+        sampling = Sampling(temperature, top_p, top_k, None if seed is None else seed + start)
+        started = time.perf_counter()
+        decode_rows(model, [row for _, row in chunk], sampling)
+        seconds = time.perf_counter() - started
+        for index, row in chunk:
+            try:
+                decoded = finish_row(model, constraint, row, seconds)
+                value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
+            except StructgenError as error:
+                results[index] = error
+                continue
+            results[index] = Generation(value=value, text=decoded.text,
+                                        prompt_tokens=decoded.prompt_tokens,
+                                        completion_tokens=decoded.completion_tokens,
+                                        stop_reason=decoded.stop_reason, seconds=seconds,
+                                        compile_seconds=compile_seconds)
+    return results
+
+
+def generate_batch(output_type: Any, prompts: list, *, model: Model | str | None = None,
+                   batch_size: int = 8, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
+                   top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
+                   whitespace: str = "compact") -> list:
+    """Generate one value of ``output_type`` per prompt, decoding ``batch_size`` rows at a time.
+
+    Results come back in input order. A row that fails (empty prompt, prompt too long, ...) gets
+    its typed ``StructgenError`` in place of the value instead of failing the batch; every other
+    row is guaranteed valid exactly as with ``generate``. A schema that cannot be compiled raises,
+    since no row could succeed. In the details variant, a ``Generation``'s ``seconds`` is the wall
+    time of the batch it was decoded in.
+    """
+    return [result if isinstance(result, StructgenError) else result.value
+            for result in generate_batch_with_details(
+                output_type, prompts, model=model, batch_size=batch_size, max_tokens=max_tokens,
+                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)]
