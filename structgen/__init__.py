@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from structgen.errors import (
+    BatchInputError,
     BudgetTooSmallError,
     CompileTimeoutError,
     CompileTooLargeError,
@@ -39,6 +40,7 @@ from structgen.types import Regex
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchInputError",
     "BudgetTooSmallError",
     "CompileTimeoutError",
     "CompileTooLargeError",

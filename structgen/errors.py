@@ -18,10 +18,12 @@
      │    └── TokenizerMismatchError   constraint compiled for another tokenizer than the model's
      ├── OutputError                 model text that does not parse or validate (unconstrained text,
      │                               or a constraint bug: it carries the raw text)
-     └── ToolError                   function calling
-          ├── ToolDefinitionError      a function / model / dict that cannot be described as a tool
-          ├── ToolCallParseError       <tool_call> blocks that are malformed (one problem per block)
-          └── ToolArgumentsError       arguments that do not validate against the tool's parameters
+     ├── ToolError                   function calling
+     │    ├── ToolDefinitionError      a function / model / dict that cannot be described as a tool
+     │    ├── ToolCallParseError       <tool_call> blocks that are malformed (one problem per block)
+     │    └── ToolArgumentsError       arguments that do not validate against the tool's parameters
+     └── BatchInputError             a batch job's schema reference, input or output file is unusable,
+                                     or one input row is (then ``line`` says which)
 
 Schema errors carry a JSON pointer (``pointer``) into the schema the user gave, so the message
 says *where* the problem is, not only what it is.
@@ -176,3 +178,15 @@ class ToolArgumentsError(ToolError):
         self.reason = reason
         self.arguments = arguments
         super().__init__(f"arguments for tool {tool!r} do not validate: {reason}")
+
+
+# --- batch jobs -------------------------------------------------------------------------------
+
+
+class BatchInputError(StructgenError):
+    """A batch job's input is unusable: the whole job (schema, files) or one row (``line``)."""
+
+    def __init__(self, reason: str, line: int | None = None):
+        self.reason = reason
+        self.line = line
+        super().__init__(reason if line is None else f"line {line}: {reason}")

@@ -1,0 +1,5 @@
+"""Batch jobs: one output type over many JSONL rows, resumable, locally or on Ray Data."""
+
+from structgen.batch.job import BatchJob, Summary, run_job
+
+__all__ = ["BatchJob", "Summary", "run_job"]
