@@ -162,3 +162,21 @@ def test_the_same_job_on_a_local_ray_cluster(tiny_model_dir, files):
     assert summary.ok == 10 and summary.failed == 1
     assert sorted(r["id"] for r in out if r["ok"]) == sorted(f"r{i}" for i in range(10))
     assert all(set(r["result"]) >= {"name", "age"} for r in out if r["ok"])
+
+
+def test_vllm_requests_carry_structgens_prompt_and_constraint(smollm2_tokenizer):
+    """The GPU path needs vLLM; what can be checked here is that it asks for what structgen does."""
+    import structgen
+    from structgen.backends.vllm import generate_with_vllm, vllm_requests
+    from structgen.decoding.generate import messages_for
+    from structgen.prompts import render_chat
+
+    texts, structured = vllm_requests(SCHEMA, ["Alice is 31."], smollm2_tokenizer)
+    constraint = structgen.compile_constraint(SCHEMA, smollm2_tokenizer)
+    assert structured == {"regex": constraint.regex}
+    assert texts == [render_chat(smollm2_tokenizer, messages_for(constraint, "Alice is 31."))]
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(structgen.ModelError, match="pip install vllm"):
+            generate_with_vllm(object(), SCHEMA, ["x"])
