@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _plotting import pyplot
 from pydantic import BaseModel, Field
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,13 +133,8 @@ def main() -> None:
 
 
 def _plot(table) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     figure, axis = plt.subplots(figsize=(7, 3.5))
     axis.barh([row[0] for row in table], [row[1] / row[3] for row in table])

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from _plotting import pyplot
 from pydantic import BaseModel, Field
 
 RESULTS = Path(__file__).parent / "results"
@@ -147,13 +148,8 @@ def _versions() -> str:
 
 
 def _plot(rounds) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     figure, axis = plt.subplots(figsize=(6, 3.5))
     axis.plot([r[1] for r in rounds], "o-", label="unconstrained")

@@ -20,6 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _plotting import pyplot
+
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "jsonschemabench" / "dev"
 
@@ -102,13 +104,8 @@ def report(records: list[dict], command: str) -> str:
 
 
 def plot(records: list[dict]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     called = [r for r in records if r["status"] == "called"]
     by_size: dict[int, list[bool]] = {}

@@ -20,6 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _plotting import pyplot
+
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "jsonschemabench" / "dev"
 
@@ -144,13 +146,8 @@ def report(records: list[dict], budgets: list[int], command: str) -> str:
 
 
 def plot(records: list[dict], budgets: list[int], name: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     compiled = [r for r in records if r["compile"] == "ok"]
     figure, axis = plt.subplots(figsize=(6, 3.5))

@@ -124,7 +124,13 @@ if TYPE_CHECKING:
         generate_batch_with_details,
         generate_with_details,
     )
-    from structgen.decoding.tools import ToolRun, ToolTurn, call_tools, call_tools_with_details, run_tools
+    from structgen.decoding.tools import (
+        ToolRun,
+        ToolTurn,
+        call_tools,
+        call_tools_with_details,
+        run_tools,
+    )
     from structgen.parsing.tool_calls import ToolCall, parse_tool_calls
     from structgen.schema import schema_to_regex
     from structgen.schema.tools import Tool, as_tool

@@ -18,7 +18,8 @@ from structgen.errors import StructgenError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="structgen", description="Structured generation that always validates.")
+    parser = argparse.ArgumentParser(prog="structgen",
+                                     description="Structured generation that always validates.")
     commands = parser.add_subparsers(dest="command", required=True)
     batch = commands.add_parser("batch", help="run one schema over a JSONL file of rows (resumable)")
     batch.add_argument("--schema", required=True, help="pkg.module:Model, or a JSON-schema file")

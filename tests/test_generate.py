@@ -11,19 +11,13 @@ from typing import Literal, Optional, Union
 import jsonschema
 import pydantic
 import pytest
+from examples import Character
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 import structgen
-
-
-class Character(BaseModel):
-    name: str
-    species: Literal["human", "saiyan", "namekian"]
-    age: int = Field(ge=0)
-    attacks: list[str]
 
 
 class Color(Enum):

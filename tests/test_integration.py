@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
 
 import pytest
-from pydantic import BaseModel, Field
+from examples import Character
+from pydantic import BaseModel
 
 import structgen
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
-
-
-class Character(BaseModel):
-    name: str
-    species: Literal["human", "saiyan", "namekian"]
-    age: int = Field(ge=0)
-    attacks: list[str]
 
 
 class Team(BaseModel):

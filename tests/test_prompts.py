@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 import structgen
-from structgen.prompts import json_mode_messages, json_mode_system_prompt, render_chat, render_chatml
+from structgen.prompts import (
+    json_mode_messages,
+    json_mode_system_prompt,
+    render_chat,
+    render_chatml,
+)
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 EXPECTED_SYSTEM = (

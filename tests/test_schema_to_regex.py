@@ -27,7 +27,11 @@ from outlines_core import Index, Vocabulary
 from pydantic import AnyUrl, BaseModel, Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from structgen.errors import InvalidSchemaError, UnsatisfiableSchemaError, UnsupportedSchemaError
+from structgen.errors import (
+    InvalidSchemaError,
+    UnsatisfiableSchemaError,
+    UnsupportedSchemaError,
+)
 from structgen.schema import WHITESPACE, normalize_schema, schema_to_regex
 from structgen.schema.to_regex import integer_range
 

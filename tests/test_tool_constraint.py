@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 import jsonschema
 import pytest
+from examples import get_current_temperature, get_stock_fundamentals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,25 +23,6 @@ ALPHABET = "<tool_call>/ x\n"
 def test_text_without_a_word_is_exactly_the_text_that_avoids_it(text):
     matches = re.fullmatch(text_without("<tool_call>"), text) is not None
     assert matches == (bool(text) and "<tool_call>" not in text)
-
-
-def get_current_temperature(location: str, unit: Literal["celsius", "fahrenheit"]) -> float:
-    """Get the current temperature at a location.
-
-    Args:
-        location: The location, in the format "City, Country"
-        unit: The unit to return the temperature in.
-    """
-    return 22.0
-
-
-def get_stock_fundamentals(symbol: str) -> dict:
-    """Get fundamental data for a stock.
-
-    Args:
-        symbol: The stock symbol, e.g. "TSLA".
-    """
-    return {"symbol": symbol, "pe_ratio": 50.1}
 
 
 TOOLS = as_tools([get_current_temperature, get_stock_fundamentals])

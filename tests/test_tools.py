@@ -5,10 +5,11 @@ import enum
 import functools
 import json
 import re
-from typing import Literal, Optional
+from typing import Optional
 
 import pydantic
 import pytest
+from examples import get_current_temperature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,16 +17,6 @@ from structgen.errors import ToolArgumentsError, ToolCallParseError, ToolDefinit
 from structgen.parsing import ToolCall, format_tool_call, parse_tool_calls
 from structgen.schema import schema_to_regex
 from structgen.schema.tools import Tool, as_tool, as_tools
-
-
-def get_current_temperature(location: str, unit: Literal["celsius", "fahrenheit"]) -> float:
-    """Get the current temperature at a location.
-
-    Args:
-        location: The location, in the format "City, Country"
-        unit: The unit to return the temperature in.
-    """
-    return 22.0
 
 
 def get_stock_fundamentals(symbol: str) -> dict:

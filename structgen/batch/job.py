@@ -143,8 +143,9 @@ def error_record(row: PendingRow, error: BaseException) -> dict:
 
 def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> list[dict]:
     """Decode the runnable rows of one batch; one record per row, in the rows' order."""
-    import structgen
     from pydantic_core import to_jsonable_python
+
+    import structgen
 
     runnable = [row for row in rows if row.error is None]
     started = time.perf_counter()

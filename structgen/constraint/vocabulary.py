@@ -13,8 +13,10 @@ Three token spellings cover the tokenizers in use (the same split xgrammar makes
 
 Special tokens (``<|im_start|>``, ``<s>``, ...) never appear inside JSON, so they are left out;
 the end-of-turn token is kept as the constraint's EOS, and the Hermes ``<tool_call>`` tags are kept
-as text even where a tokenizer marks them special, so a call can open with the single token. Note the HF pitfall: the model's logits
-can be wider than ``len(tokenizer)`` (padded lm_head); masks are sized by the logits, not here.
+as text even where a tokenizer marks them special, so a call can open with the single token.
+
+Note the HF pitfall: the model's logits can be wider than ``len(tokenizer)`` (padded lm_head);
+masks are sized by the logits, not here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from structgen.errors import VocabularyError
-
 
 TEXT_TAGS = frozenset({"<tool_call>", "</tool_call>"})
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from structgen.backends.transformers import Model, load_model
 from structgen.constraint.compiler import CompiledConstraint, compile_constraint
+from structgen.decoding.loop import Row, Sampling, decode_rows
 from structgen.errors import (
     BudgetTooSmallError,
     GenerationError,
@@ -21,7 +22,6 @@ from structgen.errors import (
     StructgenError,
     TokenizerMismatchError,
 )
-from structgen.decoding.loop import Row, Sampling, decode_rows
 from structgen.prompts.hermes import as_messages, json_mode_messages, render_chat
 
 DEFAULT_MAX_TOKENS = 512

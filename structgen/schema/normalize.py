@@ -18,7 +18,11 @@ from urllib.parse import unquote
 import jsonschema
 from jsonschema.validators import validator_for
 
-from structgen.errors import InvalidSchemaError, UnsatisfiableSchemaError, UnsupportedSchemaError
+from structgen.errors import (
+    InvalidSchemaError,
+    UnsatisfiableSchemaError,
+    UnsupportedSchemaError,
+)
 
 Schema = dict | bool
 

@@ -28,11 +28,22 @@ import re
 
 import jsonschema
 
-from structgen.errors import InvalidSchemaError, UnsatisfiableSchemaError, UnsupportedSchemaError
-from structgen.schema.normalize import Origins, escape_token, json_equal, merge, normalize
+from structgen.errors import (
+    InvalidSchemaError,
+    UnsatisfiableSchemaError,
+    UnsupportedSchemaError,
+)
+from structgen.schema.normalize import (
+    Origins,
+    escape_token,
+    json_equal,
+    merge,
+    normalize,
+)
 
 try:  # Python >= 3.11
-    from re import _constants as sre_constants, _parser as sre_parse
+    from re import _constants as sre_constants
+    from re import _parser as sre_parse
 except ImportError:  # pragma: no cover
     import sre_constants
     import sre_parse
