@@ -55,7 +55,8 @@ def main() -> None:
     lines = [
         "# `structgen batch`: kill -9 half way, then resume",
         "",
-        f"Command: `python benchmarks/batch_kill_resume.py --rows {args.rows} --batch-size {args.batch_size}`",
+        "Command: `python benchmarks/batch_kill_resume.py "
+        f"--rows {args.rows} --batch-size {args.batch_size}`",
         "",
         "| measure | value |",
         "|---|--:|",

@@ -62,7 +62,8 @@ def run(files: list[Path], max_tokens: int) -> list[dict]:
             record.update(status=type(error).__name__, message=str(error)[:300])
         else:
             call = turn.calls[0]
-            parameters = next(t["function"]["parameters"] for t in tools if t["function"]["name"] == call.name)
+            parameters = next(t["function"]["parameters"] for t in tools
+                              if t["function"]["name"] == call.name)
             record.update(status="called", name=call.name, arguments=call.arguments,
                           valid=jsonschema.Draft202012Validator(parameters).is_valid(call.arguments),
                           tokens=turn.completion_tokens, compile_seconds=turn.compile_seconds,
@@ -93,14 +94,22 @@ def report(records: list[dict], command: str) -> str:
         "|---|--:|",
         f"| tool sets | {len(records)} |",
         f"| constrained turns decoded | {len(called)} |",
-        f"| typed errors before decoding | {sum(errors.values())} ({', '.join(f'{k} {v}' for k, v in errors.items()) or 'none'}) |",
+        f"| typed errors before decoding | {sum(errors.values())} ({_counts(errors)}) |",
         f"| calls whose arguments validate (jsonschema) | {valid} / {len(called)} |",
-        f"| right tool picked, all sets | {right} / {len(called)} ({100 * right / max(1, len(called)):.0f}%) |",
-        f"| right tool picked, sets with 2+ tools | {right_multi} / {len(multi)} ({100 * right_multi / max(1, len(multi)):.0f}%) |",
+        f"| right tool picked, all sets | {_share(right, len(called))} |",
+        f"| right tool picked, sets with 2+ tools | {_share(right_multi, len(multi))} |",
         f"| mean tokens per turn | {sum(tokens) / max(1, len(tokens)):.1f} |",
         "",
     ]
     return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} / {whole} ({100 * part / max(1, whole):.0f}%)"
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counter.items()) or "none"
 
 
 def plot(records: list[dict]) -> None:

@@ -87,7 +87,8 @@ def generate_one(structgen, model, constraint, schema, budget: int) -> dict:
     try:
         result = structgen.generate_with_details(constraint, prompt_for(schema), model=model,
                                                  max_tokens=budget)
-        text, tokens, seconds, stop = result.text, result.completion_tokens, result.seconds, result.stop_reason
+        text, tokens = result.text, result.completion_tokens
+        seconds, stop = result.seconds, result.stop_reason
     except structgen.BudgetTooSmallError as error:
         return {"status": "budget-too-small", "min_tokens": error.min_tokens}
     except structgen.OutputError as error:  # structgen's own parse refused it: count it as invalid
@@ -121,7 +122,8 @@ def report(records: list[dict], budgets: list[int], command: str) -> str:
         f"Schemas: {len(records)}; compiled: {len(compiled)}; compile errors: "
         + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"),
         "",
-        "| max_tokens | generated | parses | schema-valid | budget below minimum | mean tokens | stopped by budget |",
+        "| max_tokens | generated | parses | schema-valid | budget below minimum | mean tokens "
+        "| stopped by budget |",
         "|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for budget in budgets:
@@ -133,7 +135,8 @@ def report(records: list[dict], budgets: list[int], command: str) -> str:
         tokens = [o["tokens"] for o in generated if o["tokens"] is not None]
         by_budget = sum(o["stop"] == "max_tokens" for o in generated)
         mean = sum(tokens) / len(tokens) if tokens else 0
-        lines.append(f"| {budget} | {len(generated)} | {parses} | {valid} | {too_small} | {mean:.1f} | {by_budget} |")
+        lines.append(f"| {budget} | {len(generated)} | {parses} | {valid} | {too_small} | {mean:.1f} "
+                     f"| {by_budget} |")
     invalid = [(r["file"], b) for r in compiled for b in budgets
                if r[str(b)]["status"] == "generated" and not r[str(b)]["valid"]]
     lines += ["", "Invalid answers: " + (", ".join(f"{f}@{b}" for f, b in invalid) or "none"), ""]
