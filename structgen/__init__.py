@@ -55,6 +55,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "OutputError",
+    "Partial",
     "PromptTooLongError",
     "Regex",
     "SchemaError",
@@ -74,6 +75,8 @@ __all__ = [
     "ToolTurn",
     "__version__",
     "as_tool",
+    "astream",
+    "astream_tools",
     "call_tools",
     "call_tools_with_details",
     "compile_constraint",
@@ -85,6 +88,9 @@ __all__ = [
     "parse_tool_calls",
     "run_tools",
     "schema_to_regex",
+    "stream",
+    "stream_text",
+    "stream_tools",
 ]
 
 # Names resolved on first use, so `import structgen` does not import torch, transformers or numpy.
@@ -110,6 +116,12 @@ _LAZY = {
     "run_tools": "structgen.decoding.tools",
     "ToolRun": "structgen.decoding.tools",
     "ToolTurn": "structgen.decoding.tools",
+    "Partial": "structgen.decoding.streaming",
+    "stream": "structgen.decoding.streaming",
+    "stream_text": "structgen.decoding.streaming",
+    "stream_tools": "structgen.decoding.streaming",
+    "astream": "structgen.decoding.streaming",
+    "astream_tools": "structgen.decoding.streaming",
 }
 
 if TYPE_CHECKING:
@@ -123,6 +135,14 @@ if TYPE_CHECKING:
         generate_batch,
         generate_batch_with_details,
         generate_with_details,
+    )
+    from structgen.decoding.streaming import (
+        Partial,
+        astream,
+        astream_tools,
+        stream,
+        stream_text,
+        stream_tools,
     )
     from structgen.decoding.tools import (
         ToolRun,

@@ -1,5 +1,6 @@
 """The ``structgen`` command.
 
+    structgen generate --schema pkg.module:Model|schema.json --prompt "..." [--stream]
     structgen batch --schema pkg.module:Model|schema.json --input rows.jsonl --output results.jsonl
                     [--prompt-field text | --prompt-template "...{field}..."] [--id-field id]
                     [--model NAME] [--batch-size N] [--max-tokens N] [--engine local|ray]
@@ -38,12 +39,47 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--workers", type=int, default=2, help="model replicas on Ray (default: 2)")
     batch.add_argument("--dry-run", action="store_true", help="check the schema and input, run nothing")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    generate = commands.add_parser("generate", help="one answer for one prompt (optionally streamed)")
+    generate.add_argument("--schema", required=True, help="pkg.module:Model, or a JSON-schema file")
+    generate.add_argument("--prompt", required=True, help="the user turn")
+    generate.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
+    generate.add_argument("--max-tokens", type=int, default=512)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--whitespace", choices=["compact", "flexible"], default="compact")
+    generate.add_argument("--stream", action="store_true", help="show the object filling in")
     args = parser.parse_args(argv)
     try:
-        return _batch(args)
+        return _generate(args) if args.command == "generate" else _batch(args)
     except StructgenError as error:
         print(f"structgen: error: {error}", file=sys.stderr)
         return 2
+
+
+def _generate(args) -> int:
+    import json
+
+    from pydantic_core import to_jsonable_python
+
+    import structgen
+    from structgen.batch.job import load_output_type
+
+    output_type = load_output_type(args.schema)
+    options = dict(model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
+                   seed=args.seed, whitespace=args.whitespace)
+    if not args.stream:
+        value = structgen.generate(output_type, args.prompt, **options)
+        print(json.dumps(to_jsonable_python(value), ensure_ascii=False))
+        return 0
+    live = sys.stdout.isatty()
+    for item in structgen.stream(output_type, args.prompt, **options):
+        if isinstance(item, structgen.Partial):
+            shown = json.dumps(item.value, ensure_ascii=False)
+            print(f"\r\x1b[2K{shown}" if live else shown, end="" if live else "\n", flush=True)
+        else:
+            final = json.dumps(to_jsonable_python(item), ensure_ascii=False)
+            print(f"\r\x1b[2K{final}" if live else final, flush=True)
+    return 0
 
 
 def _batch(args) -> int:

@@ -81,3 +81,28 @@ def test_tools_page_example_gives_a_valid_call(embedded_model):
     call = namespace["calls"][0]
     assert call.name in {"get_current_temperature", "get_stock_fundamentals"}
     assert namespace["run"].answer
+
+
+def test_streaming_the_character_example(embedded_model):
+    """The streaming issue's bar: five or more growing partials, then exactly what generate returns."""
+    options = dict(model=embedded_model, max_tokens=120, temperature=0.7, seed=5)
+    items = list(structgen.stream(Character, "Describe Goku from Dragon Ball Z.", **options))
+    partials, final = items[:-1], items[-1]
+    assert len(partials) >= 5 and all(isinstance(p, structgen.Partial) for p in partials)
+    sizes = [len(p.text) for p in partials]
+    assert sizes == sorted(sizes)
+    assert final == structgen.generate(Character, "Describe Goku from Dragon Ball Z.", **options)
+
+
+def test_cli_generate_streams_to_a_pipe(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    schema = tmp_path / "city.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"city": {"type": "string"}},
+                                  "required": ["city"]}))
+    out = subprocess.run([sys.executable, "-m", "structgen.cli", "generate", "--schema", str(schema),
+                          "--prompt", "The capital of France?", "--stream", "--max-tokens", "30"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(out) >= 2 and "city" in json.loads(out[-1])

@@ -56,20 +56,28 @@ def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
                             seed: int | None = None, whitespace: str = "compact") -> ToolTurn:
     """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings)."""
     model = resolve_model(model)
-    tool_list = as_tools(tools)
-    if not parallel:
-        max_calls = 1
     compile_started = time.perf_counter()
-    regex = tool_turn_regex(tool_list, tool_choice=tool_choice, max_calls=max_calls, whitespace=whitespace)
-    constraint = default_compiler().compile_regex(regex, model.tokenizer_info, whitespace=whitespace)
+    tool_list, constraint, messages = tool_turn(tools, prompt, model, tool_choice=tool_choice,
+                                                max_calls=max_calls, parallel=parallel,
+                                                whitespace=whitespace)
     compile_seconds = time.perf_counter() - compile_started
-    messages = tool_messages(prompt, [tool.signature() for tool in tool_list])
     decoded = decode(model, constraint, messages, max_tokens=max_tokens, temperature=temperature,
                      top_p=top_p, top_k=top_k, seed=seed)
     calls = parse_tool_calls(decoded.text, tool_list)
     return ToolTurn(text=decoded.text, calls=calls, prompt_tokens=decoded.prompt_tokens,
                     completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
                     seconds=decoded.seconds, compile_seconds=compile_seconds)
+
+
+def tool_turn(tools, prompt, model: Model, *, tool_choice: str, max_calls: int | None,
+              parallel: bool, whitespace: str):
+    """(tools, compiled tool-turn constraint, Hermes tool conversation) for one assistant turn."""
+    tool_list = as_tools(tools)
+    if not parallel:
+        max_calls = 1
+    regex = tool_turn_regex(tool_list, tool_choice=tool_choice, max_calls=max_calls, whitespace=whitespace)
+    constraint = default_compiler().compile_regex(regex, model.tokenizer_info, whitespace=whitespace)
+    return tool_list, constraint, tool_messages(prompt, [tool.signature() for tool in tool_list])
 
 
 def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str = "auto",

@@ -1,0 +1,358 @@
+"""Streaming: partial objects and tool-call events while the model is still writing.
+
+Decoding runs the same loop as ``generate`` in a worker thread; each token's bytes go through an
+incremental UTF-8 decoder into one incremental JSON parser (each character parsed once), and a
+``Partial`` is yielded whenever the value grew. The last item is the validated value — the same
+value ``generate`` returns for the same arguments and seed, since it is the same decoding.
+
+Stopping early (closing the generator, or cancelling the async task) sets a flag the decoding
+loop checks at every token, so generation stops within one decoding step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator
+
+from structgen.backends.transformers import Model
+from structgen.decoding.generate import (
+    DEFAULT_MAX_TOKENS,
+    constraint_for,
+    finish_row,
+    messages_for,
+    prepare_row,
+    resolve_model,
+)
+from structgen.decoding.loop import Sampling, decode_rows
+from structgen.parsing.partial_json import IncrementalJSONParser
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A value still being written: every field completed so far, open strings flagged.
+
+    ``value`` holds what is known (numbers, booleans and nulls only once complete; strings as they
+    grow); ``incomplete`` holds the paths (tuples of keys and indices) of strings still open.
+    Fields read as attributes (``partial.name``) or items, ``None`` while not started.
+    """
+
+    value: Any
+    incomplete: frozenset
+    text: str
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.value.get(name) if isinstance(self.value, dict) else None
+
+    def __getitem__(self, key):
+        return self.value[key]
+
+    def is_complete(self, *path) -> bool:
+        """Whether the string at ``path`` (e.g. ``"name"`` or ``"attacks", 0``) is finished."""
+        return tuple(path) not in self.incomplete
+
+
+class _Cancelled(Exception):
+    """Raised inside the decoding loop to stop it when the consumer has gone."""
+
+
+_END = object()
+
+
+def _token_stream(model: Model, constraint, messages: list[dict], max_tokens: int,
+                  sampling: Sampling, stop: threading.Event) -> Iterator[Any]:
+    """Yields each generated token id, then the finished ``Decoded``; decoding in a thread."""
+    row = prepare_row(model, constraint, messages, max_tokens)
+    tokens: queue.Queue = queue.Queue()
+
+    def on_token(_row: int, token: int) -> None:
+        if stop.is_set():
+            raise _Cancelled
+        tokens.put(token)
+
+    def work() -> None:
+        try:
+            decode_rows(model, [row], sampling, on_token=on_token)
+            tokens.put(_END)
+        except _Cancelled:
+            tokens.put(_END)
+        except BaseException as error:  # handed to the consumer, raised there
+            tokens.put(error)
+
+    worker = threading.Thread(target=work, name="structgen-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = tokens.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        if not stop.is_set():  # cancelled: the consumer wants no final value
+            yield finish_row(model, constraint, row, 0.0)
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _text_deltas(model: Model, constraint, messages: list[dict], max_tokens: int,
+                 sampling: Sampling, stop: threading.Event) -> Iterator[Any]:
+    """Text deltas as they decode (multi-byte characters held until whole), then ``Decoded``."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    token_bytes = model.tokenizer_info.token_bytes
+    for item in _token_stream(model, constraint, messages, max_tokens, sampling, stop):
+        if not isinstance(item, int):
+            yield item
+        elif item != constraint.eos_token_id:
+            delta = decoder.decode(token_bytes.get(item, b""))
+            if delta:
+                yield delta
+
+
+def stream(output_type: Any, prompt, *, model: Model | str | None = None,
+           max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+           top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+           _stop: threading.Event | None = None) -> Iterator[Any]:
+    """Yield ``Partial`` values as the answer is written, then the validated value last."""
+    model = resolve_model(model)
+    constraint = constraint_for(output_type, model, whitespace)
+    parser = IncrementalJSONParser() if constraint.output_type.is_json else None
+    text = ""
+    for item in _text_deltas(model, constraint, messages_for(constraint, prompt), max_tokens,
+                             Sampling(temperature, top_p, top_k, seed), _stop or threading.Event()):
+        if not isinstance(item, str):
+            yield constraint.output_type.parse(item.text)
+            return
+        text += item
+        if parser is None:
+            yield Partial(value=text, incomplete=frozenset({()}), text=text)
+        elif parser.feed(item):
+            value, incomplete = parser.snapshot()
+            yield Partial(value=value, incomplete=incomplete, text=text)
+
+
+def stream_text(output_type: Any, prompt, *, model: Model | str | None = None,
+                max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+                top_k: int | None = None, seed: int | None = None,
+                whitespace: str = "compact") -> Iterator[str]:
+    """Yield the raw text deltas of the constrained answer, for callers who render it themselves."""
+    model = resolve_model(model)
+    constraint = constraint_for(output_type, model, whitespace)
+    for item in _text_deltas(model, constraint, messages_for(constraint, prompt), max_tokens,
+                             Sampling(temperature, top_p, top_k, seed), threading.Event()):
+        if isinstance(item, str):
+            yield item
+
+
+async def astream(output_type: Any, prompt, **options) -> AsyncIterator[Any]:
+    """``stream`` for asyncio: decoding runs in a worker thread and never blocks the event loop;
+    cancelling the consuming task (or closing the generator) stops decoding within one step."""
+    async for item in _bridge(stream, output_type, prompt, **options):
+        yield item
+
+
+async def _bridge(generator_function, *args, **options) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def hand_over(kind: str, item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, (kind, item))
+        except RuntimeError:  # the event loop is gone: nobody is listening any more
+            stop.set()
+
+    def run() -> None:
+        try:
+            for item in generator_function(*args, _stop=stop, **options):
+                hand_over("item", item)
+        except BaseException as error:
+            hand_over("error", error)
+        finally:
+            hand_over("end", None)
+
+    worker = threading.Thread(target=run, name="structgen-astream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = await items.get()
+            if kind == "end":
+                break
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# --- tool calls ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Plain text of a turn that answers without calling tools."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    """Call ``index`` of the turn has begun and its tool ``name`` is known."""
+
+    index: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ArgumentsDelta:
+    """More of call ``index``: the JSON text that arrived and the arguments parsed so far."""
+
+    index: int
+    text: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class ToolCallFinished:
+    """Call ``index`` is complete: its validated ``ToolCall``."""
+
+    index: int
+    call: Any
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """The assistant turn is over: its whole text, its calls, and why it stopped."""
+
+    text: str
+    calls: list
+    stop_reason: str
+
+
+class ToolTurnEvents:
+    """Turns the text of a Hermes assistant turn, fed in deltas, into events.
+
+    A turn is text or ``<tool_call>`` blocks. Each block's JSON goes through one incremental
+    parser character by character (so the parser stops exactly at the object's end, before the
+    closing tag); the call starts once ``name`` is complete, in either key order.
+    """
+
+    def __init__(self, tools):
+        from structgen.constraint.tool_calls import CLOSE_TAG, OPEN_TAG
+
+        self.tools = tools
+        self.open_tag, self.close_tag = OPEN_TAG, CLOSE_TAG
+        self.text = ""
+        self.mode: str | None = None  # None until the first characters decide: "text" or "calls"
+        self.cursor = 0  # how much of self.text the calls mode has consumed
+        self.block: IncrementalJSONParser | None = None
+        self.block_text = ""
+        self.index = -1
+        self.started = False
+        self.arguments: Any = None
+        self.calls: list = []
+
+    def feed(self, delta: str) -> list:
+        self.text += delta
+        if self.mode is None:
+            if self.open_tag.startswith(self.text):
+                return []
+            self.mode = "calls" if self.text.startswith(self.open_tag) else "text"
+            if self.mode == "text":
+                return [TextDelta(self.text)]
+        if self.mode == "text":
+            return [TextDelta(delta)]
+        return self._calls()
+
+    def end(self, stop_reason: str) -> list:
+        events = [TextDelta(self.text)] if self.mode is None and self.text else []
+        return events + [TurnEnded(self.text, list(self.calls), stop_reason)]
+
+    def _calls(self) -> list:
+        events: list = []
+        while True:
+            rest = self.text[self.cursor:]
+            if self.block is None:
+                stripped = rest.lstrip()
+                if not stripped.startswith(self.open_tag):
+                    return events
+                self.cursor += len(rest) - len(stripped) + len(self.open_tag)
+                self.block, self.block_text = IncrementalJSONParser(), ""
+                self.index, self.started, self.arguments = self.index + 1, False, None
+                continue
+            if not self.block.done:
+                fed = ""
+                for character in rest:
+                    if not character.strip() and not self.block_text.strip():
+                        self.cursor += 1  # whitespace before the object
+                        continue
+                    self.block.feed(character)
+                    fed += character
+                    self.cursor += 1
+                    if self.block.done:
+                        break
+                self.block_text += fed
+                events += self._progress(fed)
+                if not self.block.done:
+                    return events
+                continue
+            stripped = rest.lstrip()
+            if not stripped.startswith(self.close_tag):
+                return events
+            self.cursor += len(rest) - len(stripped) + len(self.close_tag)
+            events.append(self._finished())
+            self.block = None
+
+    def _progress(self, fed: str) -> list:
+        value, incomplete = self.block.snapshot()
+        if not isinstance(value, dict):
+            return []
+        events = []
+        if not self.started and isinstance(value.get("name"), str) and ("name",) not in incomplete:
+            self.started = True
+            events.append(ToolCallStarted(self.index, value["name"]))
+        if fed and "arguments" in value and value["arguments"] != self.arguments:
+            self.arguments = value["arguments"]
+            events.append(ArgumentsDelta(self.index, fed, value["arguments"]))
+        return events
+
+    def _finished(self) -> ToolCallFinished:
+        from structgen.parsing.tool_calls import parse_tool_calls
+
+        (call,) = parse_tool_calls(f"{self.open_tag}\n{self.block_text}\n{self.close_tag}", self.tools)
+        self.calls.append(call)
+        return ToolCallFinished(self.index, call)
+
+
+def stream_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str = "auto",
+                 max_calls: int | None = None, parallel: bool = True,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+                 _stop: threading.Event | None = None) -> Iterator[Any]:
+    """Yield ``TextDelta``, ``ToolCallStarted``, ``ArgumentsDelta``, ``ToolCallFinished`` and, last,
+    ``TurnEnded`` events for one constrained assistant turn (arguments as in ``call_tools``)."""
+    from structgen.decoding.tools import tool_turn
+
+    model = resolve_model(model)
+    tool_list, constraint, messages = tool_turn(tools, prompt, model, tool_choice=tool_choice,
+                                                max_calls=max_calls, parallel=parallel,
+                                                whitespace=whitespace)
+    events = ToolTurnEvents(tool_list)
+    for item in _text_deltas(model, constraint, messages, max_tokens,
+                             Sampling(temperature, top_p, top_k, seed), _stop or threading.Event()):
+        if isinstance(item, str):
+            yield from events.feed(item)
+        else:
+            yield from events.end(item.stop_reason)
+
+
+async def astream_tools(tools, prompt, **options) -> AsyncIterator[Any]:
+    """``stream_tools`` for asyncio, with the same cancellation as ``astream``."""
+    async for item in _bridge(stream_tools, tools, prompt, **options):
+        yield item
