@@ -873,3 +873,30 @@ def test_keywords_outside_the_vocabulary_are_ignored_as_validators_do():
     regex = schema_to_regex(schema)
     assert re.fullmatch(regex, '"abcdef"')
     jsonschema.validate("abcdef", schema)
+
+
+@pytest.mark.parametrize("keyword", ["dependentRequired", "dependencies"])
+def test_property_dependencies_are_enforced_by_narrowing(keyword):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"card": {"type": "string"}, "zip": {"type": "string"},
+                                               "note": {"type": "string"}},
+              keyword: {"card": ["zip"], "ghost": ["note"]}}
+    regex = schema_to_regex(schema)
+    assert re.fullmatch(regex, '{"card":"1","zip":"2"}') and re.fullmatch(regex, '{"zip":"2"}')
+    assert not re.fullmatch(regex, '{"card":"1"}')  # valid, but the narrowing never writes it
+    for text in ['{"card":"1","zip":"2"}', '{"zip":"2","note":"n"}']:
+        jsonschema.validate(json.loads(text), schema)
+
+
+def test_an_optional_trigger_whose_dependency_is_forbidden_is_left_out():
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {"a": {"type": "integer"}}, "dependentRequired": {"a": ["b"]}}
+    assert schema_to_regex(schema) == r"\{\}"
+
+
+def test_schema_dependencies_on_a_writable_property_are_refused():
+    with pytest.raises(UnsupportedSchemaError) as caught:
+        schema_to_regex({"type": "object", "properties": {"a": {"type": "integer"}},
+                         "dependentSchemas": {"a": {"required": ["b"]}}})
+    assert caught.value.pointer == "/dependentSchemas"

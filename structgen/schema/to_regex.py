@@ -86,6 +86,7 @@ _REFUSED = {
     "else": "conditional schemas (if/then/else) cannot be enforced",
 }
 # Object keywords refused unless they are empty (or true).
+_DEPENDENCY_KEYWORDS = ("dependentRequired", "dependencies", "dependentSchemas")
 _REFUSED_OBJECT_KEYWORDS = (
     "patternProperties", "propertyNames", "dependentRequired", "dependentSchemas", "dependencies",
 )
@@ -419,6 +420,8 @@ class _Compiler:
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         for key in _REFUSED_OBJECT_KEYWORDS:
             if key in node and not _trivial(node[key]):
+                if key in _DEPENDENCY_KEYWORDS and not _is_map(node):
+                    continue  # a record enforces them by making the dependencies required
                 raise UnsupportedSchemaError(f"{key!r} cannot be enforced", at(key))
         extra = node.get("additionalProperties")
         if _is_map(node):
@@ -460,7 +463,7 @@ class _Compiler:
         names missing from ``properties``, which get any value when the object is not closed.
         """
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
-        properties, required = node.get("properties", {}), node.get("required", [])
+        properties, required = self._dependencies(node, pointer, closed)
         members = []
         for name, sub in properties.items():
             try:
@@ -488,6 +491,36 @@ class _Compiler:
                 at(key))
         body, optional = self._members(members)
         return self._enclose(r"\{", body, optional, r"\}")
+
+    def _dependencies(self, node: dict, pointer: str, closed: bool) -> tuple[dict, list]:
+        """(properties, required) with property dependencies enforced by narrowing.
+
+        A trigger that is never written needs nothing. Otherwise its dependencies become required
+        (always writing them satisfies the dependency whether or not the trigger appears), and an
+        optional trigger whose dependency can never be written is left out.
+        """
+        at = lambda key: self._at(node, key, pointer)  # noqa: E731
+        properties, required = dict(node.get("properties", {})), list(node.get("required", []))
+        for key in _DEPENDENCY_KEYWORDS:
+            for trigger, needs in node.get(key, {}).items():
+                if trigger not in properties and trigger not in required:
+                    continue
+                if not isinstance(needs, list):
+                    if _trivial(needs):
+                        continue
+                    raise UnsupportedSchemaError(
+                        f"{key!r} with a schema for property {trigger!r}, which may be written, "
+                        "cannot be enforced", at(key))
+                unwritable = [n for n in needs if closed and n not in properties]
+                if unwritable and trigger in required:
+                    raise UnsatisfiableSchemaError(
+                        f"required property {trigger!r} depends on {unwritable[0]!r}, which "
+                        "additionalProperties false forbids", at(key))
+                if unwritable:
+                    properties.pop(trigger)
+                    continue
+                required += [n for n in needs if n not in required]
+        return properties, required
 
     def _members(self, members: list[tuple[str, bool]]):
         """Members in order, optional ones skippable, commas only between present ones.
