@@ -129,8 +129,12 @@ def decode_rows(model, rows: list[Row], sampling: Sampling,
 def _forward(hf_model, input_ids, attention, positions, cache):
     """Logits of the last position only (``logits_to_keep``: a prefill of 16 x 300 tokens would
     otherwise materialise 16 x 300 x vocab floats) and the updated cache."""
-    output = hf_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+    inputs = dict(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                  past_key_values=cache, use_cache=True)
+    try:
+        output = hf_model(**inputs, logits_to_keep=1)
+    except TypeError:  # an architecture whose forward has no logits_to_keep
+        output = hf_model(**inputs)
     return output.logits[:, -1, :].float(), output.past_key_values
 
 
