@@ -140,7 +140,7 @@ def _plot(table) -> None:
     axis.barh([row[0] for row in table], [row[1] / row[3] for row in table])
     axis.set_xlabel("rows / s")
     axis.invert_yaxis()
-    axis.set_title("structgen batch throughput, SmolLM2-135M, 2 CPU cores")
+    axis.set_title("rows/s, SmolLM2-135M, 2 CPU cores")
     figure.tight_layout()
     figure.savefig(RESULTS / "batch_throughput.png", dpi=120)
 
