@@ -171,6 +171,12 @@ def test_a_missing_model_directory_is_a_typed_error(tmp_path):
         structgen.load_model(str(tmp_path / "nope.gguf"))
 
 
+def test_an_unreachable_hub_id_is_a_typed_error_that_says_why(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on this project's machines: no hub
+    with pytest.raises(structgen.ModelNotFoundError, match="network access to the hub"):
+        structgen.load_model("NousResearch/Hermes-2-Pro-Llama-3-8B")
+
+
 def test_a_missing_embedded_package_says_how_to_install_it(monkeypatch):
     import importlib.util
 

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -170,10 +171,13 @@ def _from_pretrained(directory: str, *, display_name: str, device: str | None,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = "float32" if device == "cpu" else "bfloat16"
+    # Without a reachable hub, look only in the local HF cache: otherwise huggingface_hub retries
+    # with back-off for about a minute before giving up.
+    offline = {} if os.path.isdir(directory) or _hub_reachable() else {"local_files_only": True}
     try:
         with quiet_transformers():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-            hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **offline)
+            hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **offline)
     except OSError as error:
         hint = ""
         if not os.path.isdir(directory):
@@ -189,6 +193,20 @@ def _from_pretrained(directory: str, *, display_name: str, device: str | None,
         tokenizer.pad_token = tokenizer.eos_token
     return Model(name=display_name, hf_model=hf_model, tokenizer=tokenizer,
                  context_length=_context_length(hf_model.config))
+
+
+def _hub_reachable() -> bool:
+    """Whether the model hub's host name resolves (instant either way on a closed network)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _context_length(config) -> int:
