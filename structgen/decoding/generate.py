@@ -91,17 +91,11 @@ def token_budget(model: Model, constraint: CompiledConstraint, n_prompt: int, ma
     return budget
 
 
-def decode_completion(model: Model, constraint: CompiledConstraint, token_ids: list[int]) -> tuple[str, str]:
-    """The completion's exact text (from token bytes, no tokenizer clean-up) and stop reason."""
-    info = model.tokenizer_info
-    stop_reason = "max_tokens"
-    pieces = []
-    for token_id in token_ids:
-        if token_id == constraint.eos_token_id:
-            stop_reason = "eos"
-            break
-        pieces.append(info.token_bytes.get(token_id, b""))
-    return b"".join(pieces).decode("utf-8", errors="replace"), stop_reason
+def completion_text(model: Model, constraint: CompiledConstraint, token_ids: list[int]) -> str:
+    """The completion's exact text, from token bytes (no tokenizer clean-up), EOS left out."""
+    token_bytes = model.tokenizer_info.token_bytes
+    pieces = [token_bytes.get(t, b"") for t in token_ids if t != constraint.eos_token_id]
+    return b"".join(pieces).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -124,7 +118,7 @@ def prepare_row(model: Model, constraint: CompiledConstraint, messages: list[dic
 
 
 def finish_row(model: Model, constraint: CompiledConstraint, row: Row, seconds: float) -> Decoded:
-    text, _ = decode_completion(model, constraint, row.tokens)
+    text = completion_text(model, constraint, row.tokens)
     if row.stop_reason == "rejected":
         raise OutputError("the model produced a token the constraint forbids (please report this)", text)
     return Decoded(text=text, prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.tokens),
@@ -141,6 +135,14 @@ def decode(model: Model, constraint: CompiledConstraint, messages: list[dict], *
     return finish_row(model, constraint, row, time.perf_counter() - started)
 
 
+def generation_of(constraint: CompiledConstraint, decoded: Decoded, compile_seconds: float) -> Generation:
+    """Parse and validate the decoded text into the requested value (``OutputError`` if it can't)."""
+    value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
+    return Generation(value=value, text=decoded.text, prompt_tokens=decoded.prompt_tokens,
+                      completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
+                      seconds=decoded.seconds, compile_seconds=compile_seconds)
+
+
 def generate_with_details(output_type: Any, prompt, *, model: Model | str | None = None,
                           max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                           top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
@@ -152,10 +154,7 @@ def generate_with_details(output_type: Any, prompt, *, model: Model | str | None
     compile_seconds = time.perf_counter() - compile_started
     decoded = decode(model, constraint, messages_for(constraint, prompt), max_tokens=max_tokens,
                      temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
-    return Generation(value=value, text=decoded.text, prompt_tokens=decoded.prompt_tokens,
-                      completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
-                      seconds=decoded.seconds, compile_seconds=compile_seconds)
+    return generation_of(constraint, decoded, compile_seconds)
 
 
 def generate(output_type: Any, prompt, *, model: Model | str | None = None,
@@ -204,16 +203,10 @@ def generate_batch_with_details(output_type: Any, prompts: list, *, model: Model
         seconds = time.perf_counter() - started
         for index, row in chunk:
             try:
-                decoded = finish_row(model, constraint, row, seconds)
-                value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
+                results[index] = generation_of(constraint, finish_row(model, constraint, row, seconds),
+                                               compile_seconds)
             except StructgenError as error:
                 results[index] = error
-                continue
-            results[index] = Generation(value=value, text=decoded.text,
-                                        prompt_tokens=decoded.prompt_tokens,
-                                        completion_tokens=decoded.completion_tokens,
-                                        stop_reason=decoded.stop_reason, seconds=seconds,
-                                        compile_seconds=compile_seconds)
     return results
 
 
