@@ -40,12 +40,10 @@ def read_rows(path: str | Path) -> Iterator[InputRow]:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as error:
-                yield InputRow(number, None, f"line {number} is not valid JSON: {error.msg} "
-                                             f"(column {error.colno})")
+                yield InputRow(number, None, f"not valid JSON: {error.msg} (column {error.colno})")
                 continue
             if not isinstance(data, dict):
-                yield InputRow(number, None, f"line {number} is a JSON {type(data).__name__}, "
-                                             "not an object")
+                yield InputRow(number, None, f"a JSON {type(data).__name__}, not an object")
                 continue
             yield InputRow(number, data)
 

@@ -204,9 +204,9 @@ def run_job(job: BatchJob, input_path: str, output_path: str, *, engine: str = "
     job.check()
     output_type = job.output_type()
     output = OutputFile(output_path)
-    total = sum(1 for _ in read_rows(input_path))
-    pending = list(pending_rows(job, read_rows(input_path), output.done))
-    summary = Summary(skipped=total - len(pending))
+    rows = list(read_rows(input_path))
+    pending = list(pending_rows(job, iter(rows), output.done))
+    summary = Summary(skipped=len(rows) - len(pending))
     bar = _progress(len(pending), progress)
     started = time.perf_counter()
 
