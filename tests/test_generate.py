@@ -149,6 +149,11 @@ def test_constraint_of_another_tokenizer_is_refused(tiny_model, llama3_tokenizer
         structgen.generate(constraint, "Number?", model=tiny_model)
 
 
+def test_a_max_tokens_of_the_wrong_type_is_a_typed_error(tiny_model):
+    with pytest.raises(structgen.GenerationError, match="max_tokens must be an int"):
+        structgen.generate(int, "Number?", model=tiny_model, max_tokens="10")
+
+
 def test_empty_prompt_is_refused(tiny_model):
     with pytest.raises(structgen.EmptyPromptError):
         structgen.generate(int, "  ", model=tiny_model)

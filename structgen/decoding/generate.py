@@ -81,6 +81,8 @@ def chat_ids(model: Model, messages: list[dict]) -> list[int]:
 
 def token_budget(model: Model, constraint: CompiledConstraint, n_prompt: int, max_tokens: int) -> int:
     """max_tokens, cut to what the context window leaves; typed errors when nothing fits."""
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise GenerationError(f"max_tokens must be an int, not {type(max_tokens).__name__}")
     if max_tokens < 1:
         raise BudgetTooSmallError(max_tokens, constraint.min_tokens)
     if n_prompt >= model.context_length:
