@@ -71,12 +71,17 @@ def _build_tables(index, vocab_size: int, eos_token_id: int) -> dict:
     tokens = np.concatenate(token_chunks) if token_chunks else np.zeros(0, np.int32)
     nexts = np.concatenate(next_chunks) if next_chunks else np.zeros(0, np.int32)
     distance = _distances_to_accept(offsets, nexts, is_final)
+    offsets, tokens, nexts, worst = _live_transitions(offsets, tokens, nexts, distance)
+    masks, mask_of_state = _packed_masks(offsets, tokens, vocab_size)
     return {
         "offsets": offsets,
         "tokens": tokens,
         "next": nexts,
         "distance": distance,
+        "worst": worst,
         "is_final": is_final,
+        "masks": masks,
+        "mask_of_state": mask_of_state,
         "initial": np.int64(position[initial]),
         "vocab_size": np.int64(vocab_size),
     }
@@ -107,6 +112,57 @@ def _distances_to_accept(offsets, nexts, is_final) -> np.ndarray:
                     following.append(previous)
         frontier = following
     return distance
+
+
+def _live_transitions(offsets, tokens, nexts, distance):
+    """Drop transitions into dead ends, and give each state its worst next distance.
+
+    Done once here, so a decoding step never filters a row: a state's row is the allowed tokens,
+    and ``worst[state]`` tells whether a budget can change the mask at all.
+    """
+    after = np.where(nexts >= 0, distance[np.maximum(nexts, 0)], UNREACHABLE)
+    alive = after < UNREACHABLE
+    kept = np.concatenate([[0], np.cumsum(alive, dtype=np.int64)])
+    offsets = kept[offsets]
+    tokens, nexts, after = tokens[alive], nexts[alive], after[alive]
+    worst = np.zeros(len(offsets) - 1, dtype=np.int32)
+    filled = offsets[:-1] < offsets[1:]
+    if filled.any():
+        worst[filled] = np.maximum.reduceat(after, offsets[:-1][filled])
+    return offsets, tokens, nexts, worst
+
+
+MASK_BUDGET_BYTES = 256 << 20  # precomputed bitmasks per constraint; the rest are built on demand
+
+
+def _packed_masks(offsets, tokens, vocab_size: int):
+    """Each state's allowed-token bitmask, computed here so a decoding step is a memory copy.
+
+    States with the same allowed set (common: every state inside a free string) share one row.
+    Largest sets first, within ``MASK_BUDGET_BYTES``; ``mask_of_state`` is -1 for states left out.
+    """
+    import hashlib
+
+    words = (vocab_size + 31) // 32
+    n_states = len(offsets) - 1
+    mask_of_state = np.full(n_states, -1, dtype=np.int32)
+    rows: list[np.ndarray] = []
+    seen: dict[bytes, int] = {}
+    bits = np.zeros(words * 32, dtype=bool)
+    for state in np.argsort(offsets[:-1] - offsets[1:], kind="stable"):
+        row = tokens[offsets[state]:offsets[state + 1]]
+        key = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+        if key in seen:
+            mask_of_state[state] = seen[key]
+            continue
+        if (len(rows) + 1) * words * 4 > MASK_BUDGET_BYTES:
+            continue
+        bits[:] = False
+        bits[row] = True
+        rows.append(np.packbits(bits, bitorder="little").view(np.int32))
+        seen[key] = mask_of_state[state] = len(rows) - 1
+    masks = np.stack(rows) if rows else np.zeros((0, words), dtype=np.int32)
+    return masks, mask_of_state
 
 
 def _write_frame(stream, message) -> None:

@@ -16,18 +16,27 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from structgen.constraint._worker import UNREACHABLE, CompileWorker
+from structgen.constraint.llguidance_backend import (
+    Constraint,
+    GrammarConstraint,
+    HybridConstraint,
+    json_schema_grammar,
+    regex_grammar,
+)
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import (
     CompileTimeoutError,
     CompileTooLargeError,
     ConstraintError,
     UnsatisfiableSchemaError,
+    UnsupportedSchemaError,
 )
 from structgen.types import OutputType, as_output_type
 
@@ -35,7 +44,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_LIMIT = 8 << 30
 MAX_REGEX_CHARS = 2_000_000
 _MEMORY_CACHE_SIZE = 64
-TABLES_FORMAT = 2  # bump when the meaning of the cached arrays changes
+TABLES_FORMAT = 3  # bump when the meaning of the cached arrays changes
 
 
 def cache_dir() -> Path:
@@ -46,15 +55,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-class _StateRow(NamedTuple):
-    tokens: np.ndarray  # allowed token ids, sorted
-    nexts: np.ndarray  # the state each leads to
-    distances: np.ndarray  # fewest tokens to acceptance after each
-    worst_distance: int  # the largest of those: budgets at least this large change nothing
-    mask: np.ndarray  # boolean over the vocabulary
-
-
-class CompiledConstraint:
+class CompiledConstraint(Constraint):
     """An immutable finite-state constraint over one tokenizer's vocabulary."""
 
     engine = "outlines-core"
@@ -73,16 +74,14 @@ class CompiledConstraint:
         self._tokens = tables["tokens"]
         self._next = tables["next"]
         self._distance = tables["distance"]
+        self._worst = tables["worst"]
         self._is_final = tables["is_final"]
+        self._masks = tables["masks"]
+        self._mask_of_state = tables["mask_of_state"]
         self.initial_state = int(tables["initial"])
         self.vocab_size = int(tables["vocab_size"])
-        self._rows: dict[int, _StateRow] = {}
-        self._bitmasks: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def schema(self) -> Any:
-        return self.output_type.schema if self.output_type is not None else None
+        self._bool_masks: dict[int, np.ndarray] = {}
+        self._bitmasks: dict[int, np.ndarray] = {}  # states past the precomputed budget
 
     @property
     def num_states(self) -> int:
@@ -109,62 +108,61 @@ class CompiledConstraint:
 
     def transitions(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, next states) of ``state``, sorted by token id, dead ends removed."""
-        row = self._row(state)
-        return row.tokens, row.nexts
-
-    def _row(self, state: int) -> "_StateRow":
-        """The live transitions of ``state`` and its full mask, built on first visit and kept."""
-        row = self._rows.get(state)
-        if row is None:
-            with self._lock:
-                start, end = self._offsets[state], self._offsets[state + 1]
-                tokens, nexts = self._tokens[start:end], self._next[start:end]
-                distances = np.where(nexts >= 0, self._distance[np.maximum(nexts, 0)], UNREACHABLE)
-                alive = distances < UNREACHABLE
-                tokens, nexts, distances = tokens[alive], nexts[alive], distances[alive]
-                mask = np.zeros(self.vocab_size, dtype=bool)
-                mask[tokens] = True
-                row = _StateRow(tokens, nexts, distances, int(distances.max(initial=0)), mask)
-                self._rows[state] = row
-        return row
+        start, end = self._offsets[state], self._offsets[state + 1]
+        return self._tokens[start:end], self._next[start:end]
 
     def next_state(self, state: int, token_id: int) -> int | None:
-        row = self._row(state)
-        at = int(np.searchsorted(row.tokens, token_id))
-        if at < len(row.tokens) and row.tokens[at] == token_id:
-            return int(row.nexts[at])
+        tokens, nexts = self.transitions(state)
+        at = int(np.searchsorted(tokens, token_id))
+        if at < len(tokens) and tokens[at] == token_id:
+            return int(nexts[at])
         return None
 
     def needs_budget_mask(self, state: int, tokens_left: int) -> bool:
         """True when some token of ``state`` leads where no valid ending fits in ``tokens_left``."""
-        return tokens_left < self._row(state).worst_distance
+        return tokens_left < int(self._worst[state])
 
     def mask(self, state: int, tokens_left: int | None = None) -> np.ndarray:
         """Boolean mask over the vocabulary of tokens allowed in ``state``.
 
         With ``tokens_left`` (tokens that may still follow *after* this one), only tokens from which
         an accepting state stays reachable in time are allowed. The unbudgeted mask is built once
-        per state and reused (a memory read per step); a budgeted one only near the end of a budget.
+        per state and reused; a budgeted one only near the end of a budget.
         """
-        row = self._row(state)
-        if tokens_left is None or tokens_left >= row.worst_distance:
-            return row.mask
+        if tokens_left is None or not self.needs_budget_mask(state, tokens_left):
+            cached = self._bool_masks.get(state)
+            if cached is None:
+                packed = self.bitmask(state).view(np.uint8)
+                cached = np.unpackbits(packed, bitorder="little")[: self.vocab_size].view(bool)
+                self._bool_masks[state] = cached
+            return cached
+        tokens, nexts = self.transitions(state)
         budgeted = np.zeros(self.vocab_size, dtype=bool)
-        budgeted[row.tokens[row.distances <= tokens_left]] = True
+        budgeted[tokens[self._distance[nexts] <= tokens_left]] = True
         return budgeted
 
     def bitmask(self, state: int) -> np.ndarray:
-        """``mask(state)`` packed 32 tokens to an int32 word, bit ``i % 32`` of word ``i // 32``."""
+        """``mask(state)`` packed 32 tokens to an int32 word, bit ``i % 32`` of word ``i // 32``.
+
+        Precomputed at compile time (a read); states past the precompute budget are packed on
+        first visit and kept.
+        """
+        row = self._mask_of_state[state]
+        if row >= 0:
+            return self._masks[row]
         packed = self._bitmasks.get(state)
         if packed is None:
-            packed = pack_bitmask(self.mask(state))
+            bits = np.zeros(self.vocab_size, dtype=bool)
+            bits[self.transitions(state)[0]] = True
+            packed = pack_bitmask(bits)
             self._bitmasks[state] = packed
         return packed
 
     def tables(self) -> dict:
         return {
             "offsets": self._offsets, "tokens": self._tokens, "next": self._next,
-            "distance": self._distance, "is_final": self._is_final,
+            "distance": self._distance, "worst": self._worst, "is_final": self._is_final,
+            "masks": self._masks, "mask_of_state": self._mask_of_state,
             "initial": np.int64(self.initial_state), "vocab_size": np.int64(self.vocab_size),
         }
 
@@ -195,6 +193,7 @@ class ConstraintCompiler:
         self._memory: OrderedDict[str, CompiledConstraint] = OrderedDict()
         self._worker = CompileWorker(memory_limit)
         self._lock = threading.Lock()
+        self._background: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -208,32 +207,56 @@ class ConstraintCompiler:
                 f"the schema's regex is {len(regex):,} characters (limit {MAX_REGEX_CHARS:,}); "
                 "simplify the schema (fewer alternatives, smaller bounded repeats)"
             )
+        meta = dict(regex=regex, output_type=output_type, whitespace=whitespace,
+                    tokenizer_fingerprint=tokenizer_info.fingerprint,
+                    eos_token_id=tokenizer_info.eos_token_id)
         key = _cache_key(regex, tokenizer_info.fingerprint)
+        with self._lock:
+            cached = self._cached(key, meta)
+            if cached is not None:
+                return cached
+            started = time.perf_counter()
+            tables = self._compile(regex, tokenizer_info, timeout or self.timeout)
+            self._store(key, tables)
+            constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
+                                            from_cache="none", **meta)
+            return self._remember(key, constraint)
+
+    def lookup(self, regex: str, tokenizer_info: TokenizerInfo, *, whitespace: str = "compact",
+               output_type: OutputType | None = None) -> CompiledConstraint | None:
+        """The compiled constraint from the memory or disk cache, or None (never compiles)."""
         meta = dict(regex=regex, output_type=output_type, whitespace=whitespace,
                     tokenizer_fingerprint=tokenizer_info.fingerprint,
                     eos_token_id=tokenizer_info.eos_token_id)
         with self._lock:
-            cached = self._memory.get(key)
-            if cached is not None:
-                self._memory.move_to_end(key)
-                return _with_meta(cached, meta, "memory")
-            started = time.perf_counter()
-            tables = self._load(key)
-            source = "disk"
-            if tables is None:
-                tables = self._compile(regex, tokenizer_info, timeout or self.timeout)
-                self._store(key, tables)
-                source = "none"
-            constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
-                                            from_cache=source, **meta)
-            if constraint.distance(constraint.initial_state) >= UNREACHABLE:
-                raise UnsatisfiableSchemaError(
-                    "no text the tokenizer can write satisfies this constraint"
-                )
-            self._memory[key] = constraint
-            while len(self._memory) > _MEMORY_CACHE_SIZE:
-                self._memory.popitem(last=False)
-            return constraint
+            return self._cached(_cache_key(regex, tokenizer_info.fingerprint), meta)
+
+    def submit(self, regex: str, tokenizer_info: TokenizerInfo, **options) -> Future:
+        """Compile in a background thread (the worker process does the work); returns a Future."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="structgen-compile")
+        return self._background.submit(self.compile_regex, regex, tokenizer_info, **options)
+
+    def _cached(self, key: str, meta: dict) -> CompiledConstraint | None:
+        cached = self._memory.get(key)
+        if cached is not None:
+            self._memory.move_to_end(key)
+            return _with_meta(cached, meta, "memory")
+        started = time.perf_counter()
+        tables = self._load(key)
+        if tables is None:
+            return None
+        constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
+                                        from_cache="disk", **meta)
+        return self._remember(key, constraint)
+
+    def _remember(self, key: str, constraint: CompiledConstraint) -> CompiledConstraint:
+        if constraint.distance(constraint.initial_state) >= UNREACHABLE:
+            raise UnsatisfiableSchemaError("no text the tokenizer can write satisfies this constraint")
+        self._memory[key] = constraint
+        while len(self._memory) > _MEMORY_CACHE_SIZE:
+            self._memory.popitem(last=False)
+        return constraint
 
     def _compile(self, regex: str, tokenizer_info: TokenizerInfo, timeout: float) -> dict:
         status, payload = self._worker.compile(regex, tokenizer_info, timeout)
@@ -277,13 +300,15 @@ class ConstraintCompiler:
             pass  # a read-only cache directory costs speed, not correctness
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=False, cancel_futures=True)
         self._worker.stop()
 
 
 def _with_meta(constraint: CompiledConstraint, meta: dict, source: str) -> CompiledConstraint:
     """The cached tables with this request's metadata (output type, whitespace) attached."""
     copy = CompiledConstraint(constraint.tables(), compile_seconds=0.0, from_cache=source, **meta)
-    copy._rows, copy._bitmasks = constraint._rows, constraint._bitmasks
+    copy._bool_masks, copy._bitmasks = constraint._bool_masks, constraint._bitmasks
     return copy
 
 
@@ -316,28 +341,86 @@ def default_compiler() -> ConstraintCompiler:
     return _default_compiler
 
 
+ENGINES = ("auto", "outlines-core", "llguidance")
+
+
 def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "compact",
-                       timeout: float | None = None) -> CompiledConstraint:
+                       timeout: float | None = None, engine: str = "auto",
+                       wait: bool = True) -> Constraint:
     """Compile an output type (or JSON schema, or ``Regex``) for a tokenizer.
 
     ``tokenizer`` may be a transformers tokenizer, a ``TokenizerInfo`` or a loaded
     ``structgen.Model``. ``whitespace="compact"`` allows no optional whitespace (no runaway
     whitespace loops, fewest tokens); ``"flexible"`` allows any JSON whitespace (to check text
     written elsewhere).
+
+    ``engine="auto"`` (the default) gives the finite-state constraint (lookup masks, budget
+    guarantee), compiled or loaded from cache, and falls back to llguidance when the schema is not
+    regular or the compile exceeds its time or memory budget (``constraint.engine`` and
+    ``constraint.fallback_reason`` say so). With ``wait=False`` a constraint that is not cached
+    starts at once on llguidance and moves to the finite-state index when its background compile
+    lands (``HybridConstraint``). ``engine="outlines-core"`` or ``"llguidance"`` forces one engine.
     """
     from structgen.errors import InvalidSchemaError
 
     if whitespace not in ("compact", "flexible"):
         raise InvalidSchemaError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
+    if engine not in ENGINES:
+        raise ConstraintError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     spec = as_output_type(output_type)
+    info = tokenizer_info_of(tokenizer)
     regex = spec.regex
     if regex is None:
         from structgen.schema import schema_to_regex
 
-        regex = schema_to_regex(spec.schema, whitespace=whitespace)
-    info = tokenizer_info_of(tokenizer)
-    return default_compiler().compile_regex(regex, info, whitespace=whitespace, output_type=spec,
-                                            timeout=timeout)
+        try:
+            regex = schema_to_regex(spec.schema, whitespace=whitespace)
+        except UnsupportedSchemaError as unsupported:
+            if engine == "outlines-core":
+                raise
+            return _llguidance_json(spec, info, whitespace, unsupported)
+    options = dict(whitespace=whitespace, output_type=spec)
+    compiler = default_compiler()
+    if engine == "outlines-core":
+        return compiler.compile_regex(regex, info, timeout=timeout, **options)
+    if engine == "llguidance":
+        return _llguidance_regex(regex, spec, info, whitespace, reason=None)
+    cached = compiler.lookup(regex, info, **options)
+    if cached is not None:
+        return cached
+    if not wait:
+        try:
+            head_start = _llguidance_regex(regex, spec, info, whitespace, reason=None)
+        except ConstraintError:  # llguidance refuses the regex (too large): wait for the index
+            return compiler.compile_regex(regex, info, timeout=timeout, **options)
+        return HybridConstraint(head_start, compiler.submit(regex, info, timeout=timeout, **options))
+    try:
+        return compiler.compile_regex(regex, info, timeout=timeout, **options)
+    except (CompileTimeoutError, CompileTooLargeError) as slow:
+        try:
+            return _llguidance_regex(regex, spec, info, whitespace, reason=str(slow))
+        except ConstraintError:
+            raise slow from None
+
+
+def _llguidance_regex(regex: str, spec: OutputType, info: TokenizerInfo, whitespace: str,
+                      reason: str | None) -> GrammarConstraint:
+    return GrammarConstraint(regex_grammar(regex), info, regex=regex, output_type=spec,
+                             whitespace=whitespace, fallback_reason=reason)
+
+
+def _llguidance_json(spec: OutputType, info: TokenizerInfo, whitespace: str,
+                     unsupported: UnsupportedSchemaError) -> GrammarConstraint:
+    """A schema structgen's regex compiler refuses, on llguidance's JSON compiler (or the refusal)."""
+    try:
+        grammar = json_schema_grammar(spec.schema, whitespace)
+        return GrammarConstraint(grammar, info, regex=None, output_type=spec, whitespace=whitespace,
+                                 fallback_reason=str(unsupported))
+    except (ConstraintError, UnsupportedSchemaError) as refused:
+        raise UnsupportedSchemaError(
+            f"{unsupported.reason}; llguidance cannot enforce it either ({str(refused)[:200]})",
+            unsupported.pointer,
+        ) from None
 
 
 def tokenizer_info_of(tokenizer: Any) -> TokenizerInfo:
