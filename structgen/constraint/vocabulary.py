@@ -76,6 +76,9 @@ class TokenizerInfo:
     vocab_size: int
     special_token_ids: frozenset[int] = field(default_factory=frozenset)
     fingerprint: str = ""
+    # The tokenizer's own text -> ids, when known: llguidance allows only the canonical
+    # tokenisation of text the grammar forces, so it must tokenise exactly as the model's tokenizer.
+    encode: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -140,6 +143,7 @@ class TokenizerInfo:
             eos_token_id=int(eos_token_id),
             vocab_size=max(len(tokenizer), max(vocab.values()) + 1),
             special_token_ids=frozenset(special),
+            encode=_Encode(tokenizer),
         )
 
     def bytes_to_ids(self) -> dict[bytes, list[int]]:
@@ -148,6 +152,16 @@ class TokenizerInfo:
         for token_id, value in self.token_bytes.items():
             grouped.setdefault(value, []).append(token_id)
         return grouped
+
+
+class _Encode:
+    """``tokenizer.encode`` without special tokens, for UTF-8 bytes (picklable, unlike a lambda)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: bytes) -> list[int]:
+        return self.tokenizer.encode(text.decode("utf-8"), add_special_tokens=False)
 
 
 def _decoder_types(decoder: dict) -> set[str]:

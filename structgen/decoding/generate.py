@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from structgen.backends.transformers import Model, load_model
-from structgen.constraint.compiler import CompiledConstraint, compile_constraint
+from structgen.constraint.compiler import Constraint, compile_constraint
 from structgen.decoding.loop import Row, Sampling, decode_rows
 from structgen.errors import (
     BudgetTooSmallError,
@@ -52,9 +52,9 @@ def resolve_model(model: Model | str | None) -> Model:
     raise GenerationError(f"model must be a structgen Model, a name or a path, not {type(model).__name__}")
 
 
-def constraint_for(output_type: Any, model: Model, whitespace: str) -> CompiledConstraint:
+def constraint_for(output_type: Any, model: Model, whitespace: str) -> Constraint:
     """Compile (or fetch from cache) the constraint, checking it belongs to this tokenizer."""
-    if isinstance(output_type, CompiledConstraint):
+    if isinstance(output_type, Constraint):
         constraint = output_type
     else:
         constraint = compile_constraint(output_type, model.tokenizer_info, whitespace=whitespace)
@@ -66,7 +66,7 @@ def constraint_for(output_type: Any, model: Model, whitespace: str) -> CompiledC
     return constraint
 
 
-def messages_for(constraint: CompiledConstraint, prompt) -> list[dict]:
+def messages_for(constraint: Constraint, prompt) -> list[dict]:
     """JSON outputs get the Hermes JSON-mode system prompt; regex outputs the bare conversation."""
     output_type = constraint.output_type
     if output_type is not None and output_type.is_json:
@@ -79,7 +79,7 @@ def chat_ids(model: Model, messages: list[dict]) -> list[int]:
     return model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def token_budget(model: Model, constraint: CompiledConstraint, n_prompt: int, max_tokens: int) -> int:
+def token_budget(model: Model, constraint: Constraint, n_prompt: int, max_tokens: int) -> int:
     """max_tokens, cut to what the context window leaves; typed errors when nothing fits."""
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise GenerationError(f"max_tokens must be an int, not {type(max_tokens).__name__}")
@@ -93,7 +93,7 @@ def token_budget(model: Model, constraint: CompiledConstraint, n_prompt: int, ma
     return budget
 
 
-def completion_text(model: Model, constraint: CompiledConstraint, token_ids: list[int]) -> str:
+def completion_text(model: Model, constraint: Constraint, token_ids: list[int]) -> str:
     """The completion's exact text, from token bytes (no tokenizer clean-up), EOS left out."""
     token_bytes = model.tokenizer_info.token_bytes
     pieces = [token_bytes.get(t, b"") for t in token_ids if t != constraint.eos_token_id]
@@ -111,7 +111,7 @@ class Decoded:
     seconds: float
 
 
-def prepare_row(model: Model, constraint: CompiledConstraint, messages: list[dict],
+def prepare_row(model: Model, constraint: Constraint, messages: list[dict],
                 max_tokens: int) -> Row:
     """Tokenise the conversation and give it a matcher with its budget (typed errors if it can't)."""
     ids = chat_ids(model, messages)
@@ -119,7 +119,7 @@ def prepare_row(model: Model, constraint: CompiledConstraint, messages: list[dic
     return Row(prompt_ids=ids, matcher=constraint.matcher(max_tokens=budget))
 
 
-def finish_row(model: Model, constraint: CompiledConstraint, row: Row, seconds: float) -> Decoded:
+def finish_row(model: Model, constraint: Constraint, row: Row, seconds: float) -> Decoded:
     text = completion_text(model, constraint, row.tokens)
     if row.stop_reason == "rejected":
         raise OutputError("the model produced a token the constraint forbids (please report this)", text)
@@ -127,7 +127,7 @@ def finish_row(model: Model, constraint: CompiledConstraint, row: Row, seconds: 
                    stop_reason=row.stop_reason, seconds=seconds)
 
 
-def decode(model: Model, constraint: CompiledConstraint, messages: list[dict], *, max_tokens: int,
+def decode(model: Model, constraint: Constraint, messages: list[dict], *, max_tokens: int,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
            seed: int | None = None) -> Decoded:
     """Render ``messages``, decode one assistant turn under ``constraint``, return its exact text."""
@@ -137,7 +137,7 @@ def decode(model: Model, constraint: CompiledConstraint, messages: list[dict], *
     return finish_row(model, constraint, row, time.perf_counter() - started)
 
 
-def generation_of(constraint: CompiledConstraint, decoded: Decoded, compile_seconds: float) -> Generation:
+def generation_of(constraint: Constraint, decoded: Decoded, compile_seconds: float) -> Generation:
     """Parse and validate the decoded text into the requested value (``OutputError`` if it can't)."""
     value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
     return Generation(value=value, text=decoded.text, prompt_tokens=decoded.prompt_tokens,

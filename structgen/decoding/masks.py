@@ -19,9 +19,15 @@ class MaskCache:
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def forbidden(self, matcher, width: int, device) -> torch.Tensor:
+        if hasattr(matcher, "current"):  # a hybrid: llguidance until the finite-state index lands
+            matcher = matcher.current()
         constraint = matcher.constraint
         if constraint is None:  # unconstrained decoding (benchmark baselines)
             return self._nothing(width, device)
+        if not hasattr(matcher, "state"):  # llguidance computes each mask: one copy per step
+            if matcher.is_finished():
+                return self._eos_only(constraint.eos_token_id, width, device)
+            return _to_device(~matcher.mask(), width, device)
         if matcher.is_finished():
             # A finished row may still be sampled for (transformers writes padding after it):
             # leave it one finite logit, since all -inf would turn sampling into NaNs.

@@ -1,0 +1,153 @@
+"""The two engines behind compile_constraint: outlines-core's index and llguidance.
+
+llguidance serves schemas the regex compiler refuses, compiles that time out, and (``wait=False``)
+the first tokens while the index compiles; these tests pin down that the engines agree on the
+language, that fallbacks are recorded, and that a hybrid switches to the index mid-sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from concurrent.futures import Future
+from typing import Literal
+
+import numpy as np
+import pytest
+
+import structgen
+from structgen.constraint.compiler import ConstraintCompiler
+from structgen.constraint.llguidance_backend import GrammarConstraint, HybridConstraint
+from structgen.constraint.vocabulary import TokenizerInfo
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                   "tags": {"type": "array", "items": {"enum": ["a", "bé"]}, "maxItems": 3}},
+    "required": ["name", "age"],
+}
+NOT_REGULAR = {  # patternProperties: structgen's regex compiler refuses it
+    "type": "object",
+    "patternProperties": {"^x-": {"type": "integer"}},
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def info(smollm2_tokenizer):
+    return TokenizerInfo.from_huggingface(smollm2_tokenizer)
+
+
+def ids_of(tokenizer, value) -> list[int]:
+    return tokenizer.encode(json.dumps(value, separators=(",", ":"), ensure_ascii=False),
+                            add_special_tokens=False)
+
+
+def accepts(constraint, ids) -> bool:
+    matcher = constraint.matcher()
+    return all(matcher.advance(t) for t in ids) and matcher.is_accepting()
+
+
+def test_both_engines_write_the_same_language(info):
+    """Same regex, so the same texts; llguidance may allow fewer *tokenisations* of forced text
+    (only ``{"`` where ``{`` would also spell it), never a token the index refuses."""
+    fsm = structgen.compile_constraint(PERSON, info, engine="outlines-core")
+    grammar = structgen.compile_constraint(PERSON, info, engine="llguidance")
+    assert (fsm.engine, grammar.engine) == ("outlines-core", "llguidance")
+    rng = random.Random(3)
+    for _ in range(8):
+        a, b = fsm.matcher(), grammar.matcher()
+        while not a.is_finished():
+            on_index, on_llguidance = a.allowed_token_ids(), b.allowed_token_ids()
+            assert on_llguidance and set(on_llguidance) <= set(on_index)
+            token = rng.choice(on_llguidance)
+            assert a.advance(token) and b.advance(token)
+            assert a.is_accepting() == b.is_accepting()
+        assert b.is_finished()
+
+
+def test_a_schema_the_regex_compiler_refuses_runs_on_llguidance(info, smollm2_tokenizer):
+    constraint = structgen.compile_constraint(NOT_REGULAR, info)
+    assert isinstance(constraint, GrammarConstraint) and constraint.engine == "llguidance"
+    assert "patternProperties" in constraint.fallback_reason
+    assert accepts(constraint, ids_of(smollm2_tokenizer, {"x-a": 1, "x-b": 2}))
+    assert not accepts(constraint, ids_of(smollm2_tokenizer, {"y": 1}))
+    assert not accepts(constraint, ids_of(smollm2_tokenizer, {"x-a": "one"}))
+    with pytest.raises(structgen.UnsupportedSchemaError):
+        structgen.compile_constraint(NOT_REGULAR, info, engine="outlines-core")
+
+
+def test_what_neither_engine_can_enforce_stays_a_typed_error_with_its_pointer(info):
+    schema = {"type": "object", "properties": {"a": {"type": "string", "format": "no-such-format"}}}
+    with pytest.raises(structgen.UnsupportedSchemaError) as raised:
+        structgen.compile_constraint(schema, info)
+    assert raised.value.pointer == "/properties/a/format"
+    assert "llguidance cannot enforce it either" in str(raised.value)
+
+
+def test_a_compile_over_its_time_budget_falls_back_to_llguidance(info, smollm2_tokenizer):
+    fresh = {"enum": [f"v{uuid.uuid4().hex}", "w"]}  # never compiled before: no cache hit
+    constraint = structgen.compile_constraint(fresh, info, timeout=1e-4)
+    assert constraint.engine == "llguidance"
+    assert "longer than" in constraint.fallback_reason
+    assert accepts(constraint, ids_of(smollm2_tokenizer, "w"))
+    assert not accepts(constraint, ids_of(smollm2_tokenizer, "x"))
+
+
+def test_a_hybrid_starts_on_llguidance_and_switches_mid_sequence(info, smollm2_tokenizer):
+    grammar = structgen.compile_constraint(PERSON, info, engine="llguidance")
+    fsm = structgen.compile_constraint(PERSON, info, engine="outlines-core")
+    pending: Future = Future()
+    hybrid = HybridConstraint(grammar, pending)
+    ids = ids_of(smollm2_tokenizer, {"name": "Zoë", "age": 41, "tags": ["bé"]})
+    matcher = hybrid.matcher(max_tokens=len(ids) + 1)
+    for token in ids[:5]:
+        assert matcher.advance(token)
+    assert not matcher.on_fsm
+    pending.set_result(fsm)
+    for token in ids[5:]:
+        assert matcher.advance(token)
+    assert matcher.on_fsm and matcher.is_accepting()
+    assert matcher.active.max_tokens == len(ids) + 1  # the budget guarantee is back in force
+    assert matcher.allowed_token_ids() == [info.eos_token_id]
+    assert hybrid.fallback_reason is None
+
+
+def test_wait_false_returns_a_hybrid_that_lands_on_the_index(info):
+    compiler = ConstraintCompiler(disk_cache=False)
+    schema = {"type": "object", "properties": {"id": {"enum": [uuid.uuid4().hex]}}, "required": ["id"]}
+    import structgen.constraint.compiler as module
+
+    saved, module._default_compiler = module._default_compiler, compiler
+    try:
+        constraint = structgen.compile_constraint(schema, info, wait=False)
+        assert isinstance(constraint, HybridConstraint)
+        assert constraint.fsm(wait=60).engine == "outlines-core"
+        assert constraint.matcher().current().constraint.engine == "outlines-core"
+        again = structgen.compile_constraint(schema, info, wait=False)
+        assert again.engine == "outlines-core"  # the memory cache: no head start needed
+    finally:
+        module._default_compiler = saved
+        compiler.close()
+
+
+def test_generate_decodes_on_an_llguidance_constraint(tiny_model):
+    constraint = structgen.compile_constraint(Literal["red", "green", "blue"], tiny_model,
+                                              engine="llguidance")
+    for seed in range(3):
+        value = structgen.generate(constraint, "Pick a colour", model=tiny_model, temperature=1.0,
+                                   seed=seed, max_tokens=16)
+        assert value in ("red", "green", "blue")
+
+
+def test_bitmasks_of_both_engines_have_the_same_layout(info):
+    words = (info.vocab_size + 31) // 32
+    for engine in ("outlines-core", "llguidance"):
+        matcher = structgen.compile_constraint(PERSON, info, engine=engine).matcher()
+        bits = np.zeros((2, words), np.int32)
+        matcher.fill_bitmask(bits, 1)
+        unpacked = np.unpackbits(bits[1].view(np.uint8), bitorder="little")
+        assert not bits[0].any()
+        assert np.flatnonzero(unpacked).tolist() == matcher.allowed_token_ids() != []
