@@ -165,6 +165,12 @@ def _packed_masks(offsets, tokens, vocab_size: int):
     return masks, mask_of_state
 
 
+def _schema_regex(schema, whitespace: str) -> str:
+    from structgen.schema import schema_to_regex
+
+    return schema_to_regex(schema, whitespace=whitespace)
+
+
 def _write_frame(stream, message) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(struct.pack("<Q", len(payload)) + payload)
@@ -210,7 +216,17 @@ def serve(memory_limit: int) -> None:
             vocabularies[fingerprint] = (Vocabulary(eos_token_id, bytes_to_ids), vocab_size, eos_token_id)
             _write_frame(replies, ("ok",))
             continue
-        _, fingerprint, regex = message
+        if kind == "schema":  # schema -> regex here too, so the parent's GIL stays free
+            _, fingerprint, schema, whitespace = message
+            try:
+                regex = _schema_regex(schema, whitespace)
+            except Exception as error:
+                _write_frame(replies, ("schema-error", type(error).__name__,
+                                       (getattr(error, "reason", str(error)),
+                                        getattr(error, "pointer", ""))))
+                continue
+        else:
+            _, fingerprint, regex = message
         vocabulary, vocab_size, eos_token_id = vocabularies[fingerprint]
         started = time.perf_counter()
         try:
@@ -224,7 +240,7 @@ def serve(memory_limit: int) -> None:
             _write_frame(replies, ("error", type(error).__name__, str(error)))
             continue
         tables["index_seconds"] = np.float64(index_seconds)
-        _write_frame(replies, ("ok", tables))
+        _write_frame(replies, ("ok", (regex, tables)) if kind == "schema" else ("ok", tables))
 
 
 class CompileWorker:
@@ -261,6 +277,15 @@ class CompileWorker:
 
     def compile(self, regex: str, tokenizer_info, timeout: float) -> tuple[str, object]:
         """Returns ("ok", tables) or ("timeout"|"out-of-memory"|<error name>, message)."""
+        return self._compile(("compile", tokenizer_info.fingerprint, regex), tokenizer_info, timeout)
+
+    def compile_schema(self, schema, whitespace: str, tokenizer_info, timeout: float):
+        """Schema -> regex -> index in the child: ("ok", (regex, tables)), ("schema-error",
+        (error class name, (reason, pointer))), or a failure as ``compile`` returns it."""
+        return self._compile(("schema", tokenizer_info.fingerprint, schema, whitespace),
+                             tokenizer_info, timeout)
+
+    def _compile(self, message, tokenizer_info, timeout: float):
         self.start()
         deadline = time.monotonic() + timeout
         if tokenizer_info.fingerprint not in self._vocabularies:
@@ -270,7 +295,7 @@ class CompileWorker:
             if status[0] != "ok":
                 return status
             self._vocabularies.add(tokenizer_info.fingerprint)
-        return self._request(("compile", tokenizer_info.fingerprint, regex), deadline)
+        return self._request(message, deadline)
 
     def _request(self, message, deadline: float):
         try:
@@ -282,6 +307,8 @@ class CompileWorker:
         if reply is None:
             self.stop()
             return ("timeout", "the compile did not finish within its time budget")
+        if reply[0] == "schema-error":
+            return ("schema-error", (reply[1], reply[2]))
         return reply if reply[0] == "ok" else (reply[1], reply[2])
 
     def _receive(self, deadline: float):

@@ -12,11 +12,13 @@ load in milliseconds. The whitespace mode is part of the regex, so it is part of
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +195,9 @@ class ConstraintCompiler:
         self._memory: OrderedDict[str, CompiledConstraint] = OrderedDict()
         self._worker = CompileWorker(memory_limit)
         self._lock = threading.Lock()
-        self._background: ThreadPoolExecutor | None = None
+        self._background: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._schema_regex: dict[str, str] = {}
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -231,11 +235,57 @@ class ConstraintCompiler:
         with self._lock:
             return self._cached(_cache_key(regex, tokenizer_info.fingerprint), meta)
 
-    def submit(self, regex: str, tokenizer_info: TokenizerInfo, **options) -> Future:
-        """Compile in a background thread (the worker process does the work); returns a Future."""
-        if self._background is None:
-            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="structgen-compile")
-        return self._background.submit(self.compile_regex, regex, tokenizer_info, **options)
+    def submit(self, function, *args, **options) -> Future:
+        """Run ``function`` (a compile: the worker process does the work) in a background thread.
+
+        One daemon thread, jobs in order: a script that exits with compiles still queued exits at
+        once (the worker process sees its pipe close and exits too) instead of waiting for them.
+        """
+        future: Future = Future()
+
+        def job():
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(function(*args, **options))
+            except BaseException as error:  # delivered to whoever waits on the future
+                future.set_exception(error)
+
+        self._jobs.put(job)
+        if self._background is None or not self._background.is_alive():
+            self._background = threading.Thread(target=self._run_jobs, name="structgen-compile",
+                                                daemon=True)
+            self._background.start()
+        return future
+
+    def _run_jobs(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+    def remember_schema(self, schema_key: str, regex: str) -> None:
+        """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
+        self._schema_regex[schema_key] = regex
+        if self.disk_cache:
+            path = cache_dir() / "constraints" / f"schema-{schema_key}.regex"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_text(regex, encoding="utf-8")
+                os.replace(partial, path)
+            except OSError:
+                pass
+
+    def regex_of_schema(self, schema_key: str) -> str | None:
+        regex = self._schema_regex.get(schema_key)
+        if regex is None and self.disk_cache:
+            try:
+                regex = (cache_dir() / "constraints" / f"schema-{schema_key}.regex").read_text("utf-8")
+            except OSError:
+                return None
+        return regex
 
     def _cached(self, key: str, meta: dict) -> CompiledConstraint | None:
         cached = self._memory.get(key)
@@ -258,8 +308,39 @@ class ConstraintCompiler:
             self._memory.popitem(last=False)
         return constraint
 
+    def compile_schema(self, spec: OutputType, tokenizer_info: TokenizerInfo, *, whitespace: str,
+                       schema_key: str, timeout: float | None = None) -> CompiledConstraint:
+        """Schema -> regex -> index entirely in the worker process (a background compile that
+        leaves this process's GIL to the decoding thread); cached like ``compile_regex``."""
+        import structgen.errors as errors
+
+        started = time.perf_counter()
+        status, payload = self._worker.compile_schema(spec.schema, whitespace, tokenizer_info,
+                                                      timeout or self.timeout)
+        if status == "schema-error":
+            name, (reason, pointer) = payload
+            error_class = getattr(errors, name, None)
+            if isinstance(error_class, type) and issubclass(error_class, errors.SchemaError):
+                raise error_class(reason, pointer)
+            raise ConstraintError(f"{name}: {reason}")
+        regex, tables = self._checked(status, payload, timeout or self.timeout)
+        meta = dict(regex=regex, output_type=spec, whitespace=whitespace,
+                    tokenizer_fingerprint=tokenizer_info.fingerprint,
+                    eos_token_id=tokenizer_info.eos_token_id)
+        key = _cache_key(regex, tokenizer_info.fingerprint)
+        with self._lock:
+            self._store(key, tables)
+            constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
+                                            from_cache="none", **meta)
+            constraint = self._remember(key, constraint)
+        self.remember_schema(schema_key, regex)
+        return constraint
+
     def _compile(self, regex: str, tokenizer_info: TokenizerInfo, timeout: float) -> dict:
         status, payload = self._worker.compile(regex, tokenizer_info, timeout)
+        return self._checked(status, payload, timeout)
+
+    def _checked(self, status: str, payload, timeout: float):
         if status == "ok":
             return payload
         if status == "timeout":
@@ -300,8 +381,7 @@ class ConstraintCompiler:
             pass  # a read-only cache directory costs speed, not correctness
 
     def close(self) -> None:
-        if self._background is not None:
-            self._background.shutdown(wait=False, cancel_futures=True)
+        self._jobs.put(None)
         self._worker.stop()
 
 
@@ -369,6 +449,20 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         raise ConstraintError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     spec = as_output_type(output_type)
     info = tokenizer_info_of(tokenizer)
+    compiler = default_compiler()
+    options = dict(whitespace=whitespace, output_type=spec)
+    schema_key = None if spec.regex is not None else _schema_key(spec.schema, whitespace, info)
+    if engine == "auto" and schema_key is not None:
+        known = compiler.regex_of_schema(schema_key)
+        cached = known and compiler.lookup(known, info, **options)
+        if cached:
+            return cached
+        if not wait:
+            head_start = _llguidance_json_head_start(spec, info, whitespace)
+            if head_start is not None:
+                return HybridConstraint(head_start, compiler.submit(
+                    compiler.compile_schema, spec, info, whitespace=whitespace,
+                    schema_key=schema_key, timeout=timeout))
     regex = spec.regex
     if regex is None:
         from structgen.schema import schema_to_regex
@@ -379,10 +473,8 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
             if engine == "outlines-core":
                 raise
             return _llguidance_json(spec, info, whitespace, unsupported)
-    options = dict(whitespace=whitespace, output_type=spec)
-    compiler = default_compiler()
     if engine == "outlines-core":
-        return compiler.compile_regex(regex, info, timeout=timeout, **options)
+        return _compile_index(compiler, regex, info, schema_key, timeout, options)
     if engine == "llguidance":
         return _llguidance_regex(regex, spec, info, whitespace, reason=None)
     cached = compiler.lookup(regex, info, **options)
@@ -392,15 +484,47 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         try:
             head_start = _llguidance_regex(regex, spec, info, whitespace, reason=None)
         except ConstraintError:  # llguidance refuses the regex (too large): wait for the index
-            return compiler.compile_regex(regex, info, timeout=timeout, **options)
-        return HybridConstraint(head_start, compiler.submit(regex, info, timeout=timeout, **options))
+            return _compile_index(compiler, regex, info, schema_key, timeout, options)
+        return HybridConstraint(head_start, compiler.submit(
+            _compile_index, compiler, regex, info, schema_key, timeout, options))
     try:
-        return compiler.compile_regex(regex, info, timeout=timeout, **options)
+        return _compile_index(compiler, regex, info, schema_key, timeout, options)
     except (CompileTimeoutError, CompileTooLargeError) as slow:
         try:
             return _llguidance_regex(regex, spec, info, whitespace, reason=str(slow))
         except ConstraintError:
             raise slow from None
+
+
+def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:
+    from structgen import __version__
+
+    text = json.dumps(schema, sort_keys=True, ensure_ascii=False, default=str)
+    digest = hashlib.sha256(f"{__version__}|{whitespace}|{info.fingerprint}|{text}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _compile_index(compiler: ConstraintCompiler, regex: str, info: TokenizerInfo,
+                   schema_key: str | None, timeout: float | None, options: dict) -> CompiledConstraint:
+    constraint = compiler.compile_regex(regex, info, timeout=timeout, **options)
+    if schema_key is not None:
+        compiler.remember_schema(schema_key, regex)
+    return constraint
+
+
+def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo,
+                                whitespace: str) -> GrammarConstraint | None:
+    """llguidance's own JSON grammar for the first tokens (its masks are fastest), or None if it
+    refuses the schema. The schema is checked against its metaschema first: typed errors stay
+    up front."""
+    from structgen.schema.normalize import normalize_check
+
+    normalize_check(spec.schema)
+    try:
+        grammar = json_schema_grammar(spec.schema, whitespace)
+        return GrammarConstraint(grammar, info, regex=None, output_type=spec, whitespace=whitespace)
+    except (ConstraintError, UnsupportedSchemaError):
+        return None
 
 
 def _llguidance_regex(regex: str, spec: OutputType, info: TokenizerInfo, whitespace: str,

@@ -13,6 +13,7 @@ wrote.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import jsonschema
@@ -119,6 +120,18 @@ def normalize(schema: dict | bool) -> Normalized:
     if root is True:
         root = {}
     return Normalized(root, inliner.origins)
+
+
+def normalize_check(schema: Any) -> None:
+    """The cheap half of ``normalize``: typed errors for what is not a valid JSON schema."""
+    if schema is False:
+        raise UnsatisfiableSchemaError("the schema is `false`: no value is valid", "")
+    if schema is True:
+        return
+    if not isinstance(schema, dict):
+        raise InvalidSchemaError(
+            f"a JSON schema is an object or a boolean, not {type(schema).__name__}")
+    _check_against_metaschema(schema)
 
 
 def _check_against_metaschema(schema: dict) -> None:
