@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test docs lint clean
+.PHONY: install demo test docs lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ lint: install
 
 docs: install
 	$(BIN)/mkdocs build --strict --site-dir .site
+
+# A short rerun of the three comparison benchmarks (about 10 minutes on 2 cores); results go to
+# benchmarks/results/*_quick.*. The full runs and their commands are in benchmarks/README.md.
+bench: install
+	$(BIN)/pip install -q -e ".[bench]"
+	cd benchmarks && ../$(BIN)/python maskbench.py --sample 24 --seed 0 --timeout 10 --name maskbench_quick
+	cd benchmarks && ../$(BIN)/python decode_overhead.py --quick
+	cd benchmarks && ../$(BIN)/python validity.py --quick
 
 clean:
 	rm -rf $(VENV) .site
