@@ -80,7 +80,7 @@ def test_a_schema_the_regex_compiler_refuses_runs_on_llguidance(info, smollm2_to
 
 
 def test_what_neither_engine_can_enforce_stays_a_typed_error_with_its_pointer(info):
-    schema = {"type": "object", "properties": {"a": {"type": "string", "format": "no-such-format"}}}
+    schema = {"type": "object", "properties": {"a": {"type": "string", "format": "iri-reference"}}}
     with pytest.raises(structgen.UnsupportedSchemaError) as raised:
         structgen.compile_constraint(schema, info)
     assert raised.value.pointer == "/properties/a/format"
@@ -151,3 +151,11 @@ def test_bitmasks_of_both_engines_have_the_same_layout(info):
         unpacked = np.unpackbits(bits[1].view(np.uint8), bitorder="little")
         assert not bits[0].any()
         assert np.flatnonzero(unpacked).tolist() == matcher.allowed_token_ids() != []
+
+
+def test_a_custom_format_is_an_annotation(info, smollm2_tokenizer):
+    schema = {"type": "string", "format": "mongoId", "maxLength": 4}
+    constraint = structgen.compile_constraint(schema, info)
+    assert constraint.engine == "outlines-core"
+    assert accepts(constraint, ids_of(smollm2_tokenizer, "ab"))
+    assert not accepts(constraint, ids_of(smollm2_tokenizer, "abcde"))
