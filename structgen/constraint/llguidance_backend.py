@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from structgen.constraint.matcher import Cursor, write_bitmask
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import ConstraintError, UnsupportedSchemaError
 
@@ -179,7 +180,7 @@ class GrammarConstraint(Constraint):
                 f"regex={'yes' if self.regex else 'no'}, fallback_reason={self.fallback_reason!r})")
 
 
-class GrammarMatcher:
+class GrammarMatcher(Cursor):
     """The ``Matcher`` API over an ``llguidance.LLMatcher``. A budget stops it, without steering."""
 
     def __init__(self, constraint: GrammarConstraint, max_tokens: int | None = None):
@@ -190,14 +191,6 @@ class GrammarMatcher:
         self._matcher = constraint._ll_matcher()
         self._words = (constraint.vocab_size + 31) // 32
         self._bits = np.zeros(self._words, dtype=np.int32)
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.constraint.eos_token_id
-
-    @property
-    def tokens_left(self) -> int | None:
-        return None if self.max_tokens is None else self.max_tokens - self.tokens_consumed
 
     def is_finished(self) -> bool:
         return self.finished or self.tokens_left == 0
@@ -217,19 +210,8 @@ class GrammarMatcher:
         packed = self._fill().view(np.uint8)
         return np.unpackbits(packed, bitorder="little")[: self.constraint.vocab_size].astype(bool)
 
-    def allowed_token_ids(self) -> list[int]:
-        return np.flatnonzero(self.mask()).tolist()
-
     def fill_bitmask(self, buffer, row: int = 0) -> None:
-        target = buffer[row] if getattr(buffer, "ndim", 1) == 2 else buffer
-        packed = self._fill()
-        if hasattr(target, "numpy"):  # a torch tensor
-            import torch
-
-            target[: len(packed)].copy_(torch.from_numpy(packed))
-        else:
-            target[: len(packed)] = packed
-        target[len(packed):] = 0
+        write_bitmask(buffer, row, self._fill())
 
     def advance(self, token_id: int) -> bool:
         if self.finished or self.tokens_left == 0:
@@ -299,7 +281,7 @@ class HybridConstraint(Constraint):
         return f"HybridConstraint(index {state}, whitespace={self.whitespace!r})"
 
 
-class HybridMatcher:
+class HybridMatcher(Cursor):
     """Runs on llguidance, and moves to the finite-state matcher as soon as the index is ready."""
 
     def __init__(self, constraint: HybridConstraint, max_tokens: int | None = None):
@@ -337,25 +319,14 @@ class HybridMatcher:
         return self.active
 
     @property
-    def eos_token_id(self) -> int:
-        return self.constraint.eos_token_id
-
-    @property
     def tokens_consumed(self) -> int:
         return self.active.tokens_consumed
-
-    @property
-    def tokens_left(self) -> int | None:
-        return None if self.max_tokens is None else self.max_tokens - self.tokens_consumed
 
     def mask(self) -> np.ndarray:
         self._switch()
         if self.tokens_left == 0:
             return np.zeros(self.constraint.vocab_size, dtype=bool)
         return self.active.mask()
-
-    def allowed_token_ids(self) -> list[int]:
-        return np.flatnonzero(self.mask()).tolist()
 
     def fill_bitmask(self, buffer, row: int = 0) -> None:
         self._switch()

@@ -14,7 +14,42 @@ from __future__ import annotations
 import numpy as np
 
 
-class Matcher:
+def write_bitmask(buffer, row: int, packed: np.ndarray) -> None:
+    """Copy ``packed`` into ``buffer`` (numpy or torch, 1-D or 2-D with ``row``), zeros after it."""
+    target = buffer[row] if getattr(buffer, "ndim", 1) == 2 else buffer
+    if hasattr(target, "numpy"):  # a torch tensor
+        import torch
+
+        target[: len(packed)].copy_(torch.from_numpy(packed))
+    else:
+        target[: len(packed)] = packed
+    target[len(packed):] = 0
+
+
+class Cursor:
+    """What every engine's matcher shares: a budget counted in tokens, and the mask as ids."""
+
+    constraint = None
+    max_tokens: int | None = None
+    tokens_consumed = 0
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.constraint.eos_token_id
+
+    @property
+    def tokens_left(self) -> int | None:
+        """Tokens that may still be taken, or None without a budget."""
+        return None if self.max_tokens is None else self.max_tokens - self.tokens_consumed
+
+    def mask(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def allowed_token_ids(self) -> list[int]:
+        return np.flatnonzero(self.mask()).tolist()
+
+
+class Matcher(Cursor):
     """Per-sequence state: ``allowed_token_ids``, ``fill_bitmask``, ``advance``, ``is_accepting``."""
 
     def __init__(self, constraint, max_tokens: int | None = None):
@@ -28,24 +63,12 @@ class Matcher:
         self.tokens_consumed = 0
         self.finished = False  # the EOS token was taken
 
-    @property
-    def eos_token_id(self) -> int:
-        return self.constraint.eos_token_id
-
-    @property
-    def tokens_left(self) -> int | None:
-        """Tokens that may still be taken, or None without a budget."""
-        return None if self.max_tokens is None else self.max_tokens - self.tokens_consumed
-
     def mask(self) -> np.ndarray:
         """Boolean mask over the vocabulary (``constraint.vocab_size`` entries)."""
         if self.finished or self.tokens_left == 0:
             return np.zeros(self.constraint.vocab_size, dtype=bool)
         after = None if self.max_tokens is None else self.tokens_left - 1
         return self.constraint.mask(self.state, after)
-
-    def allowed_token_ids(self) -> list[int]:
-        return np.flatnonzero(self.mask()).tolist()
 
     def fill_bitmask(self, buffer, row: int = 0) -> None:
         """Write the allowed-token bitmask into ``buffer`` (int32, ``ceil(vocab/32)`` words).
@@ -60,15 +83,7 @@ class Matcher:
             packed = pack_bitmask(self.mask())
         else:
             packed = self.constraint.bitmask(self.state)
-        target = buffer[row] if getattr(buffer, "ndim", 1) == 2 else buffer
-        if hasattr(target, "numpy"):  # a torch tensor
-            import torch
-
-            target[: len(packed)].copy_(torch.from_numpy(packed))
-            target[len(packed):] = 0
-        else:
-            target[: len(packed)] = packed
-            target[len(packed):] = 0
+        write_bitmask(buffer, row, packed)
 
     def advance(self, token_id: int) -> bool:
         """Take ``token_id``; returns False and changes nothing if it is not allowed."""
