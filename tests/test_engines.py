@@ -18,7 +18,11 @@ import pytest
 
 import structgen
 from structgen.constraint.compiler import ConstraintCompiler
-from structgen.constraint.llguidance_backend import GrammarConstraint, HybridConstraint
+from structgen.constraint.llguidance_backend import (
+    GrammarConstraint,
+    HybridConstraint,
+    json_schema_grammar,
+)
 from structgen.constraint.vocabulary import TokenizerInfo
 
 PERSON = {
@@ -159,3 +163,21 @@ def test_a_custom_format_is_an_annotation(info, smollm2_tokenizer):
     assert constraint.engine == "outlines-core"
     assert accepts(constraint, ids_of(smollm2_tokenizer, "ab"))
     assert not accepts(constraint, ids_of(smollm2_tokenizer, "abcde"))
+
+
+def test_a_hybrid_whose_index_refuses_the_replay_stays_on_llguidance(info, smollm2_tokenizer):
+    """llguidance's JSON grammar admits undeclared properties; structgen's index never writes
+    them, so a sequence that took one cannot switch, and finishes on llguidance."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    head_start = GrammarConstraint(json_schema_grammar(schema, "compact"), info, regex=None,
+                                   output_type=None, whitespace="compact")
+    pending: Future = Future()
+    matcher = HybridConstraint(head_start, pending).matcher()
+    ids = ids_of(smollm2_tokenizer, {"zz": 1})
+    for token in ids[:3]:
+        assert matcher.advance(token)
+    pending.set_result(structgen.compile_constraint(schema, info, engine="outlines-core"))
+    for token in ids[3:]:
+        assert matcher.advance(token)
+    assert not matcher.on_fsm and matcher.is_accepting()
+    assert "refused replayed token" in matcher.constraint.fallback_reason

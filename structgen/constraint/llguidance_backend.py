@@ -293,7 +293,7 @@ class HybridMatcher(Cursor):
 
     @property
     def on_fsm(self) -> bool:
-        return self._taken is None
+        return not isinstance(self.active, GrammarMatcher)
 
     def _switch(self) -> None:
         if self._taken is None:
@@ -303,9 +303,9 @@ class HybridMatcher(Cursor):
             return
         matcher = fsm.matcher()
         for token_id in self._taken:
-            if not matcher.advance(token_id):  # same regex, so this means a bug: keep llguidance
-                self.constraint.fallback_reason = f"replay refused token {token_id}"
-                self._taken = None
+            if not matcher.advance(token_id):  # llguidance's JSON grammar allowed more: stay on it
+                self.constraint.fallback_reason = f"the index refused replayed token {token_id}"
+                self._taken = None  # stop recording: this sequence finishes on llguidance
                 return
         left = self.tokens_left
         if left is not None and fsm.distance(matcher.state) <= left:
