@@ -8,9 +8,11 @@ from a grammar, so it starts in about a millisecond and covers those schemas. st
 - as a fallback (``GrammarConstraint``) when the finite-state compile is refused, times out or
   runs out of memory: schemas structgen's own regex compiler supports run on that same regex
   (identical language), the rest on llguidance's JSON-schema compiler;
-- as a head start (``HybridConstraint``): decoding starts on llguidance over the very regex the
-  finite-state index is being compiled from in the background; once the index lands, the tokens
-  taken so far are replayed into it and the sequence continues on lookup masks.
+- as a head start (``HybridConstraint``): decoding starts on llguidance (its own JSON grammar, or
+  structgen's regex when llguidance refuses the schema) while the finite-state index compiles in
+  the background; once the index lands, the tokens taken so far are replayed into it and the
+  sequence continues on lookup masks. llguidance's JSON grammar admits a little more than the
+  index (undeclared properties, for one): a sequence that took such a token stays on llguidance.
 
 The vocabulary handed to llguidance is structgen's own ``TokenizerInfo`` (token id -> exact
 bytes), so partial-UTF-8 tokens keep their bytes and both engines see the same tokens.
