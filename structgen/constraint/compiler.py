@@ -211,9 +211,7 @@ class ConstraintCompiler:
                 f"the schema's regex is {len(regex):,} characters (limit {MAX_REGEX_CHARS:,}); "
                 "simplify the schema (fewer alternatives, smaller bounded repeats)"
             )
-        meta = dict(regex=regex, output_type=output_type, whitespace=whitespace,
-                    tokenizer_fingerprint=tokenizer_info.fingerprint,
-                    eos_token_id=tokenizer_info.eos_token_id)
+        meta = _meta(regex, tokenizer_info, output_type, whitespace)
         key = _cache_key(regex, tokenizer_info.fingerprint)
         with self._lock:
             cached = self._cached(key, meta)
@@ -229,9 +227,7 @@ class ConstraintCompiler:
     def lookup(self, regex: str, tokenizer_info: TokenizerInfo, *, whitespace: str = "compact",
                output_type: OutputType | None = None) -> CompiledConstraint | None:
         """The compiled constraint from the memory or disk cache, or None (never compiles)."""
-        meta = dict(regex=regex, output_type=output_type, whitespace=whitespace,
-                    tokenizer_fingerprint=tokenizer_info.fingerprint,
-                    eos_token_id=tokenizer_info.eos_token_id)
+        meta = _meta(regex, tokenizer_info, output_type, whitespace)
         with self._lock:
             return self._cached(_cache_key(regex, tokenizer_info.fingerprint), meta)
 
@@ -324,9 +320,7 @@ class ConstraintCompiler:
                 raise error_class(reason, pointer)
             raise ConstraintError(f"{name}: {reason}")
         regex, tables = self._checked(status, payload, timeout or self.timeout)
-        meta = dict(regex=regex, output_type=spec, whitespace=whitespace,
-                    tokenizer_fingerprint=tokenizer_info.fingerprint,
-                    eos_token_id=tokenizer_info.eos_token_id)
+        meta = _meta(regex, tokenizer_info, spec, whitespace)
         key = _cache_key(regex, tokenizer_info.fingerprint)
         with self._lock:
             self._store(key, tables)
@@ -383,6 +377,14 @@ class ConstraintCompiler:
     def close(self) -> None:
         self._jobs.put(None)
         self._worker.stop()
+
+
+def _meta(regex: str, tokenizer_info: TokenizerInfo, output_type: OutputType | None,
+          whitespace: str) -> dict:
+    """A request's metadata, attached to the (shared) tables it compiled or loaded."""
+    return dict(regex=regex, output_type=output_type, whitespace=whitespace,
+                tokenizer_fingerprint=tokenizer_info.fingerprint,
+                eos_token_id=tokenizer_info.eos_token_id)
 
 
 def _with_meta(constraint: CompiledConstraint, meta: dict, source: str) -> CompiledConstraint:
@@ -521,10 +523,15 @@ def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo,
 
     normalize_check(spec.schema)
     try:
-        grammar = json_schema_grammar(spec.schema, whitespace)
-        return GrammarConstraint(grammar, info, regex=None, output_type=spec, whitespace=whitespace)
+        return _llguidance_json_grammar(spec, info, whitespace, reason=None)
     except (ConstraintError, UnsupportedSchemaError):
         return None
+
+
+def _llguidance_json_grammar(spec: OutputType, info: TokenizerInfo, whitespace: str,
+                             reason: str | None) -> GrammarConstraint:
+    return GrammarConstraint(json_schema_grammar(spec.schema, whitespace), info, regex=None,
+                             output_type=spec, whitespace=whitespace, fallback_reason=reason)
 
 
 def _llguidance_regex(regex: str, spec: OutputType, info: TokenizerInfo, whitespace: str,
@@ -537,9 +544,7 @@ def _llguidance_json(spec: OutputType, info: TokenizerInfo, whitespace: str,
                      unsupported: UnsupportedSchemaError) -> GrammarConstraint:
     """A schema structgen's regex compiler refuses, on llguidance's JSON compiler (or the refusal)."""
     try:
-        grammar = json_schema_grammar(spec.schema, whitespace)
-        return GrammarConstraint(grammar, info, regex=None, output_type=spec, whitespace=whitespace,
-                                 fallback_reason=str(unsupported))
+        return _llguidance_json_grammar(spec, info, whitespace, reason=str(unsupported))
     except (ConstraintError, UnsupportedSchemaError) as refused:
         raise UnsupportedSchemaError(
             f"{unsupported.reason}; llguidance cannot enforce it either ({str(refused)[:200]})",

@@ -167,11 +167,10 @@ class GrammarConstraint(Constraint):
         self.compile_seconds = time.perf_counter() - started
 
     def _ll_matcher(self):
-        if self._spare:
-            try:
-                return self._spare.pop()
-            except IndexError:
-                pass
+        try:
+            return self._spare.pop()
+        except IndexError:  # the spare is taken: build one
+            pass
         return self._llguidance.LLMatcher(self._tokenizer, self.grammar, log_level=0)
 
     def matcher(self, max_tokens: int | None = None) -> "GrammarMatcher":
