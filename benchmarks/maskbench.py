@@ -64,17 +64,22 @@ def source_of(path: Path) -> str:
 
 
 def stratified_sample(files: list[Path], n: int | None, seed: int) -> list[Path]:
-    """``n`` files, each source getting its share (at least one), drawn with a seeded RNG."""
+    """``n`` files, each source getting its share (at least one), drawn with a seeded RNG.
+
+    Each source is shuffled by its own RNG and its share taken from the front, so a larger
+    sample contains a smaller one with the same seed (``--resume`` can grow a run).
+    """
     if n is None or n >= len(files):
         return sorted(files)
     by_source: dict[str, list[Path]] = defaultdict(list)
     for f in sorted(files):
         by_source[source_of(f)].append(f)
-    rng = random.Random(seed)
     chosen: list[Path] = []
     for source, members in sorted(by_source.items()):
         share = max(1, round(n * len(members) / len(files)))
-        chosen.extend(rng.sample(members, min(share, len(members))))
+        shuffled = list(members)
+        random.Random(f"{seed}:{source}").shuffle(shuffled)
+        chosen.extend(shuffled[:share])
     return sorted(chosen)
 
 

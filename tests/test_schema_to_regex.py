@@ -744,6 +744,29 @@ def test_one_of_disjointness_proofs():
 # --- normalize_schema -------------------------------------------------------------------------
 
 
+def test_formats_of_other_drafts_and_custom_formats_are_annotations():
+    """``color`` is a format only in draft 3; elsewhere it is an annotation, as for validators."""
+    for schema in ({"type": "string", "format": "color"}, {"type": "string", "format": "year"}):
+        assert re.fullmatch(schema_to_regex(schema), '"not a colour"')
+    draft3 = {"$schema": "http://json-schema.org/draft-03/schema#", "type": "string",
+              "format": "host-name"}
+    regex = schema_to_regex(draft3)
+    assert re.fullmatch(regex, '"example.org"') and not re.fullmatch(regex, '"not a host"')
+
+
+def test_llguidance_gets_the_schema_without_custom_formats():
+    from structgen.schema.normalize import without_custom_formats
+
+    schema = {"$defs": {"Y": {"type": "string", "format": "year"}},
+              "properties": {"format": {"type": "string", "format": "date"},
+                             "y": {"$ref": "#/$defs/Y"}},
+              "anyOf": [{"format": "mongoId"}, {"type": "null"}]}
+    assert without_custom_formats(schema) == {
+        "$defs": {"Y": {"type": "string"}},
+        "properties": {"format": {"type": "string", "format": "date"}, "y": {"$ref": "#/$defs/Y"}},
+        "anyOf": [{}, {"type": "null"}]}
+
+
 def test_normalize_drops_annotations_but_not_property_names_or_values():
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "T",
@@ -819,9 +842,12 @@ ERRORS = [
                  UnsupportedSchemaError, "/not", id="not"),
     pytest.param({"if": {"type": "string"}, "then": {"minLength": 1}},
                  UnsupportedSchemaError, "/if", id="if_then"),
-    pytest.param({"properties": {"c": {"type": "string", "format": "color"}}},
-                 UnsupportedSchemaError, "/properties/c/format", id="unknown_format"),
-    pytest.param({"$defs": {"C": {"type": "string", "format": "color"}},
+    pytest.param({"properties": {"c": {"type": "string", "format": "uri-reference"}}},
+                 UnsupportedSchemaError, "/properties/c/format", id="unsupported_format"),
+    pytest.param({"$schema": "http://json-schema.org/draft-03/schema#",
+                  "properties": {"c": {"type": "string", "format": "color"}}},
+                 UnsupportedSchemaError, "/properties/c/format", id="draft3_format"),
+    pytest.param({"$defs": {"C": {"type": "string", "format": "uri-reference"}},
                   "properties": {"c": {"$ref": "#/$defs/C"}}},
                  UnsupportedSchemaError, "/$defs/C/format", id="error_inside_definition"),
     pytest.param({"properties": {"tags": {"type": "array", "uniqueItems": True}}},

@@ -530,7 +530,10 @@ def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo,
 
 def _llguidance_json_grammar(spec: OutputType, info: TokenizerInfo, whitespace: str,
                              reason: str | None) -> GrammarConstraint:
-    return GrammarConstraint(json_schema_grammar(spec.schema, whitespace), info, regex=None,
+    from structgen.schema.normalize import without_custom_formats
+
+    grammar = json_schema_grammar(without_custom_formats(spec.schema), whitespace)
+    return GrammarConstraint(grammar, info, regex=None,
                              output_type=spec, whitespace=whitespace, fallback_reason=reason)
 
 

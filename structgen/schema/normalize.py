@@ -34,6 +34,18 @@ ANNOTATIONS = frozenset({
     "discriminator", "example", "examples", "externalDocs", "id", "readOnly", "title", "writeOnly",
 })
 
+# Formats a JSON Schema draft defines (draft 4 to 2020-12): a validator may check these. Draft 3
+# also defined the ones below, dropped since; only a draft-3 schema means them (its ``host-name`` and
+# ``ip-address`` are today's ``hostname`` and ``ipv4``). Any other format is a custom annotation,
+# which validators (jsonschema's FORMAT_CHECKER included) ignore, so it is dropped.
+STANDARD_FORMATS = frozenset({
+    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname",
+    "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template",
+    "json-pointer", "relative-json-pointer", "regex",
+})
+DRAFT3_FORMATS = {"host-name": "hostname", "ip-address": "ipv4", "color": "color",
+                  "utc-millisec": "utc-millisec", "style": "style", "phone": "phone"}
+
 # Where subschemas sit: as the value, as each list element, or as each value of a name map.
 _SUBSCHEMA = frozenset({
     "additionalItems", "additionalProperties", "contains", "else", "if", "items", "not",
@@ -149,6 +161,7 @@ class _Inliner:
     def __init__(self, root: dict):
         self.root = root
         self.base_uri = str(root.get("$id", "")).partition("#")[0]
+        self.draft3 = _is_draft3(root)
         self.origins = Origins()
         self._done: dict[str, Schema] = {}  # pointer -> normalized node, so each is built once
         self._active: set[str] = set()  # pointers being normalized: a $ref to one is a cycle
@@ -213,6 +226,9 @@ class _Inliner:
             if key == "$id":
                 if pointer:
                     raise UnsupportedSchemaError("$id inside a subschema (embedded resource)", at)
+            elif key == "format":
+                if (value := standard_format(value, self.draft3)) is not None:
+                    out[key] = value
             elif key in ("$dynamicRef", "$recursiveRef"):
                 raise UnsupportedSchemaError(f"{key} is not supported", at)
             elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
@@ -240,6 +256,42 @@ class _Inliner:
             if name and isinstance(out.get(key), list):
                 tag, at = {"required": [name]}, f"{pointer}/discriminator"
                 out[key] = [merge(branch, tag, self.origins, at) for branch in out[key]]
+
+
+def _is_draft3(root: dict) -> bool:
+    return "draft-03" in str(root.get("$schema", ""))
+
+
+def standard_format(name: Any, draft3: bool) -> str | None:
+    """The format ``name`` means in a schema of its draft, or None for a custom annotation."""
+    if draft3 and name in DRAFT3_FORMATS:
+        return DRAFT3_FORMATS[name]
+    return name if name in STANDARD_FORMATS else None
+
+
+def without_custom_formats(schema: Any) -> Any:
+    """The user's schema minus its custom ``format`` annotations (for engines that refuse unknown
+    formats, such as llguidance); ``$ref``s are kept, not inlined."""
+    draft3 = isinstance(schema, dict) and _is_draft3(schema)
+
+    def walk(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "format":
+                if (value := standard_format(value, draft3)) is None:
+                    continue
+            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+                value = [walk(v) for v in value]
+            elif key in _SUBSCHEMA:
+                value = walk(value)
+            elif (key in _SUBSCHEMA_MAPS or key in _DEFINITIONS) and isinstance(value, dict):
+                value = {name: walk(v) for name, v in value.items()}
+            out[key] = value
+        return out
+
+    return walk(schema)
 
 
 def _upgrade_to_2020_12(out: dict, where: dict[str, str], pointer: str) -> None:

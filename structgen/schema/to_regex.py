@@ -236,8 +236,6 @@ class _Compiler:
         if high is not None and low > high:
             raise UnsatisfiableSchemaError(
                 f"minLength {low} > maxLength {high}", self._at(node, "minLength", pointer))
-        if "format" in node and node["format"] not in STANDARD_FORMATS | set(FORMATS):
-            node = {k: v for k, v in node.items() if k != "format"}  # a custom format: annotation
         if "format" in node and "pattern" in node:
             raise UnsupportedSchemaError(
                 "format and pattern together (structgen does not intersect regexes)",
@@ -873,17 +871,6 @@ FORMATS = {
     "ipv6": _IPV6,
     "uri": _URI,
 }
-
-
-# Formats some JSON Schema draft defines (2020-12 back to draft 3): a validator may check these,
-# so one structgen cannot write exactly is refused. Any other format is a custom annotation, which
-# validators (jsonschema's FORMAT_CHECKER included) ignore: structgen ignores it too.
-STANDARD_FORMATS = frozenset({
-    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname",
-    "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template",
-    "json-pointer", "relative-json-pointer", "regex", "host-name", "ip-address", "color",
-    "utc-millisec", "style", "phone",
-})
 
 
 def _format_regex(name: str, low: int, high: int | None, where: str) -> str:
