@@ -63,11 +63,13 @@ def source_of(path: Path) -> str:
     return head if tail.isdigit() else stem
 
 
-def stratified_sample(files: list[Path], n: int | None, seed: int) -> list[Path]:
+def stratified_sample(files: list[Path], n: int | None, seed: int,
+                      keep: frozenset[str] = frozenset()) -> list[Path]:
     """``n`` files, each source getting its share (at least one), drawn with a seeded RNG.
 
-    Each source is shuffled by its own RNG and its share taken from the front, so a larger
-    sample contains a smaller one with the same seed (``--resume`` can grow a run).
+    Files named in ``keep`` (schemas a resumed run already recorded) count first towards their
+    source's share; the rest of each share is drawn from the source's other files, shuffled by
+    the source's own RNG, so a run can grow from a smaller sample to a larger one.
     """
     if n is None or n >= len(files):
         return sorted(files)
@@ -79,7 +81,9 @@ def stratified_sample(files: list[Path], n: int | None, seed: int) -> list[Path]
         share = max(1, round(n * len(members) / len(files)))
         shuffled = list(members)
         random.Random(f"{seed}:{source}").shuffle(shuffled)
-        chosen.extend(shuffled[:share])
+        kept = [f for f in shuffled if f.name in keep]
+        others = [f for f in shuffled if f.name not in keep]
+        chosen.extend(kept + others[:max(0, share - len(kept))])
     return sorted(chosen)
 
 
@@ -615,11 +619,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-gib", type=float, default=8.0, help="address-space limit per worker")
     parser.add_argument("--parallel", type=int, default=2, help="schemas in flight at once")
     parser.add_argument("--name", default="maskbench")
-    parser.add_argument("--resume", action="store_true", help="keep records already in <name>.jsonl")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep records already in <name>.jsonl (and their schemas in the sample)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
 
-    files = stratified_sample(sorted(args.data.glob("*.json")), args.sample, args.seed)
     engines = args.engine or list(ENGINES)
     tokenizers = args.tokenizer or list(TOKENIZERS)
     RESULTS.mkdir(exist_ok=True)
@@ -630,6 +634,10 @@ def main(argv: list[str] | None = None) -> None:
     if records_path.exists():
         done = {(r["engine"], r["tokenizer"], r["schema"])
                 for r in map(json.loads, records_path.read_text().splitlines())}
+    # A resumed run keeps the schemas the first run sampled (for these tokenizers) and tops up.
+    recorded = frozenset(schema for engine, tokenizer, schema in done
+                         if tokenizer in tokenizers)
+    files = stratified_sample(sorted(args.data.glob("*.json")), args.sample, args.seed, recorded)
     if not args.report_only:
         # Interleave engines per schema, so slow and fast engines share the machine evenly.
         jobs = [(e, t, f) for t in tokenizers for e in engines for f in files]
