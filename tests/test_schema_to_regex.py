@@ -64,6 +64,28 @@ def _is_time(text: object) -> bool:
     return bool(shaped) and datetime.time.fromisoformat(text).tzinfo is not None
 
 
+def _contiguous_fields(part: str, designators: str) -> bool:
+    """RFC 3339 appendix A: ``digits+designator`` fields in order, none skipped between two."""
+    fields = re.findall(r"(\d+)([A-Z])", part)
+    if not fields or "".join(n + d for n, d in fields) != part:
+        return False
+    positions = [designators.find(d) for _, d in fields]
+    return -1 not in positions and positions == list(range(positions[0], positions[0] + len(fields)))
+
+
+@CHECKER.checks("duration")
+def _is_duration(text: object) -> bool:
+    if not isinstance(text, str):
+        return True
+    if re.fullmatch(r"P\d+W", text):
+        return True
+    date, _, time = text.removeprefix("P").partition("T")
+    if not text.startswith("P") or (not date and not time) or ("T" in text and not time):
+        return False
+    return (not date or _contiguous_fields(date, "YMD")) and (
+        not time or _contiguous_fields(time, "HMS"))
+
+
 @CHECKER.checks("hostname")
 def _is_hostname(text: object) -> bool:
     """RFC 1123: dot-separated labels of 1-63 letters, digits, hyphens (not at either end)."""
@@ -546,7 +568,7 @@ def test_pydantic_reads_every_match(name, data):
     adapter.validate_json(data.draw(st.from_regex(regex, fullmatch=True)))
 
 
-FORMATS = ["date", "time", "date-time", "uuid", "email", "hostname", "ipv4", "ipv6", "uri"]
+FORMATS = ["date", "time", "date-time", "duration", "uuid", "email", "hostname", "ipv4", "ipv6", "uri"]
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -737,8 +759,43 @@ def test_one_of_disjointness_proofs():
     schema_to_regex({"oneOf": [below, above]})
     with pytest.raises(UnsupportedSchemaError):  # 0 is in both
         schema_to_regex({"oneOf": [{"type": "number", "maximum": 0}, above]})
-    with pytest.raises(UnsupportedSchemaError):  # {"kind": "cat"} is valid under both
-        schema_to_regex({"oneOf": [cat, {"type": "object", "properties": {"lives": {}}}]})
+    with pytest.raises(UnsupportedSchemaError):  # every value of each is valid under the other
+        schema_to_regex({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]})
+
+
+def test_one_of_writes_only_branches_that_exclude_the_others():
+    cat = {"type": "object", "required": ["kind"],
+           "properties": {"kind": {"const": "cat"}, "lives": {"type": "integer"}}}
+    # {"kind": "cat"} is valid under both branches: cat is not written, the other branch is.
+    schema = {"oneOf": [cat, {"type": "object", "properties": {"lives": {}}}]}
+    regex = schema_to_regex(schema)
+    assert re.fullmatch(regex, '{"lives":1}') and not re.fullmatch(regex, '{"kind":"cat"}')
+    # 1 is an integer and a number: both branches are left out, the others stay.
+    schema = {"oneOf": [{"type": "integer"}, {"type": "string"}, {"type": "number"}]}
+    regex = schema_to_regex(schema)
+    assert re.fullmatch(regex, '"s"') and not re.fullmatch(regex, "1")
+
+
+def test_one_of_narrowing_and_nested_proofs():
+    # {} is valid under both closed branches: each is narrowed to require a property the other
+    # forbids.
+    a = {"type": "object", "additionalProperties": False, "properties": {"foo": {"type": "string"}}}
+    b = {"type": "object", "additionalProperties": False, "properties": {"bar": {"type": "string"}}}
+    regex = schema_to_regex({"oneOf": [a, b]})
+    assert re.fullmatch(regex, '{"foo":"x"}') and re.fullmatch(regex, '{"bar":"x"}')
+    assert not re.fullmatch(regex, "{}")
+    # Told apart one level down: a required property whose own required keys differ.
+    image = {"type": "object", "required": ["content"], "properties": {"content": {
+        "type": "object", "required": ["src"], "properties": {"src": {"type": "string"}}}}}
+    picture = {"type": "object", "required": ["content"], "properties": {"content": {
+        "type": "object", "required": ["bg"], "properties": {"bg": {"type": "string"}}}}}
+    regex = schema_to_regex({"oneOf": [picture, image]})
+    assert re.fullmatch(regex, '{"content":{"src":"a"}}')
+    # A nested union's types: the array branch excludes a string-or-object tool.
+    tool = {"oneOf": [{"type": "string"},
+                      {"type": "object", "required": ["v"], "properties": {"v": {}}}]}
+    regex = schema_to_regex({"oneOf": [{"type": "array", "items": tool}, tool]})
+    assert re.fullmatch(regex, '["x",{"v":1}]') and re.fullmatch(regex, '"x"')
 
 
 # --- normalize_schema -------------------------------------------------------------------------

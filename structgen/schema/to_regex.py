@@ -35,8 +35,8 @@ from structgen.errors import (
 )
 from structgen.schema.normalize import (
     Origins,
+    Schema,
     escape_token,
-    json_equal,
     merge,
     normalize,
 )
@@ -190,17 +190,17 @@ class _Compiler:
         at = self._at(node, key, pointer)
         rest = self.origins.without(node, key)
         branches = [merge(rest, sub, self.origins, f"{at}/{i}") for i, sub in enumerate(node[key])]
-        regexes, errors, alive = [], [], []
-        for i, branch in enumerate(branches):
+        written = list(enumerate(branches))
+        if key == "oneOf":
+            written = self._exclusive_branches(branches, at)
+        regexes, errors = [], []
+        for i, branch in written:
             try:
                 regexes.append(self.value(branch, f"{at}/{i}"))
-                alive.append(i)
             except UnsatisfiableSchemaError as error:
                 errors.append(error)
         if not regexes:
             raise errors[0]
-        if key == "oneOf":
-            self._check_disjoint(branches, alive, at)
         return _alt(regexes)
 
     def _typed(self, node: dict, pointer: str) -> str:
@@ -601,18 +601,53 @@ class _Compiler:
 
     # --- oneOf --------------------------------------------------------------------------------
 
-    def _check_disjoint(self, branches: list[dict | bool], alive: list[int], at: str) -> None:
-        """oneOf needs each produced value to match exactly one branch, so every producing branch
-        must provably exclude every other branch (checked on meaning, not on regex texts: a
-        branch's regex is narrower than what the branch accepts)."""
-        for i in alive:
+    def _exclusive_branches(self, branches: list[dict | bool], at: str) -> list[tuple[int, Schema]]:
+        """The oneOf branches to write, each narrowed so that no value it writes matches another
+        branch (checked on meaning, not on regex texts: a branch's regex is narrower than what the
+        branch accepts).
+
+        A branch that may overlap another is narrowed by requiring a property the other forbids;
+        one that still may overlap is not written (its values may be invalid). When no branch is
+        left, the oneOf is refused.
+        """
+        written, first_overlap = [], None
+        for i, branch in enumerate(branches):
+            narrowed = branch
             for j, other in enumerate(branches):
-                if i != j and not self._excludes(branches[i], other):
-                    raise UnsupportedSchemaError(
-                        f"oneOf branches {i} and {j} may both match one value; structgen accepts "
-                        "oneOf only when branches differ in type, in a required const/enum "
-                        "property, in enum values or in numeric range (use anyOf if overlap is "
-                        "fine)", at)
+                if i == j or self._excludes(narrowed, other):
+                    continue
+                narrowed = self._require_forbidden(narrowed, other)
+                if narrowed is None or not self._excludes(narrowed, other):
+                    first_overlap = first_overlap or (i, j)
+                    break
+            else:
+                written.append((i, narrowed))
+        if not written and first_overlap:
+            i, j = first_overlap
+            raise UnsupportedSchemaError(
+                f"oneOf branches {i} and {j} may both match one value; structgen writes a oneOf "
+                "branch only when it provably excludes the others (by type, by a required "
+                "property or its const/enum values, by enum values or numeric range, or by a "
+                "property the other forbids; use anyOf if overlap is fine)", at)
+        return written
+
+    def _require_forbidden(self, produced: Schema, other: Schema) -> Schema | None:
+        """``produced`` narrowed to require one of its properties that ``other`` forbids
+        (``additionalProperties: false`` without that name), or None if there is none."""
+        if not isinstance(produced, dict) or not isinstance(other, dict):
+            return None
+        if self._produced_types(produced) != {"object"} or _is_map(produced):
+            return None
+        if other.get("additionalProperties") is not False or other.get("patternProperties"):
+            return None
+        required = produced.get("required", [])
+        for name in produced.get("properties", {}):
+            if name not in other.get("properties", {}) and name not in required:
+                narrowed = {**produced, "required": [*required, name]}
+                self.origins.record(narrowed, self.origins.pointer(produced, ""),
+                                    {k: self.origins.keyword(produced, k, "") for k in produced})
+                return narrowed
+        return None
 
     def _excludes(self, produced: dict | bool, other: dict | bool) -> bool:
         """True when no value that the regex of ``produced`` admits is valid under ``other``."""
@@ -629,10 +664,19 @@ class _Compiler:
         return self._discriminated(produced, other) or self._ranges_apart(produced, other)
 
     def _produced_types(self, node: dict) -> set[str]:
+        """JSON types the regex of ``node`` may write (integer counted as number)."""
         if "enum" in node or "const" in node:
             return {_json_type(v) for v in _const_values(node)}
-        if {"anyOf", "oneOf", "allOf"} & node.keys():
+        if "allOf" in node:
             return set(_JSON_TYPES)
+        for key in ("anyOf", "oneOf"):
+            if key in node:
+                rest = self.origins.without(node, key)
+                try:
+                    merged = [merge(rest, sub, self.origins, "") for sub in node[key]]
+                except (UnsupportedSchemaError, UnsatisfiableSchemaError):
+                    return set(_JSON_TYPES)
+                return set().union(*(self._produced_types(m) for m in merged if m is not False))
         if "type" in node:
             return _admitted_types(node)
         implied = {t for t, keywords in _TYPE_KEYWORDS.items() if keywords & node.keys()}
@@ -640,17 +684,15 @@ class _Compiler:
 
     def _discriminated(self, produced: dict, other: dict) -> bool:
         """``other`` requires a property that ``produced`` never writes, or ``produced`` requires
-        one whose const/enum values ``other`` never allows."""
+        one whose values ``other`` never allows there (recursively)."""
         if self._produced_types(produced) != {"object"} or _is_map(produced):
             return False
         written = set(produced.get("properties", {})) | set(produced.get("required", []))
         if set(other.get("required", [])) - written:
             return True
-        mine, theirs = produced.get("properties", {}), other.get("properties", {})
+        mine = produced.get("properties", {})
         for name in produced.get("required", []):
-            ours, others = _const_values(mine.get(name)), _const_values(theirs.get(name))
-            overlap = others is None or any(json_equal(x, y) for x in ours or [] for y in others)
-            if ours and not overlap:
+            if name in mine and self._excludes(mine[name], _property_schema(other, name)):
                 return True
         return False
 
@@ -676,6 +718,15 @@ def _is_map(node: dict) -> bool:
     return extra is not False and "properties" not in node and "required" not in node
 
 
+def _property_schema(node: dict, name: str) -> Schema:
+    """What ``node`` allows as the value of property ``name`` (True when it may not say)."""
+    if not isinstance(node, dict) or node.get("patternProperties"):
+        return True
+    if name in node.get("properties", {}):
+        return node["properties"][name]
+    return node.get("additionalProperties", True)
+
+
 def _trivial(schema: object) -> bool:
     """True for keyword values that constrain nothing: ``true``, ``{}``, empty maps/lists."""
     return schema is True or schema == {} or schema == []
@@ -697,15 +748,21 @@ def _const_values(node: object) -> list | None:
     return [node["const"]] if "const" in node else None
 
 
-def _admitted_types(node: dict) -> set[str]:
+def _admitted_types(node: Schema) -> set[str]:
     """JSON types a node may accept (integer counted as number); all of them when unsaid."""
+    if isinstance(node, bool):
+        return set(_JSON_TYPES) if node else set()
     if "enum" in node or "const" in node:
         return {_json_type(v) for v in _const_values(node)}
     declared = node.get("type")
-    if declared is None:
-        return set(_JSON_TYPES)
-    names = [declared] if isinstance(declared, str) else declared
-    return {"number" if name == "integer" else name for name in names}
+    names = _JSON_TYPES if declared is None else [declared] if isinstance(declared, str) else declared
+    types = {"number" if name == "integer" else name for name in names}
+    for key in ("anyOf", "oneOf"):  # a value must pass some branch
+        if isinstance(node.get(key), list):
+            types &= set().union(*map(_admitted_types, node[key]))
+    for sub in node.get("allOf", []):
+        types &= _admitted_types(sub)
+    return types
 
 
 def _interval(node: dict):
@@ -859,11 +916,19 @@ _URI = (
     rf"(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?"
 )
 
+# RFC 3339 appendix A durations (at most 9 digits per field): P1Y2M3DT4H5M6S, P2W, PT30M...
+_DURATION_TIME = "T(?:[0-9]{1,9}H(?:[0-9]{1,9}M(?:[0-9]{1,9}S)?)?|[0-9]{1,9}M(?:[0-9]{1,9}S)?|[0-9]{1,9}S)"
+_DURATION = (
+    "P(?:(?:[0-9]{1,9}Y(?:[0-9]{1,9}M(?:[0-9]{1,9}D)?)?|[0-9]{1,9}M(?:[0-9]{1,9}D)?|[0-9]{1,9}D)"
+    f"(?:{_DURATION_TIME})?|{_DURATION_TIME}|[0-9]{{1,9}}W)"
+)
+
 #: The string formats enforced; each regex is a safe subset of its RFC (see the docs).
 FORMATS = {
     "date": _DATE,
     "time": _TIME,
     "date-time": f"{_DATE}T{_TIME}",
+    "duration": _DURATION,
     "uuid": "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     "email": _EMAIL,
     "hostname": _HOSTNAME,
