@@ -61,6 +61,14 @@ class UnsatisfiableSchemaError(SchemaError):
     """No JSON value satisfies the schema, so no answer could ever be produced."""
 
 
+class RecursionLimitError(UnsatisfiableSchemaError, UnsupportedSchemaError):
+    """Every value here nests a recursive ``$ref`` deeper than the regex compiler unrolls it.
+
+    Where the value is optional (an optional property, array items, an anyOf branch) the regex
+    just stops nesting there; this error surfaces only when nesting that deep is required, and
+    ``compile_constraint`` then falls back to llguidance, which nests without bound."""
+
+
 # --- constraint -------------------------------------------------------------------------------
 
 

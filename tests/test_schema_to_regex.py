@@ -29,6 +29,7 @@ from typing_extensions import TypedDict
 
 from structgen.errors import (
     InvalidSchemaError,
+    RecursionLimitError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
@@ -801,6 +802,44 @@ def test_one_of_narrowing_and_nested_proofs():
 # --- normalize_schema -------------------------------------------------------------------------
 
 
+def test_declared_properties_with_an_additional_properties_schema():
+    """Only declared properties are written; a required undeclared one takes
+    additionalProperties' values."""
+    schema = {"properties": {"a": {"type": "string"}}, "required": ["z"],
+              "additionalProperties": {"type": "integer"}}
+    regex = schema_to_regex(schema)
+    assert re.fullmatch(regex, '{"a":"x","z":3}') and not re.fullmatch(regex, '{"z":true}')
+
+
+def test_schema_dependencies_narrow_the_object():
+    """A required trigger's dependent schema is merged in; an optional trigger is not written."""
+    schema = {"type": "object", "required": ["kind"],
+              "properties": {"kind": {"type": "string"}, "extra": {"type": "integer"}},
+              "dependentSchemas": {"kind": {"required": ["n"], "properties": {"n": {"const": 1}}},
+                                   "extra": {"required": ["m"]}}}
+    regex = schema_to_regex(schema)
+    assert re.fullmatch(regex, '{"kind":"a","n":1}')
+    assert not re.fullmatch(regex, '{"kind":"a"}') and not re.fullmatch(regex, '{"kind":"a","extra":1,"n":1}')
+
+
+def test_recursive_refs_unroll_to_a_bounded_depth():
+    """A recursive $ref nests ``max_recursion`` times inside itself; below that it is not written
+    (where it is optional) and what is written still validates."""
+    schema = {"$defs": {"Node": {**NODE, "properties": {**NODE["properties"],
+                                                        "v": {"type": "integer"}}}},
+              "$ref": "#/$defs/Node"}
+    regex = schema_to_regex(schema, max_recursion=2)
+    assert re.fullmatch(regex, '{"next":{"next":{"v":1}}}')
+    assert not re.fullmatch(regex, '{"next":{"next":{"next":{}}}}')
+    assert re.fullmatch(schema_to_regex(schema, max_recursion=3), '{"next":{"next":{"next":{}}}}')
+    # A cut branch is not read as `false` when proving oneOf branches apart.
+    tree = {"oneOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}
+    regex = schema_to_regex(tree)
+    assert re.fullmatch(regex, "[1,[2,[]]]") and not re.fullmatch(regex, "[[[[1]]]]")
+    with pytest.raises(UnsupportedSchemaError):
+        normalize_schema(schema)  # normalize alone still refuses recursion
+
+
 def test_formats_of_other_drafts_and_custom_formats_are_annotations():
     """``color`` is a format only in draft 3; elsewhere it is an annotation, as for validators."""
     for schema in ({"type": "string", "format": "color"}, {"type": "string", "format": "year"}):
@@ -855,10 +894,10 @@ def test_normalize_inlines_refs_and_upgrades_drafts():
 
 NODE = {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}
 ERRORS = [
-    pytest.param({"$defs": {"Node": NODE}, "$ref": "#/$defs/Node"},
-                 UnsupportedSchemaError, "/$defs/Node/properties/next/$ref", id="recursive_ref"),
-    pytest.param({"type": "array", "items": {"$ref": "#"}},
-                 UnsupportedSchemaError, "/items/$ref", id="root_recursion"),
+    pytest.param({"$defs": {"Node": {**NODE, "required": ["next"]}}, "$ref": "#/$defs/Node"},
+                 RecursionLimitError, "/$defs/Node/properties/next/$ref", id="required_recursion"),
+    pytest.param({"type": "array", "items": {"$ref": "#"}, "minItems": 1},
+                 RecursionLimitError, "/minItems", id="root_recursion"),
     pytest.param({"properties": {"a": {"$ref": "#/$defs/Missing"}}},
                  InvalidSchemaError, "/properties/a/$ref", id="dangling_ref"),
     pytest.param({"$ref": "https://example.com/schema.json"},
@@ -917,8 +956,6 @@ ERRORS = [
                  UnsupportedSchemaError, "/maximum", id="fractional_bound"),
     pytest.param({"patternProperties": {"^a": {}}},
                  UnsupportedSchemaError, "/patternProperties", id="pattern_properties"),
-    pytest.param({"properties": {"a": {}}, "additionalProperties": {"type": "integer"}},
-                 UnsupportedSchemaError, "/additionalProperties", id="map_with_properties"),
     pytest.param({"oneOf": [{"type": "string"}, {"maxLength": 3}]},
                  UnsupportedSchemaError, "/oneOf", id="overlapping_one_of"),
     pytest.param({"oneOf": [
@@ -978,8 +1015,8 @@ def test_an_optional_trigger_whose_dependency_is_forbidden_is_left_out():
     assert schema_to_regex(schema) == r"\{\}"
 
 
-def test_schema_dependencies_on_a_writable_property_are_refused():
+def test_schema_dependencies_on_free_keys_are_refused():
     with pytest.raises(UnsupportedSchemaError) as caught:
-        schema_to_regex({"type": "object", "properties": {"a": {"type": "integer"}},
+        schema_to_regex({"type": "object", "additionalProperties": {"type": "integer"},
                          "dependentSchemas": {"a": {"required": ["b"]}}})
     assert caught.value.pointer == "/dependentSchemas"

@@ -11,6 +11,7 @@ load in milliseconds. The whitespace mode is part of the regex, so it is part of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -499,11 +500,24 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
 
 
 def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:
+    text = json.dumps(schema, sort_keys=True, ensure_ascii=False, default=str)
+    digest = hashlib.sha256(
+        f"{_schema_compiler_revision()}|{whitespace}|{info.fingerprint}|{text}".encode())
+    return digest.hexdigest()[:32]
+
+
+@functools.cache
+def _schema_compiler_revision() -> str:
+    """The schema→regex compiler's own source, hashed: an alias cached by an older compiler
+    (same structgen version, during development) is never reused."""
+    import structgen.schema.normalize as normalize
+    import structgen.schema.to_regex as to_regex
     from structgen import __version__
 
-    text = json.dumps(schema, sort_keys=True, ensure_ascii=False, default=str)
-    digest = hashlib.sha256(f"{__version__}|{whitespace}|{info.fingerprint}|{text}".encode())
-    return digest.hexdigest()[:32]
+    digest = hashlib.sha256(__version__.encode())
+    for module in (normalize, to_regex):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _compile_index(compiler: ConstraintCompiler, regex: str, info: TokenizerInfo,

@@ -21,6 +21,7 @@ from jsonschema.validators import validator_for
 
 from structgen.errors import (
     InvalidSchemaError,
+    RecursionLimitError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
@@ -102,6 +103,32 @@ class Origins:
         return rest
 
 
+class RecursionCut(dict):
+    """Where bounded unrolling stops a recursive ``$ref``: no value is written here.
+
+    To a validator it reads ``{"not": {}}`` (no value valid), which only narrows what the regex
+    writes. It is not the real schema, so proofs about other branches must not read it as one
+    (see ``contains_cut``)."""
+
+    def __init__(self, ref: str, target: str, at: str, depth: int):
+        super().__init__({"not": {}})
+        self.error = RecursionLimitError(
+            f"$ref {ref!r} recurses into {target or '/'} more than {depth} times here, and the "
+            f"regex unrolls recursion {depth} levels deep", at)
+
+
+def contains_cut(node: Any, _seen: set[int] | None = None) -> bool:
+    """Whether a normalized node has a ``RecursionCut`` anywhere inside."""
+    seen = set() if _seen is None else _seen
+    if isinstance(node, RecursionCut):
+        return True
+    if id(node) in seen or not isinstance(node, (dict, list)):
+        return False
+    seen.add(id(node))
+    values = node.values() if isinstance(node, dict) else node
+    return any(contains_cut(v, seen) for v in values if isinstance(v, (dict, list)))
+
+
 @dataclass
 class Normalized:
     """A normalized schema and where each of its nodes came from."""
@@ -115,8 +142,11 @@ def normalize_schema(schema: dict | bool) -> dict:
     return normalize(schema).schema
 
 
-def normalize(schema: dict | bool) -> Normalized:
-    """``normalize_schema``, also returning the ``Origins`` of every node for error messages."""
+def normalize(schema: dict | bool, max_recursion: int | None = None) -> Normalized:
+    """``normalize_schema``, also returning the ``Origins`` of every node for error messages.
+
+    A recursive ``$ref`` is refused unless ``max_recursion`` is given: then a definition may be
+    entered again inside itself that many times, and a ``RecursionCut`` stands below that."""
     if schema is True:
         schema = {}
     if schema is False:
@@ -125,7 +155,7 @@ def normalize(schema: dict | bool) -> Normalized:
         raise InvalidSchemaError(
             f"a JSON schema is an object or a boolean, not {type(schema).__name__}")
     _check_against_metaschema(schema)
-    inliner = _Inliner(schema)
+    inliner = _Inliner(schema, max_recursion)
     root = inliner.node(schema, "")
     if root is False:
         raise UnsatisfiableSchemaError("the schema is `false`: no value is valid", "")
@@ -158,35 +188,52 @@ def _check_against_metaschema(schema: dict) -> None:
 class _Inliner:
     """Walks the user's schema from the root, inlining refs and rewriting each node once."""
 
-    def __init__(self, root: dict):
+    def __init__(self, root: dict, max_recursion: int | None = None):
         self.root = root
+        self.max_recursion = max_recursion
+        self._level = 0  # how many recursive $refs the current path has followed
         self.base_uri = str(root.get("$id", "")).partition("#")[0]
         self.draft3 = _is_draft3(root)
         self.origins = Origins()
-        self._done: dict[str, Schema] = {}  # pointer -> normalized node, so each is built once
-        self._active: set[str] = set()  # pointers being normalized: a $ref to one is a cycle
+        # (pointer, level) -> normalized node, so each is built once per unrolling level
+        self._done: dict[tuple[str, int], Schema] = {}
+        self._active: dict[str, int] = {}  # pointers being normalized: a $ref to one is a cycle
 
     def node(self, schema: Schema, pointer: str) -> Schema:
         if isinstance(schema, bool):
             return schema
-        if pointer not in self._done:
-            self._active.add(pointer)
+        key = (pointer, self._level)
+        if key not in self._done:
+            self._active[pointer] = self._active.get(pointer, 0) + 1
             try:
-                self._done[pointer] = self._rewrite(schema, pointer)
+                self._done[key] = self._rewrite(schema, pointer)
             finally:
-                self._active.discard(pointer)
-        return self._done[pointer]
+                self._active[pointer] -= 1
+                if not self._active[pointer]:
+                    del self._active[pointer]
+        return self._done[key]
 
     def _rewrite(self, schema: dict, pointer: str) -> Schema:
         if "$ref" not in schema:
             return self._keywords(schema, pointer)
         at = f"{pointer}/$ref"
         target_pointer, target = self._resolve(schema["$ref"], at)
-        if target_pointer in self._active:
+        if target_pointer not in self._active:
+            inlined = self.node(target, target_pointer)
+        elif self.max_recursion is None:
             raise UnsupportedSchemaError(
                 f"recursive schema: $ref {schema['$ref']!r} refers back to "
                 f"{target_pointer or '/'}, and a regex cannot nest without bound", at)
-        inlined = self.node(target, target_pointer)
+        elif self._level >= self.max_recursion:
+            return RecursionCut(schema["$ref"], target_pointer, at, self.max_recursion)
+        else:
+            self._level += 1
+            try:
+                inlined = self.node(target, target_pointer)
+            finally:
+                self._level -= 1
+        if isinstance(inlined, RecursionCut):
+            return inlined  # no value: the siblings cannot add one
         siblings = self._keywords({k: v for k, v in schema.items() if k != "$ref"}, pointer)
         if not siblings:
             return inlined
@@ -338,6 +385,8 @@ def merge(a: Schema, b: Schema, origins: Origins, pointer: str) -> Schema:
         return a
     if a is False or b is False:
         return False
+    if isinstance(a, RecursionCut) or isinstance(b, RecursionCut):
+        return a if isinstance(a, RecursionCut) else b
     _check_mergeable(a, b, origins, pointer)
     out = dict(a)
     where = {key: origins.keyword(a, key, pointer) for key in a}

@@ -30,12 +30,15 @@ import jsonschema
 
 from structgen.errors import (
     InvalidSchemaError,
+    RecursionLimitError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
 from structgen.schema.normalize import (
     Origins,
+    RecursionCut,
     Schema,
+    contains_cut,
     escape_token,
     merge,
     normalize,
@@ -101,13 +104,16 @@ def schema_to_regex(
     whitespace: str = "compact",
     max_digits: int = 12,
     max_any_depth: int = 1,
+    max_recursion: int = 2,
 ) -> str:
     """A regex whose full matches are JSON texts valid under ``schema``.
 
     ``whitespace`` is ``"compact"`` (no whitespace between tokens) or ``"flexible"`` (any JSON
     whitespace between tokens). ``max_digits`` caps the digits of an integer part or fraction
     wherever the schema leaves a number unbounded; ``max_any_depth`` caps how deep arrays and
-    objects nest inside a value the schema leaves unconstrained (``{}``).
+    objects nest inside a value the schema leaves unconstrained (``{}``). ``max_recursion`` is how
+    many times a recursive ``$ref`` is unrolled inside itself; below that the regex stops nesting
+    (``RecursionLimitError`` where the nesting is required).
 
     Raises ``InvalidSchemaError``, ``UnsupportedSchemaError`` or ``UnsatisfiableSchemaError``, each
     with the JSON pointer of the offending place in ``schema``.
@@ -116,9 +122,17 @@ def schema_to_regex(
         raise ValueError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
     if max_digits < 1 or max_any_depth < 0:
         raise ValueError("max_digits must be >= 1 and max_any_depth >= 0")
-    normalized = normalize(schema)
+    normalized = normalize(schema, max_recursion)
     compiler = _Compiler(normalized.origins, whitespace == "flexible", max_digits, max_any_depth)
-    body = compiler.value(normalized.schema, "")
+    try:
+        body = compiler.value(normalized.schema, "")
+    except UnsatisfiableSchemaError as error:
+        if compiler.cut is None or isinstance(error, RecursionLimitError):
+            raise
+        # Unsatisfiable only because recursion was cut somewhere below: say so (and stay an
+        # UnsupportedSchemaError, so that compile_constraint tries llguidance).
+        raise RecursionLimitError(f"{error.reason}, once {compiler.cut.reason}",
+                                  error.pointer) from None
     return f"{compiler.ws}{body}{compiler.ws}"
 
 
@@ -138,6 +152,7 @@ class _Compiler:
         # with 6 digits, 44 s with 12), so numbers the schema does not type get a smaller cap.
         self.untyped_number = _number(min(max_digits, UNTYPED_MAX_DIGITS))
         self._any_values: dict[int, str] = {}
+        self.cut: RecursionLimitError | None = None  # the first recursion cut met, if any
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -147,6 +162,9 @@ class _Compiler:
             return self.any_value(self.max_any_depth)
         if node is False:
             raise UnsatisfiableSchemaError("the schema is `false`: no value is valid here", where)
+        if isinstance(node, RecursionCut):
+            self.cut = self.cut or node.error
+            raise RecursionLimitError(node.error.reason, node.error.pointer)
         pointer = self.origins.pointer(node, where)
         if "allOf" in node:
             return self.value(self._merge_all_of(node, pointer), pointer)
@@ -423,14 +441,38 @@ class _Compiler:
                 if key in _DEPENDENCY_KEYWORDS and not _is_map(node):
                     continue  # a record enforces them by making the dependencies required
                 raise UnsupportedSchemaError(f"{key!r} cannot be enforced", at(key))
+        node = self._dependent_schemas(node, pointer)
         extra = node.get("additionalProperties")
         if _is_map(node):
-            if "properties" in node or "required" in node:
-                raise UnsupportedSchemaError(
-                    "additionalProperties with a schema together with properties/required",
-                    at("additionalProperties"))
             return self._map(node, pointer, True if extra == {} else extra)
         return self._record(node, pointer, closed=extra is False)
+
+    def _dependent_schemas(self, node: dict, pointer: str) -> dict:
+        """Schema-valued dependencies enforced by narrowing: a required trigger merges its schema
+        into the object, an optional one is not written (then its schema never applies)."""
+        for key in ("dependentSchemas", "dependencies"):
+            schemas = {t: d for t, d in node.get(key, {}).items() if not isinstance(d, list)}
+            if not schemas:
+                continue
+            lists = {t: d for t, d in node[key].items() if isinstance(d, list)}
+            rest = self.origins.without(node, key)
+            if lists:
+                rest = {**rest, key: lists}
+                self.origins.record(rest, pointer, {k: self._at(node, k, pointer) for k in rest})
+            for trigger, needs in schemas.items():
+                if trigger in rest.get("required", []):
+                    rest = merge(rest, needs, self.origins, f"{self._at(node, key, pointer)}/"
+                                 f"{escape_token(trigger)}")
+                elif trigger in rest.get("properties", {}):
+                    properties = {n: v for n, v in rest["properties"].items() if n != trigger}
+                    where = {k: self._at(rest, k, pointer) for k in rest}
+                    rest = {**rest, "properties": properties}
+                    self.origins.record(rest, pointer, where)
+            if rest is False or not isinstance(rest, dict):
+                raise UnsatisfiableSchemaError(
+                    f"a required property's {key} schema cannot hold", self._at(node, key, pointer))
+            node = rest
+        return node
 
     def _map(self, node: dict, pointer: str, extra: dict | bool | None) -> str:
         """An object with any keys (``{"type": "object"}``, dicts): ``"key":value`` pairs."""
@@ -460,7 +502,8 @@ class _Compiler:
         """An object with declared properties, in schema order; each optional one may be left out.
 
         Undeclared properties are not produced (the documented departure), except ``required``
-        names missing from ``properties``, which get any value when the object is not closed.
+        names missing from ``properties``, which get additionalProperties' values (any value when
+        it is unset) when the object is not closed.
         """
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         properties, required = self._dependencies(node, pointer, closed)
@@ -482,7 +525,11 @@ class _Compiler:
             raise UnsupportedSchemaError(
                 "unevaluatedProperties with required properties missing from properties",
                 at("unevaluatedProperties"))
-        members += [(self._key(n) + self.colon + self.open_value(), True) for n in undeclared]
+        if undeclared:
+            extra = node.get("additionalProperties", True)
+            value = self.open_value() if _trivial(extra) else self.value(
+                extra, at("additionalProperties"))
+            members += [(self._key(n) + self.colon + value, True) for n in undeclared]
         fewest, most = sum(req for _, req in members), len(members)
         if node.get("minProperties", 0) > fewest or node.get("maxProperties", most) < most:
             key = "minProperties" if node.get("minProperties", 0) > fewest else "maxProperties"
@@ -659,6 +706,8 @@ class _Compiler:
             return True
         for finite, schema in ((produced, other), (other, produced)):  # no listed value fits
             values = _const_values(finite)
+            if schema is other and contains_cut(other):
+                continue  # a validator reads the cut as `false`, which other's values are not
             if values is not None and not any(_validator(schema).is_valid(v) for v in values):
                 return True
         return self._discriminated(produced, other) or self._ranges_apart(produced, other)
@@ -711,11 +760,10 @@ def _validator(schema: dict | bool) -> jsonschema.protocols.Validator:
 
 def _is_map(node: dict) -> bool:
     """Whether an object node is written as free ``"key":value`` pairs rather than as its
-    declared properties: additionalProperties is a schema, or nothing is declared or closed."""
-    extra = node.get("additionalProperties")
-    if isinstance(extra, dict) and extra != {}:
-        return True
-    return extra is not False and "properties" not in node and "required" not in node
+    declared properties: nothing is declared, and it is not closed."""
+    if "properties" in node or "required" in node:
+        return False  # written as its declared properties; additionalProperties cover no more
+    return node.get("additionalProperties") is not False
 
 
 def _property_schema(node: dict, name: str) -> Schema:
