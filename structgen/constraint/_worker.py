@@ -194,7 +194,15 @@ def _read_frame(stream):
 
 
 def serve(memory_limit: int) -> None:
-    """The child's loop: frames in on stdin, frames out on a private copy of stdout."""
+    """The child's loop: frames in on stdin, frames out on a private copy of stdout. Ends
+    quietly when the parent has gone (a script that exits during a background compile)."""
+    try:
+        _serve(memory_limit)
+    except BrokenPipeError:
+        pass
+
+
+def _serve(memory_limit: int) -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     requests = sys.stdin.buffer
