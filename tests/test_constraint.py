@@ -109,7 +109,7 @@ def test_compiles_are_cached_in_memory_and_on_disk(info, tmp_path, monkeypatch):
     finally:
         first.close()
     assert (cold.from_cache, warm.from_cache) == ("none", "memory")
-    assert list(tmp_path.glob("constraints/*.npz"))
+    assert list(tmp_path.glob("constraints/*/arrays"))
     second = ConstraintCompiler()
     try:
         loaded = second.compile_regex(regex, info)
@@ -117,6 +117,14 @@ def test_compiles_are_cached_in_memory_and_on_disk(info, tmp_path, monkeypatch):
         second.close()
     assert loaded.from_cache == "disk"
     assert loaded.min_tokens == cold.min_tokens and loaded.num_states == cold.num_states
+    folder = next(tmp_path.glob("constraints/*/arrays")).parent
+    (folder / "next.npy").write_bytes(b"damaged")  # a damaged file is compiled afresh, then mended
+    for expected in ("none", "disk"):
+        compiler = ConstraintCompiler()
+        try:
+            assert compiler.compile_regex(regex, info).from_cache == expected
+        finally:
+            compiler.close()
 
 
 def test_a_compile_past_its_time_budget_is_a_typed_error(info):

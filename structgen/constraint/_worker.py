@@ -42,7 +42,7 @@ def _build_tables(index, vocab_size: int, eos_token_id: int) -> dict:
 
     Decoding needs, per state, the allowed token ids, where each leads, and how many tokens the
     shortest completion from there takes (the budget guarantee). Arrays keep that at 8 bytes per
-    transition instead of ~100 for Python dicts, and save/load as one ``.npz``.
+    transition instead of ~100 for Python dicts, and save/load as ``.npy`` files.
     """
     end_mark_id = vocab_size
     transitions = index.get_transitions()

@@ -5,8 +5,10 @@ index (CSR arrays), the fewest tokens from each state to an accepting one, and l
 per-state masks. Per-sequence state lives in the cheap ``Matcher`` it hands out.
 
 Compiles are cached twice, keyed by (structgen and outlines-core versions, regex, tokenizer
-fingerprint): in memory, and on disk under ``$STRUCTGEN_CACHE/constraints`` as ``.npz`` files that
-load in milliseconds. The whitespace mode is part of the regex, so it is part of the key.
+fingerprint): in memory, and on disk under ``$STRUCTGEN_CACHE/constraints`` as one folder of
+``.npy`` arrays per constraint, memory-mapped on load (no copy, no checksum pass: a hit costs a
+few file opens, and mask rows are paged in as states are visited). The whitespace mode is part of
+the regex, so it is part of the key.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -351,29 +354,36 @@ class ConstraintCompiler:
         raise ConstraintError(f"outlines-core could not compile the regex: {payload}")
 
     def _path(self, key: str) -> Path:
-        return cache_dir() / "constraints" / f"{key}.npz"
+        return cache_dir() / "constraints" / key
 
     def _load(self, key: str) -> dict | None:
         if not self.disk_cache:
             return None
-        path = self._path(key)
+        folder = self._path(key)
         try:
-            with np.load(path) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, KeyError):
-            return None  # absent or unreadable: compile afresh
+            names = (folder / "arrays").read_text().split()
+        except OSError:
+            return None  # absent: compile afresh
+        try:
+            return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)  # damaged: compile afresh, store anew
+            return None
 
     def _store(self, key: str, tables: dict) -> None:
         if not self.disk_cache:
             return
-        path = self._path(key)
+        folder = self._path(key)
+        partial = folder.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(partial, **{k: v for k, v in tables.items() if k != "index_seconds"})
-            os.replace(partial, path)  # atomic: readers see the whole file or none
+            partial.mkdir(parents=True, exist_ok=True)
+            names = [name for name in tables if name != "index_seconds"]
+            for name in names:
+                np.save(partial / f"{name}.npy", np.asarray(tables[name]))
+            (partial / "arrays").write_text("\n".join(names))  # written last: marks it complete
+            os.replace(partial, folder)  # atomic: readers see the whole folder or none
         except OSError:
-            pass  # a read-only cache directory costs speed, not correctness
+            shutil.rmtree(partial, ignore_errors=True)  # read-only, or another process won
 
     def close(self) -> None:
         self._jobs.put(None)

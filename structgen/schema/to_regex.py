@@ -96,6 +96,7 @@ _REFUSED_OBJECT_KEYWORDS = (
 
 
 UNTYPED_MAX_DIGITS = 6
+MAX_REGEX_CHARS = 1 << 20
 
 
 def schema_to_regex(
@@ -157,7 +158,18 @@ class _Compiler:
     # --- dispatch -----------------------------------------------------------------------------
 
     def value(self, node: dict | bool, where: str) -> str:
-        """Regex of the JSON texts valid under ``node``; ``where`` is its pointer if unrecorded."""
+        """Regex of the JSON texts valid under ``node``; ``where`` is its pointer if unrecorded.
+
+        Refused past ``MAX_REGEX_CHARS``: unrolled definitions can grow the text exponentially
+        (memory), and no index compiles from such a regex within its budget anyway."""
+        regex = self._value(node, where)
+        if len(regex) > MAX_REGEX_CHARS:
+            raise UnsupportedSchemaError(
+                f"the regex for this schema would pass {MAX_REGEX_CHARS:,} characters (definitions "
+                "inlined and unrolled at every use)", self.origins.pointer(node, where))
+        return regex
+
+    def _value(self, node: dict | bool, where: str) -> str:
         if node is True:
             return self.any_value(self.max_any_depth)
         if node is False:
