@@ -91,6 +91,22 @@ def test_what_neither_engine_can_enforce_stays_a_typed_error_with_its_pointer(in
     assert "llguidance cannot enforce it either" in str(raised.value)
 
 
+def test_recursion_goes_to_llguidance_or_is_unrolled_when_llguidance_refuses(info, smollm2_tokenizer):
+    tree = {"type": "object", "required": ["v"],
+            "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#"}}}}
+    exact = structgen.compile_constraint(tree, info)  # llguidance nests without bound
+    deep = {"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": [{"v": 4}]}]}]}
+    assert exact.engine == "llguidance" and accepts(exact, ids_of(smollm2_tokenizer, deep))
+    # llguidance refuses dependentRequired, which the regex enforces: the regex unrolls recursion.
+    refused = {**tree, "properties": {**tree["properties"], "w": {"type": "integer"}},
+               "dependentRequired": {"w": ["kids"]}}
+    unrolled = structgen.compile_constraint(refused, info)
+    assert unrolled.engine == "outlines-core"
+    assert accepts(unrolled, ids_of(smollm2_tokenizer, {"v": 1, "kids": [{"v": 2, "kids": []}]}))
+    assert not accepts(unrolled, ids_of(smollm2_tokenizer, deep))  # deeper than the bound
+    assert not accepts(unrolled, ids_of(smollm2_tokenizer, {"v": 1, "w": 2}))  # w needs kids
+
+
 def test_a_compile_over_its_time_budget_falls_back_to_llguidance(info, smollm2_tokenizer):
     fresh = {"enum": [f"v{uuid.uuid4().hex}", "w"]}  # never compiled before: no cache hit
     constraint = structgen.compile_constraint(fresh, info, timeout=1e-4)

@@ -41,6 +41,7 @@ from structgen.errors import (
     CompileTimeoutError,
     CompileTooLargeError,
     ConstraintError,
+    RecursionLimitError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
@@ -483,9 +484,18 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         try:
             regex = schema_to_regex(spec.schema, whitespace=whitespace)
         except UnsupportedSchemaError as unsupported:
-            if engine == "outlines-core":
-                raise
-            return _llguidance_json(spec, info, whitespace, unsupported)
+            refused = unsupported
+            if engine != "outlines-core":
+                try:
+                    return _llguidance_json(spec, info, whitespace, unsupported)
+                except UnsupportedSchemaError as both:
+                    refused = both
+            if not isinstance(unsupported, RecursionLimitError):
+                raise refused from None
+            try:  # bounded nesting, when nothing can nest without bound
+                regex = _unrolled_regex(spec, whitespace)
+            except UnsupportedSchemaError:
+                raise refused from None
     if engine == "outlines-core":
         return _compile_index(compiler, regex, info, schema_key, timeout, options)
     if engine == "llguidance":
@@ -507,6 +517,17 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
             return _llguidance_regex(regex, spec, info, whitespace, reason=str(slow))
         except ConstraintError:
             raise slow from None
+
+
+#: How often a recursive ``$ref`` is unrolled when llguidance (which nests without bound) cannot
+#: take the schema: the regex then nests that deep and no deeper.
+UNROLL_RECURSION = 2
+
+
+def _unrolled_regex(spec: OutputType, whitespace: str) -> str:
+    from structgen.schema import schema_to_regex
+
+    return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=UNROLL_RECURSION)
 
 
 def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:

@@ -231,7 +231,7 @@ class _Inliner:
         if target_pointer not in self._active:
             inlined = self.node(target, target_pointer)
         elif self.max_recursion is None:
-            raise UnsupportedSchemaError(
+            raise RecursionLimitError(
                 f"recursive schema: $ref {schema['$ref']!r} refers back to "
                 f"{target_pointer or '/'}, and a regex cannot nest without bound", at)
         elif self._level >= self.max_recursion:

@@ -105,16 +105,17 @@ def schema_to_regex(
     whitespace: str = "compact",
     max_digits: int = 12,
     max_any_depth: int = 1,
-    max_recursion: int = 2,
+    max_recursion: int | None = None,
 ) -> str:
     """A regex whose full matches are JSON texts valid under ``schema``.
 
     ``whitespace`` is ``"compact"`` (no whitespace between tokens) or ``"flexible"`` (any JSON
     whitespace between tokens). ``max_digits`` caps the digits of an integer part or fraction
     wherever the schema leaves a number unbounded; ``max_any_depth`` caps how deep arrays and
-    objects nest inside a value the schema leaves unconstrained (``{}``). ``max_recursion`` is how
-    many times a recursive ``$ref`` is unrolled inside itself; below that the regex stops nesting
-    (``RecursionLimitError`` where the nesting is required).
+    objects nest inside a value the schema leaves unconstrained (``{}``). A recursive ``$ref`` is
+    refused (``RecursionLimitError``) unless ``max_recursion`` says how many times to unroll it
+    inside itself; below that the regex stops nesting (``RecursionLimitError`` where the nesting
+    is required).
 
     Raises ``InvalidSchemaError``, ``UnsupportedSchemaError`` or ``UnsatisfiableSchemaError``, each
     with the JSON pointer of the offending place in ``schema``.
@@ -456,6 +457,13 @@ class _Compiler:
         node = self._dependent_schemas(node, pointer)
         extra = node.get("additionalProperties")
         if _is_map(node):
+            if "properties" in node or "required" in node:
+                # Writing only the declared properties would betray a schema that invites extra
+                # keys of a given type (a translation table with one fixed key): llguidance, which
+                # enforces this exactly, takes these.
+                raise UnsupportedSchemaError(
+                    "additionalProperties with a schema together with properties/required",
+                    at("additionalProperties"))
             return self._map(node, pointer, True if extra == {} else extra)
         return self._record(node, pointer, closed=extra is False)
 
@@ -514,8 +522,7 @@ class _Compiler:
         """An object with declared properties, in schema order; each optional one may be left out.
 
         Undeclared properties are not produced (the documented departure), except ``required``
-        names missing from ``properties``, which get additionalProperties' values (any value when
-        it is unset) when the object is not closed.
+        names missing from ``properties``, which get any value when the object is not closed.
         """
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         properties, required = self._dependencies(node, pointer, closed)
@@ -537,11 +544,7 @@ class _Compiler:
             raise UnsupportedSchemaError(
                 "unevaluatedProperties with required properties missing from properties",
                 at("unevaluatedProperties"))
-        if undeclared:
-            extra = node.get("additionalProperties", True)
-            value = self.open_value() if _trivial(extra) else self.value(
-                extra, at("additionalProperties"))
-            members += [(self._key(n) + self.colon + value, True) for n in undeclared]
+        members += [(self._key(n) + self.colon + self.open_value(), True) for n in undeclared]
         fewest, most = sum(req for _, req in members), len(members)
         if node.get("minProperties", 0) > fewest or node.get("maxProperties", most) < most:
             key = "minProperties" if node.get("minProperties", 0) > fewest else "maxProperties"
@@ -772,10 +775,11 @@ def _validator(schema: dict | bool) -> jsonschema.protocols.Validator:
 
 def _is_map(node: dict) -> bool:
     """Whether an object node is written as free ``"key":value`` pairs rather than as its
-    declared properties: nothing is declared, and it is not closed."""
-    if "properties" in node or "required" in node:
-        return False  # written as its declared properties; additionalProperties cover no more
-    return node.get("additionalProperties") is not False
+    declared properties: additionalProperties is a schema, or nothing is declared or closed."""
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict) and extra != {}:
+        return True
+    return extra is not False and "properties" not in node and "required" not in node
 
 
 def _property_schema(node: dict, name: str) -> Schema:
