@@ -135,6 +135,7 @@ class Structgen:
         compiler_module._default_compiler = self.compiler
         self.compiler.compile_regex("a", self.info)  # the worker is up and has this vocabulary
         ll_tokenizer(self.info)  # and so does llguidance
+        compiler_module._schema_compiler_revision()  # the schema compiler is imported, as in a server
 
     def compile(self, schema):
         from structgen.errors import StructgenError
