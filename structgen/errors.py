@@ -57,6 +57,11 @@ class UnsupportedSchemaError(SchemaError):
     """A valid schema using a feature structgen cannot enforce exactly, so it refuses it."""
 
 
+class RegexTooLargeError(UnsupportedSchemaError):
+    """The schema's regex would pass ``MAX_REGEX_CHARS`` (definitions are inlined at every use);
+    ``compile_constraint`` then uses llguidance, or unrolls recursion less deeply."""
+
+
 class UnsatisfiableSchemaError(SchemaError):
     """No JSON value satisfies the schema, so no answer could ever be produced."""
 

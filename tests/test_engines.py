@@ -32,9 +32,9 @@ PERSON = {
                    "tags": {"type": "array", "items": {"enum": ["a", "bé"]}, "maxItems": 3}},
     "required": ["name", "age"],
 }
-NOT_REGULAR = {  # patternProperties: structgen's regex compiler refuses it
+NOT_REGULAR = {  # two patternProperties: the regex compiler refuses it, llguidance does not
     "type": "object",
-    "patternProperties": {"^x-": {"type": "integer"}},
+    "patternProperties": {"^x-": {"type": "integer"}, "^y-": {"type": "string"}},
     "additionalProperties": False,
 }
 
@@ -105,6 +105,21 @@ def test_recursion_goes_to_llguidance_or_is_unrolled_when_llguidance_refuses(inf
     assert accepts(unrolled, ids_of(smollm2_tokenizer, {"v": 1, "kids": [{"v": 2, "kids": []}]}))
     assert not accepts(unrolled, ids_of(smollm2_tokenizer, deep))  # deeper than the bound
     assert not accepts(unrolled, ids_of(smollm2_tokenizer, {"v": 1, "w": 2}))  # w needs kids
+
+
+def test_unrolling_goes_shallower_when_the_regex_would_be_too_large(info, smollm2_tokenizer,
+                                                                    monkeypatch):
+    import structgen.schema.to_regex as to_regex
+
+    tree = {"type": "object", "required": ["v"], "dependentRequired": {"w": ["kids"]},
+            "properties": {"v": {"type": "integer"}, "w": {"type": "integer"},
+                           "kids": {"type": "array", "items": {"$ref": "#"}}}}
+    deep_regex = structgen.schema_to_regex(tree, max_recursion=2)
+    monkeypatch.setattr(to_regex, "MAX_REGEX_CHARS", len(deep_regex) - 1)
+    shallow = structgen.compile_constraint(tree, info)
+    assert shallow.engine == "outlines-core"
+    assert shallow.regex == structgen.schema_to_regex(tree, max_recursion=1)
+    assert accepts(shallow, ids_of(smollm2_tokenizer, {"v": 1, "kids": [{"v": 2, "kids": []}]}))
 
 
 def test_a_compile_over_its_time_budget_falls_back_to_llguidance(info, smollm2_tokenizer):

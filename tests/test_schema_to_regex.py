@@ -777,6 +777,17 @@ def test_one_of_writes_only_branches_that_exclude_the_others():
     assert re.fullmatch(regex, '"s"') and not re.fullmatch(regex, "1")
 
 
+def test_one_of_exactly_one_of_two_properties():
+    """``oneOf: [{required: [a]}, {required: [b]}]``: each branch leaves the other's key out."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"},
+                                               "c": {"type": "integer"}},
+              "oneOf": [{"required": ["a"]}, {"required": ["b"]}]}
+    regex = schema_to_regex(schema)
+    for text, valid in (('{"a":1}', True), ('{"b":1,"c":2}', True), ('{"a":1,"b":2}', False),
+                        ('{"c":1}', False)):
+        assert bool(re.fullmatch(regex, text)) == valid, text
+
+
 def test_one_of_narrowing_and_nested_proofs():
     # {} is valid under both closed branches: each is narrowed to require a property the other
     # forbids.
@@ -811,6 +822,22 @@ def test_schema_dependencies_narrow_the_object():
     regex = schema_to_regex(schema)
     assert re.fullmatch(regex, '{"kind":"a","n":1}')
     assert not re.fullmatch(regex, '{"kind":"a"}') and not re.fullmatch(regex, '{"kind":"a","extra":1,"n":1}')
+
+
+def test_pattern_properties():
+    """One pattern on an object with nothing declared: keys matching it, its schema's values.
+    Beside declared properties none of which it matches: the record alone."""
+    closed = {"type": "object", "patternProperties": {"^[a-z_]+$": {"type": "integer"}},
+              "additionalProperties": False}
+    regex = schema_to_regex(closed)
+    assert re.fullmatch(regex, '{"ab":1,"c_d":2}') and re.fullmatch(regex, "{}")
+    assert not re.fullmatch(regex, '{"A":1}') and not re.fullmatch(regex, '{"ab":"x"}')
+    beside = {"properties": {"A": {"type": "string"}}, "patternProperties": {"^[a-z]+$": {}}}
+    assert re.fullmatch(schema_to_regex(beside), '{"A":"x"}')
+    # A closed pattern map writes keys: it excludes no branch that requires one of them.
+    other = {"type": "object", "required": ["ab"]}
+    with pytest.raises(UnsupportedSchemaError):
+        schema_to_regex({"oneOf": [closed, other]})
 
 
 def test_recursive_refs_unroll_to_a_bounded_depth():
@@ -950,13 +977,16 @@ ERRORS = [
                  UnsupportedSchemaError, "/maximum", id="fractional_bound"),
     pytest.param({"properties": {"a": {}}, "additionalProperties": {"type": "integer"}},
                  UnsupportedSchemaError, "/additionalProperties", id="map_with_properties"),
-    pytest.param({"patternProperties": {"^a": {}}},
+    pytest.param({"patternProperties": {"^a": {}, "^b": {}}},
                  UnsupportedSchemaError, "/patternProperties", id="pattern_properties"),
+    pytest.param({"properties": {"ab": {}}, "patternProperties": {"^a": {"type": "string"}}},
+                 UnsupportedSchemaError, "/patternProperties", id="pattern_matches_a_property"),
     pytest.param({"oneOf": [{"type": "string"}, {"maxLength": 3}]},
                  UnsupportedSchemaError, "/oneOf", id="overlapping_one_of"),
     pytest.param({"oneOf": [
         {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
-        {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
+        {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}},
+         "required": ["a"]},
     ]}, UnsupportedSchemaError, "/oneOf", id="overlapping_one_of_objects"),
     pytest.param({"$defs": {"S": {"type": "string", "pattern": "a"}}, "$ref": "#/$defs/S",
                   "pattern": "b"},

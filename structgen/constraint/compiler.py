@@ -42,6 +42,7 @@ from structgen.errors import (
     CompileTooLargeError,
     ConstraintError,
     RecursionLimitError,
+    RegexTooLargeError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
@@ -520,14 +521,20 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
 
 
 #: How often a recursive ``$ref`` is unrolled when llguidance (which nests without bound) cannot
-#: take the schema: the regex then nests that deep and no deeper.
+#: take the schema: the regex then nests that deep and no deeper (less where the regex would be
+#: too large).
 UNROLL_RECURSION = 2
 
 
 def _unrolled_regex(spec: OutputType, whitespace: str) -> str:
     from structgen.schema import schema_to_regex
 
-    return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=UNROLL_RECURSION)
+    for depth in range(UNROLL_RECURSION, 0, -1):
+        try:
+            return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=depth)
+        except RegexTooLargeError:
+            continue
+    return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=0)
 
 
 def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:

@@ -31,6 +31,7 @@ import jsonschema
 from structgen.errors import (
     InvalidSchemaError,
     RecursionLimitError,
+    RegexTooLargeError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
@@ -165,7 +166,7 @@ class _Compiler:
         (memory), and no index compiles from such a regex within its budget anyway."""
         regex = self._value(node, where)
         if len(regex) > MAX_REGEX_CHARS:
-            raise UnsupportedSchemaError(
+            raise RegexTooLargeError(
                 f"the regex for this schema would pass {MAX_REGEX_CHARS:,} characters (definitions "
                 "inlined and unrolled at every use)", self.origins.pointer(node, where))
         return regex
@@ -450,11 +451,13 @@ class _Compiler:
     def _object(self, node: dict, pointer: str) -> str:
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         for key in _REFUSED_OBJECT_KEYWORDS:
-            if key in node and not _trivial(node[key]):
+            if key in node and not _trivial(node[key]) and key != "patternProperties":
                 if key in _DEPENDENCY_KEYWORDS and not _is_map(node):
                     continue  # a record enforces them by making the dependencies required
                 raise UnsupportedSchemaError(f"{key!r} cannot be enforced", at(key))
         node = self._dependent_schemas(node, pointer)
+        if not _trivial(node.get("patternProperties", {})):
+            return self._pattern_object(node, pointer)
         extra = node.get("additionalProperties")
         if _is_map(node):
             if "properties" in node or "required" in node:
@@ -494,7 +497,34 @@ class _Compiler:
             node = rest
         return node
 
-    def _map(self, node: dict, pointer: str, extra: dict | bool | None) -> str:
+    def _pattern_object(self, node: dict, pointer: str) -> str:
+        """patternProperties. With nothing declared and one pattern: pairs whose key matches it,
+        with its schema's values (keys matching no pattern are not written). Beside declared
+        properties that match no pattern: the record alone (the patterns then constrain nothing
+        written)."""
+        at = self._at(node, "patternProperties", pointer)
+        patterns = node["patternProperties"]
+        keys = {p: pattern_regex(p, 0, None, f"{at}/{escape_token(p)}") for p in patterns}
+        rest = self.origins.without(node, "patternProperties")
+        declared = [*node.get("properties", {}), *node.get("required", [])]
+        if declared:
+            for name in declared:
+                spelled = json.dumps(name, ensure_ascii=False)[1:-1]
+                matched = [p for p, key in keys.items() if re.fullmatch(key, spelled)]
+                if matched:
+                    raise UnsupportedSchemaError(
+                        f"property {name!r} is also matched by patternProperties {matched[0]!r}; "
+                        "structgen does not merge the two schemas", at)
+            return self._object(rest, pointer)
+        if len(patterns) > 1:
+            raise UnsupportedSchemaError(
+                "patternProperties with more than one pattern (a key may match several)", at)
+        (pattern, schema), = patterns.items()
+        return self._map(rest, pointer, schema, key=f'"{keys[pattern]}"',
+                         value_at=f"{at}/{escape_token(pattern)}")
+
+    def _map(self, node: dict, pointer: str, extra: dict | bool | None, key: str = STRING,
+             value_at: str | None = None) -> str:
         """An object with any keys (``{"type": "object"}``, dicts): ``"key":value`` pairs."""
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         low, high = node.get("minProperties", 0), node.get("maxProperties")
@@ -508,13 +538,13 @@ class _Compiler:
         if extra in (None, True):
             value = self.open_value()
         else:
-            value = self._optional_value(extra, at("additionalProperties"))
+            value = self._optional_value(extra, value_at or at("additionalProperties"))
         if value is None or high == 0:
             if low > 0:
                 raise UnsatisfiableSchemaError(
                     "minProperties > 0 but no property value is valid", at("minProperties"))
             return self._enclose(r"\{", None, True, r"\}")
-        member = STRING + self.colon + value
+        member = key + self.colon + value
         body = member + _repeat(self.comma + member, 0, None if high is None else high - 1)
         return self._enclose(r"\{", body, low == 0, r"\}")
 
@@ -678,7 +708,8 @@ class _Compiler:
             for j, other in enumerate(branches):
                 if i == j or self._excludes(narrowed, other):
                     continue
-                narrowed = self._require_forbidden(narrowed, other)
+                narrowed = (self._require_forbidden(narrowed, other)
+                            or self._omit_required_of(narrowed, other))
                 if narrowed is None or not self._excludes(narrowed, other):
                     first_overlap = first_overlap or (i, j)
                     break
@@ -706,6 +737,23 @@ class _Compiler:
         for name in produced.get("properties", {}):
             if name not in other.get("properties", {}) and name not in required:
                 narrowed = {**produced, "required": [*required, name]}
+                self.origins.record(narrowed, self.origins.pointer(produced, ""),
+                                    {k: self.origins.keyword(produced, k, "") for k in produced})
+                return narrowed
+        return None
+
+    def _omit_required_of(self, produced: Schema, other: Schema) -> Schema | None:
+        """``produced`` narrowed to never write a property that ``other`` requires (the
+        "exactly one of a / b" idiom: ``oneOf: [{required: [a]}, {required: [b]}]``), or None."""
+        if not isinstance(produced, dict) or not isinstance(other, dict):
+            return None
+        if self._produced_types(produced) != {"object"} or _is_map(produced):
+            return None
+        required = produced.get("required", [])
+        for name in other.get("required", []):
+            if name not in required:
+                properties = {n: v for n, v in produced.get("properties", {}).items() if n != name}
+                narrowed = {**produced, "properties": properties}
                 self.origins.record(narrowed, self.origins.pointer(produced, ""),
                                     {k: self.origins.keyword(produced, k, "") for k in produced})
                 return narrowed
@@ -775,11 +823,14 @@ def _validator(schema: dict | bool) -> jsonschema.protocols.Validator:
 
 def _is_map(node: dict) -> bool:
     """Whether an object node is written as free ``"key":value`` pairs rather than as its
-    declared properties: additionalProperties is a schema, or nothing is declared or closed."""
+    declared properties: additionalProperties is a schema, or nothing is declared and it is open
+    or has patternProperties."""
     extra = node.get("additionalProperties")
     if isinstance(extra, dict) and extra != {}:
         return True
-    return extra is not False and "properties" not in node and "required" not in node
+    if "properties" in node or "required" in node:
+        return False
+    return extra is not False or not _trivial(node.get("patternProperties", {}))
 
 
 def _property_schema(node: dict, name: str) -> Schema:
