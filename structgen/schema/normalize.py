@@ -103,6 +103,14 @@ class Origins:
         self.record(rest, where, {k: self.keyword(node, k, where) for k in rest})
         return rest
 
+    def changed(self, node: dict, **values: Any) -> dict:
+        """A recorded copy of ``node`` with some keyword values replaced (a narrowed node), keeping
+        where its keywords came from."""
+        where = self.pointer(node, "")
+        out = {**node, **values}
+        self.record(out, where, {k: self.keyword(node, k, where) for k in out})
+        return out
+
 
 class RecursionCut(dict):
     """Where bounded unrolling stops a recursive ``$ref``: no value is written here.

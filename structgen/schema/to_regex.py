@@ -478,19 +478,15 @@ class _Compiler:
             if not schemas:
                 continue
             lists = {t: d for t, d in node[key].items() if isinstance(d, list)}
-            rest = self.origins.without(node, key)
-            if lists:
-                rest = {**rest, key: lists}
-                self.origins.record(rest, pointer, {k: self._at(node, k, pointer) for k in rest})
+            rest = self.origins.changed(node, **{key: lists}) if lists else self.origins.without(
+                node, key)
             for trigger, needs in schemas.items():
                 if trigger in rest.get("required", []):
                     rest = merge(rest, needs, self.origins, f"{self._at(node, key, pointer)}/"
                                  f"{escape_token(trigger)}")
                 elif trigger in rest.get("properties", {}):
-                    properties = {n: v for n, v in rest["properties"].items() if n != trigger}
-                    where = {k: self._at(rest, k, pointer) for k in rest}
-                    rest = {**rest, "properties": properties}
-                    self.origins.record(rest, pointer, where)
+                    rest = self.origins.changed(rest, properties={
+                        n: v for n, v in rest["properties"].items() if n != trigger})
             if rest is False or not isinstance(rest, dict):
                 raise UnsatisfiableSchemaError(
                     f"a required property's {key} schema cannot hold", self._at(node, key, pointer))
@@ -698,9 +694,9 @@ class _Compiler:
         branch (checked on meaning, not on regex texts: a branch's regex is narrower than what the
         branch accepts).
 
-        A branch that may overlap another is narrowed by requiring a property the other forbids;
-        one that still may overlap is not written (its values may be invalid). When no branch is
-        left, the oneOf is refused.
+        A branch that may overlap another is narrowed, by requiring a property the other forbids
+        or by never writing a property the other requires; one that still may overlap is not
+        written (its values may be invalid). When no branch is left, the oneOf is refused.
         """
         written, first_overlap = [], None
         for i, branch in enumerate(branches):
@@ -727,37 +723,32 @@ class _Compiler:
     def _require_forbidden(self, produced: Schema, other: Schema) -> Schema | None:
         """``produced`` narrowed to require one of its properties that ``other`` forbids
         (``additionalProperties: false`` without that name), or None if there is none."""
-        if not isinstance(produced, dict) or not isinstance(other, dict):
-            return None
-        if self._produced_types(produced) != {"object"} or _is_map(produced):
+        if not (self._is_record(produced) and isinstance(other, dict)):
             return None
         if other.get("additionalProperties") is not False or other.get("patternProperties"):
             return None
         required = produced.get("required", [])
         for name in produced.get("properties", {}):
             if name not in other.get("properties", {}) and name not in required:
-                narrowed = {**produced, "required": [*required, name]}
-                self.origins.record(narrowed, self.origins.pointer(produced, ""),
-                                    {k: self.origins.keyword(produced, k, "") for k in produced})
-                return narrowed
+                return self.origins.changed(produced, required=[*required, name])
         return None
 
     def _omit_required_of(self, produced: Schema, other: Schema) -> Schema | None:
         """``produced`` narrowed to never write a property that ``other`` requires (the
         "exactly one of a / b" idiom: ``oneOf: [{required: [a]}, {required: [b]}]``), or None."""
-        if not isinstance(produced, dict) or not isinstance(other, dict):
-            return None
-        if self._produced_types(produced) != {"object"} or _is_map(produced):
+        if not (self._is_record(produced) and isinstance(other, dict)):
             return None
         required = produced.get("required", [])
         for name in other.get("required", []):
             if name not in required:
-                properties = {n: v for n, v in produced.get("properties", {}).items() if n != name}
-                narrowed = {**produced, "properties": properties}
-                self.origins.record(narrowed, self.origins.pointer(produced, ""),
-                                    {k: self.origins.keyword(produced, k, "") for k in produced})
-                return narrowed
+                return self.origins.changed(produced, properties={
+                    n: v for n, v in produced.get("properties", {}).items() if n != name})
         return None
+
+    def _is_record(self, node: Schema) -> bool:
+        """Whether ``node`` writes only objects, each as its declared properties."""
+        return (isinstance(node, dict) and self._produced_types(node) == {"object"}
+                and not _is_map(node))
 
     def _excludes(self, produced: dict | bool, other: dict | bool) -> bool:
         """True when no value that the regex of ``produced`` admits is valid under ``other``."""
@@ -797,7 +788,7 @@ class _Compiler:
     def _discriminated(self, produced: dict, other: dict) -> bool:
         """``other`` requires a property that ``produced`` never writes, or ``produced`` requires
         one whose values ``other`` never allows there (recursively)."""
-        if self._produced_types(produced) != {"object"} or _is_map(produced):
+        if not self._is_record(produced):
             return False
         written = set(produced.get("properties", {})) | set(produced.get("required", []))
         if set(other.get("required", [])) - written:
