@@ -107,13 +107,23 @@ def test_recursion_goes_to_llguidance_or_is_unrolled_when_llguidance_refuses(inf
     assert not accepts(unrolled, ids_of(smollm2_tokenizer, {"v": 1, "w": 2}))  # w needs kids
 
 
+def test_schemas_differing_only_in_property_order_keep_their_own_order(info):
+    first = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+             "required": ["a", "b"], "$comment": uuid.uuid4().hex}
+    second = {**first, "properties": dict(reversed(first["properties"].items()))}
+    for schema, order in ((first, ("a", "b")), (second, ("b", "a"))):
+        regex = structgen.compile_constraint(schema, info).regex  # the second hits no alias of the first
+        assert regex.index(f'"{order[0]}"') < regex.index(f'"{order[1]}"')
+
+
 def test_unrolling_goes_shallower_when_the_regex_would_be_too_large(info, smollm2_tokenizer,
                                                                     monkeypatch):
     import structgen.schema.to_regex as to_regex
 
     tree = {"type": "object", "required": ["v"], "dependentRequired": {"w": ["kids"]},
             "properties": {"v": {"type": "integer"}, "w": {"type": "integer"},
-                           "kids": {"type": "array", "items": {"$ref": "#"}}}}
+                           "kids": {"type": "array", "items": {"$ref": "#"}}},
+            "$comment": uuid.uuid4().hex}  # never compiled before: no cached regex for it
     deep_regex = structgen.schema_to_regex(tree, max_recursion=2)
     monkeypatch.setattr(to_regex, "MAX_REGEX_CHARS", len(deep_regex) - 1)
     shallow = structgen.compile_constraint(tree, info)

@@ -538,7 +538,8 @@ def _unrolled_regex(spec: OutputType, whitespace: str) -> str:
 
 
 def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:
-    text = json.dumps(schema, sort_keys=True, ensure_ascii=False, default=str)
+    # Key order is kept: property order is part of what the regex writes.
+    text = json.dumps(schema, ensure_ascii=False, default=str)
     digest = hashlib.sha256(
         f"{_schema_compiler_revision()}|{whitespace}|{info.fingerprint}|{text}".encode())
     return digest.hexdigest()[:32]
