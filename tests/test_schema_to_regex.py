@@ -822,6 +822,11 @@ def test_schema_dependencies_narrow_the_object():
     regex = schema_to_regex(schema)
     assert re.fullmatch(regex, '{"kind":"a","n":1}')
     assert not re.fullmatch(regex, '{"kind":"a"}') and not re.fullmatch(regex, '{"kind":"a","extra":1,"n":1}')
+    impossible = {"type": "object", "required": ["a", "b"], "properties": {"a": {}, "b": {}},
+                  "dependentSchemas": {"a": False, "b": {"required": ["c"]}}}
+    with pytest.raises(UnsatisfiableSchemaError) as caught:
+        schema_to_regex(impossible)
+    assert caught.value.pointer == "/dependentSchemas"
 
 
 def test_pattern_properties():
@@ -854,6 +859,12 @@ def test_recursive_refs_unroll_to_a_bounded_depth():
     tree = {"oneOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}
     regex = schema_to_regex(tree, max_recursion=2)
     assert re.fullmatch(regex, "[1,[2,[]]]") and not re.fullmatch(regex, "[[[[1]]]]")
+    # A required trigger whose dependent schema is cut: the object has no value there, it does
+    # not turn into an any-key map.
+    looped = {"$defs": {"N": {"type": "object", "required": ["k"], "properties": {"k": {}},
+                              "dependentSchemas": {"k": {"$ref": "#/$defs/N"}}}},
+              "anyOf": [{"$ref": "#/$defs/N"}, {"type": "null"}]}
+    assert schema_to_regex(looped, max_recursion=1) == "null"
     with pytest.raises(RecursionLimitError):
         schema_to_regex(schema)  # by default recursion is refused (llguidance nests it freely)
     with pytest.raises(RecursionLimitError) as caught:  # nesting required below the bound

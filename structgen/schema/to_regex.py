@@ -472,26 +472,30 @@ class _Compiler:
 
     def _dependent_schemas(self, node: dict, pointer: str) -> dict:
         """Schema-valued dependencies enforced by narrowing: a required trigger merges its schema
-        into the object, an optional one is not written (then its schema never applies)."""
-        for key in ("dependentSchemas", "dependencies"):
-            schemas = {t: d for t, d in node.get(key, {}).items() if not isinstance(d, list)}
-            if not schemas:
-                continue
-            lists = {t: d for t, d in node[key].items() if isinstance(d, list)}
-            rest = self.origins.changed(node, **{key: lists}) if lists else self.origins.without(
+        into the object, an optional one is not written (then its schema never applies). Repeated
+        while a merged schema brings dependencies of its own."""
+        while True:
+            key = next((k for k in ("dependentSchemas", "dependencies")
+                        if any(not isinstance(d, list) for d in node.get(k, {}).values())), None)
+            if key is None:
+                return node
+            at, dependencies = self._at(node, key, pointer), node[key]
+            lists = {t: d for t, d in dependencies.items() if isinstance(d, list)}
+            node = self.origins.changed(node, **{key: lists}) if lists else self.origins.without(
                 node, key)
-            for trigger, needs in schemas.items():
-                if trigger in rest.get("required", []):
-                    rest = merge(rest, needs, self.origins, f"{self._at(node, key, pointer)}/"
-                                 f"{escape_token(trigger)}")
-                elif trigger in rest.get("properties", {}):
-                    rest = self.origins.changed(rest, properties={
-                        n: v for n, v in rest["properties"].items() if n != trigger})
-            if rest is False or not isinstance(rest, dict):
-                raise UnsatisfiableSchemaError(
-                    f"a required property's {key} schema cannot hold", self._at(node, key, pointer))
-            node = rest
-        return node
+            for trigger, needs in dependencies.items():
+                if isinstance(needs, list):
+                    continue
+                if trigger in node.get("required", []):
+                    node = merge(node, needs, self.origins, f"{at}/{escape_token(trigger)}")
+                    if isinstance(node, RecursionCut):  # no value here, as in value()
+                        raise RecursionLimitError(node.error.reason, node.error.pointer)
+                    if not isinstance(node, dict):
+                        raise UnsatisfiableSchemaError(
+                            f"required property {trigger!r}'s {key} schema cannot hold", at)
+                elif trigger in node.get("properties", {}):
+                    node = self.origins.changed(node, properties={
+                        n: v for n, v in node["properties"].items() if n != trigger})
 
     def _pattern_object(self, node: dict, pointer: str) -> str:
         """patternProperties. With nothing declared and one pattern: pairs whose key matches it,
