@@ -133,6 +133,7 @@ class Structgen:
         self.memory_limit = memory_limit
         self.compiler = compiler_module.ConstraintCompiler(timeout=self.timeout, memory_limit=memory_limit)
         compiler_module._default_compiler = self.compiler
+        self.mask_sources: list[str] = []  # who made each mask (HybridMatcher.last_mask)
         self.compiler.compile_regex("a", self.info)  # the worker is up and has this vocabulary
         ll_tokenizer(self.info)  # and so does llguidance
         compiler_module._schema_compiler_revision()  # the schema compiler is imported, as in a server
@@ -159,6 +160,7 @@ class Structgen:
         fresh = self.module.ConstraintCompiler(timeout=self.timeout, memory_limit=self.memory_limit)
         fresh._worker = self.compiler._worker  # never used on a disk hit; avoids a second child
         self.module._default_compiler = fresh
+        self.module._COVERED.clear()  # nor has a new process seen any index state yet
         try:
             return self.module.compile_constraint(schema, self.info, whitespace="flexible", wait=False)
         finally:
@@ -169,6 +171,7 @@ class Structgen:
 
     def fill(self, matcher, bitmask):
         matcher.fill_bitmask(bitmask)
+        self.mask_sources.append(getattr(matcher, "last_mask", ""))
 
     def accept(self, matcher, token):
         return matcher.advance(token)
@@ -341,10 +344,19 @@ def run_schema(engine, tokenizer, doc: dict, deadline: float) -> dict:
         record["engine_detail"] = compiled.engine
         index = engine.index_of(compiled, deadline)
         if index is not None:
-            # The same walk once the index has landed: the masks most of a decode sees.
+            # The same walk once the index has landed: the masks most of a decode sees (a fresh
+            # sequence of the hybrid starts on the index; llguidance's mask is OR'd in only at
+            # index states where it allows more).
             record["index_ready_ns"] = time.perf_counter_ns() - started
             record["tbm_index_ns"] = tbm_index = []
-            index_failures = walk(engine, tokenizer, doc, index, bitmask, tbm_index)
+            engine.mask_sources.clear()
+            index_failures = walk(engine, tokenizer, doc, compiled, bitmask, tbm_index)
+            sources = engine.mask_sources[-len(tbm_index):] if tbm_index else []
+            record["tbm_lookup_ns"] = [t for t, s in zip(tbm_index, sources) if s == "index"]
+            covered = getattr(compiled, "covered", None)
+            if covered:
+                record["index_states_seen"] = len(covered)
+                record["index_states_covered"] = sum(covered.values())
             failures += [dict(f, walk="index") for f in index_failures]
             t0 = time.perf_counter_ns()
             again = engine.recompile_from_disk(schema)
@@ -543,13 +555,21 @@ def report(records: list[dict], command: str, sample_note: str) -> str:
         sg = groups.get((tokenizer, "structgen"), [])
         if sg:
             index_tbm = percentiles([t for r in sg for t in r.get("tbm_index_ns", [])])
+            lookups = [t for r in sg for t in r.get("tbm_lookup_ns", [])]
+            landed_steps = sum(len(r.get("tbm_index_ns", [])) for r in sg)
+            lookup_tbm = percentiles(lookups)
             ready = percentiles([r["index_ready_ns"] for r in sg if "index_ready_ns" in r])
             disk = percentiles([r["ttfm_disk_ns"] for r in sg if "ttfm_disk_ns" in r])
             details = Counter(r.get("engine_detail") for r in sg if r.get("engine_detail"))
             lines += ["", "structgen in detail (TTFM and TBM above are what decoding sees: llguidance "
-                      "masks until the index lands, then index masks):", "",
+                      "masks until the index lands; then, without a budget, the index's lookup mask "
+                      "at index states where llguidance was seen to add nothing, and index OR "
+                      "llguidance elsewhere):", "",
                       "| structgen | avg | p50 | p90 | p99 | max |", "|---|--:|--:|--:|--:|--:|"]
+            share = f"{100 * len(lookups) / landed_steps:.0f}%" if landed_steps else "-"
             for label, p in (("TBM once the index has landed", index_tbm),
+                             (f"… of which index lookups alone ({share} of those steps)",
+                              lookup_tbm),
                              ("index ready (background compile, from start)", ready),
                              ("TTFM from the disk cache (new compiler, warm disk)", disk)):
                 if p:

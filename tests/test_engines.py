@@ -172,7 +172,10 @@ def test_wait_false_returns_a_hybrid_that_lands_on_the_index(info):
         assert constraint.fsm(wait=60).engine == "outlines-core"
         assert constraint.matcher().current().constraint.engine == "outlines-core"
         again = structgen.compile_constraint(schema, info, wait=False)
-        assert again.engine == "outlines-core"  # the memory cache: no head start needed
+        assert isinstance(again, HybridConstraint)  # the memory cache: no head start needed
+        assert again.fsm().from_cache == "memory" and again.matcher().on_fsm
+        assert again.covered is constraint.covered  # what was learnt about the schema is kept
+        assert structgen.compile_constraint(schema, info).engine == "outlines-core"
     finally:
         module._default_compiler = saved
         compiler.close()
@@ -222,3 +225,64 @@ def test_a_hybrid_whose_index_refuses_the_replay_stays_on_llguidance(info, smoll
         assert matcher.advance(token)
     assert not matcher.on_fsm and matcher.is_accepting()
     assert "refused replayed token" in matcher.constraint.fallback_reason
+
+
+def _landed_hybrid(schema: dict, info) -> HybridConstraint:
+    """A hybrid on llguidance's JSON grammar whose index has already landed."""
+    head_start = GrammarConstraint(json_schema_grammar(schema, "compact"), info, regex=None,
+                                   output_type=None, whitespace="compact")
+    landed: Future = Future()
+    landed.set_result(structgen.compile_constraint(schema, info, engine="outlines-core"))
+    return HybridConstraint(head_start, landed)
+
+
+def accepts_under_masks(constraint, ids) -> bool:
+    """Each token is in the mask before it is taken (as in decoding), and the end is accepted."""
+    matcher = constraint.matcher()
+    for token in ids:
+        if not matcher.mask()[token] or not matcher.advance(token):
+            return False
+    return bool(matcher.mask()[constraint.eos_token_id]) and matcher.is_accepting()
+
+
+def test_without_a_budget_a_landed_hybrid_allows_what_either_engine_allows(info, smollm2_tokenizer):
+    """The index never writes undeclared properties and llguidance's grammar refuses ``\\u``
+    escapes: unbudgeted, the hybrid takes both (each is valid), and still refuses what neither
+    allows; the index's own states keep lookup masks where llguidance adds nothing."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    hybrid = _landed_hybrid(schema, info)
+    extra_key = ids_of(smollm2_tokenizer, {"a": "x", "zz": 1})
+    escaped = smollm2_tokenizer.encode('{"a":"\\u00e9"}', add_special_tokens=False)
+    assert not accepts(hybrid.fsm(), extra_key)
+    assert accepts(hybrid.fsm(), escaped) and not accepts(hybrid.grammar, escaped)
+    for ids in (extra_key, escaped, ids_of(smollm2_tokenizer, {"a": "x"})):
+        assert accepts_under_masks(hybrid, ids)
+    assert not accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, {"a": 1}))
+    assert not accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, {"a": "x", "b": 2})[:-1])
+    assert hybrid.matcher().on_fsm
+    assert True in hybrid.covered.values() and False in hybrid.covered.values()
+
+
+def test_with_a_budget_a_landed_hybrid_is_the_index_alone(info, smollm2_tokenizer):
+    """Only the index knows how far the end is, so under a budget it alone steers."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    hybrid = _landed_hybrid(schema, info)
+    extra_key = ids_of(smollm2_tokenizer, {"a": "x", "zz": 1})
+    matcher = hybrid.matcher(max_tokens=len(extra_key) + 1)
+    assert matcher.on_fsm and matcher.grammar is None
+    assert not all(matcher.advance(token) for token in extra_key)
+
+
+def test_a_cached_index_under_wait_false_builds_llguidance_only_when_asked(info, smollm2_tokenizer):
+    """A cache hit needs no head start: budgeted matchers never build llguidance's grammar, an
+    unbudgeted one builds it on its first mask and then admits undeclared properties too."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}},
+              "$comment": uuid.uuid4().hex}
+    structgen.compile_constraint(schema, info)  # now cached
+    hybrid = structgen.compile_constraint(schema, info, wait=False)
+    extra_key = ids_of(smollm2_tokenizer, {"a": "x", "zz": 1})
+    budgeted = hybrid.matcher(max_tokens=64)
+    assert budgeted.on_fsm and not all(budgeted.advance(token) for token in extra_key)
+    assert hybrid._build_grammar is not None  # never built
+    assert accepts_under_masks(hybrid, extra_key)
+    assert hybrid.grammar is not None and hybrid.grammar.regex is None

@@ -471,13 +471,13 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         known = compiler.regex_of_schema(schema_key)
         cached = known and compiler.lookup(known, info, **options)
         if cached:
-            return cached
+            return cached if wait else _landed(cached, spec, info, whitespace, schema_key)
         if not wait:
             head_start = _llguidance_json_head_start(spec, info, whitespace)
             if head_start is not None:
                 return HybridConstraint(head_start, compiler.submit(
                     compiler.compile_schema, spec, info, whitespace=whitespace,
-                    schema_key=schema_key, timeout=timeout))
+                    schema_key=schema_key, timeout=timeout), covered=_covered(schema_key))
     regex = spec.regex
     if regex is None:
         from structgen.schema import schema_to_regex
@@ -503,7 +503,9 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         return _llguidance_regex(regex, spec, info, whitespace, reason=None)
     cached = compiler.lookup(regex, info, **options)
     if cached is not None:
-        return cached
+        if schema_key is not None:  # the next call skips the schema->regex step
+            compiler.remember_schema(schema_key, regex)
+        return cached if wait else _landed(cached, spec, info, whitespace, schema_key)
     if not wait:
         try:
             head_start = _llguidance_regex(regex, spec, info, whitespace, reason=None)
@@ -565,6 +567,26 @@ def _compile_index(compiler: ConstraintCompiler, regex: str, info: TokenizerInfo
     if schema_key is not None:
         compiler.remember_schema(schema_key, regex)
     return constraint
+
+
+_COVERED: dict[str, dict[int, bool]] = {}
+
+
+def _covered(schema_key: str) -> dict[int, bool]:
+    """The schema's ``HybridConstraint.covered`` map, shared by every hybrid of that schema."""
+    return _COVERED.setdefault(schema_key, {})
+
+
+def _landed(index: CompiledConstraint, spec: OutputType, info: TokenizerInfo, whitespace: str,
+            schema_key: str | None) -> Constraint:
+    """``wait=False`` on a cached index: a hybrid that starts on the index, with llguidance's
+    JSON grammar beside it (built when an unbudgeted matcher first asks), as a cold hybrid has
+    after its switch. A regex has no JSON grammar: the index alone."""
+    if schema_key is None:
+        return index
+    return HybridConstraint.landed(
+        index, functools.partial(_llguidance_json_head_start, spec, info, whitespace),
+        covered=_covered(schema_key))
 
 
 def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo,

@@ -12,7 +12,8 @@ from a grammar, so it starts in about a millisecond and covers those schemas. st
   structgen's regex when llguidance refuses the schema) while the finite-state index compiles in
   the background; once the index lands, the tokens taken so far are replayed into it and the
   sequence continues on lookup masks. llguidance's JSON grammar admits a little more than the
-  index (undeclared properties, for one): a sequence that took such a token stays on llguidance.
+  index (undeclared properties, for one): a sequence that took such a token stays on llguidance,
+  and an unbudgeted sequence that switched keeps llguidance beside the index (``HybridMatcher``).
 
 The vocabulary handed to llguidance is structgen's own ``TokenizerInfo`` (token id -> exact
 bytes), so partial-UTF-8 tokens keep their bytes and both engines see the same tokens.
@@ -245,22 +246,42 @@ class GrammarMatcher(Cursor):
 
 
 class HybridConstraint(Constraint):
-    """Starts on llguidance over ``regex`` while the finite-state index compiles in the background.
+    """Starts on llguidance while the finite-state index compiles in the background.
 
     ``engine`` reads ``"llguidance+outlines-core"``; ``fsm()`` is the compiled index once it has
     landed (None before, or if its compile failed: then every sequence stays on llguidance and
-    ``fallback_reason`` says why).
+    ``fallback_reason`` says why). ``grammar`` is llguidance's constraint: its JSON grammar
+    (``exact``: it has none of the index's departures) or, for a schema it refuses, structgen's
+    regex. ``HybridConstraint.landed`` wraps an index that is already there (a cache hit), with
+    llguidance's JSON grammar built only when an unbudgeted matcher first asks for it.
     """
 
     engine = "llguidance+outlines-core"
 
-    def __init__(self, grammar: GrammarConstraint, pending: Future):
-        self.grammar = grammar
+    def __init__(self, grammar: GrammarConstraint | None, pending: Future, *,
+                 build_grammar=None, covered: dict[int, bool] | None = None):
+        self._grammar = grammar
+        self._build_grammar = build_grammar
         self.pending = pending
+        self.exact = grammar.regex is None if grammar is not None else build_grammar is not None
+        source = grammar if grammar is not None else pending.result()
         for name in ("regex", "output_type", "whitespace", "tokenizer_fingerprint", "eos_token_id",
-                     "vocab_size"):
-            setattr(self, name, getattr(grammar, name))
-        self.compile_seconds = grammar.compile_seconds
+                     "vocab_size", "compile_seconds", "from_cache"):
+            setattr(self, name, getattr(source, name))
+        # index state -> whether llguidance's mask added nothing there (shared by all sequences)
+        self.covered: dict[int, bool] = {} if covered is None else covered
+
+    @classmethod
+    def landed(cls, index, build_grammar, covered: dict[int, bool] | None = None):
+        done: Future = Future()
+        done.set_result(index)
+        return cls(None, done, build_grammar=build_grammar, covered=covered)
+
+    @property
+    def grammar(self) -> GrammarConstraint | None:
+        if self._build_grammar is not None:
+            self._grammar, self._build_grammar = self._build_grammar(), None
+        return self._grammar
 
     def fsm(self, wait: float | None = 0.0):
         """The finite-state constraint if it is ready (waiting up to ``wait`` seconds, None = forever)."""
@@ -283,18 +304,41 @@ class HybridConstraint(Constraint):
 
 
 class HybridMatcher(Cursor):
-    """Runs on llguidance, and moves to the finite-state matcher as soon as the index is ready."""
+    """Runs on llguidance, and moves to the finite-state matcher as soon as the index is ready.
+
+    Without a budget, when llguidance runs the schema's own JSON grammar (``constraint.exact``),
+    the sequence keeps both engines after the switch and allows what either allows: the index's
+    regex is a documented narrowing of the schema (no undeclared properties, capped nesting of
+    open values...), llguidance's grammar misses a few spellings the index writes (``\\u``
+    escapes), and both are sound, so their union is too. The index's lookup mask serves every
+    index state at which llguidance's mask was seen to add nothing (``constraint.covered``);
+    elsewhere llguidance's mask is OR'd in. llguidance is fed the tokens only when it is asked.
+    Each engine is dropped when it cannot follow a token taken. With a budget only the index can
+    promise to close in time, so it alone steers once it has landed.
+    """
 
     def __init__(self, constraint: HybridConstraint, max_tokens: int | None = None):
         self.constraint = constraint
         self.max_tokens = max_tokens
-        self._taken: list[int] | None = []  # None once switched
-        self.active = constraint.grammar.matcher(max_tokens=max_tokens)
+        self.tokens_consumed = 0
+        self.fsm = None  # the index's Matcher once switched (None again if it was dropped)
+        self.grammar: GrammarMatcher | None = None  # llguidance's, built when first asked
+        self._grammar_gone = False  # dropped (refused a token) or not wanted beside the index
+        self._taken: list[int] | None = []  # for the replay; None once the switch is settled
+        self._behind: list[int] = []  # tokens taken that llguidance has not been fed yet
+        self.last_mask = ""  # who made the latest mask: "llguidance", "index", "index|llguidance"
         self._switch()
+        if self.fsm is None:
+            self._grammar_caught_up()  # the index has not landed: llguidance steers
 
     @property
     def on_fsm(self) -> bool:
-        return not isinstance(self.active, GrammarMatcher)
+        return self.fsm is not None
+
+    @property
+    def active(self):
+        """The matcher that steers: the index's once switched, else llguidance's."""
+        return self.fsm if self.fsm is not None else self.grammar
 
     def _switch(self) -> None:
         if self._taken is None:
@@ -311,42 +355,81 @@ class HybridMatcher(Cursor):
         left = self.tokens_left
         if left is not None and fsm.distance(matcher.state) <= left:
             matcher.max_tokens = self.max_tokens  # the budget guarantee holds from here on
-        self.active = matcher
+        self.fsm = matcher
         self._taken = None
+        if self.max_tokens is not None or not self.constraint.exact:
+            self.grammar, self._grammar_gone, self._behind = None, True, []
 
     def current(self):
         """The matcher in charge now (switching to the finite-state one if it has landed)."""
         self._switch()
         return self.active
 
-    @property
-    def tokens_consumed(self) -> int:
-        return self.active.tokens_consumed
+    def _grammar_caught_up(self) -> bool:
+        """llguidance's matcher fed every token taken so far; False if it is gone."""
+        if self._grammar_gone:
+            return False
+        if self.grammar is None:
+            source = self.constraint.grammar
+            if source is None:  # llguidance refuses the schema
+                self._grammar_gone = True
+                return False
+            self.grammar = source.matcher()  # the budget is this matcher's to enforce
+        for token_id in self._behind:
+            if not self.grammar.advance(token_id):
+                self.grammar, self._grammar_gone = None, True
+                break
+        self._behind = []
+        return not self._grammar_gone
+
+    def _bits(self) -> np.ndarray:
+        """The allowed-token bitmask (int32 words), see the class docstring."""
+        self._switch()
+        if self.is_finished():
+            return np.zeros((self.constraint.vocab_size + 31) // 32, dtype=np.int32)
+        if self.fsm is None:
+            self.last_mask = "llguidance"
+            return self.grammar._fill()
+        lookup = self.fsm.packed_bitmask()
+        state = self.fsm.state
+        covered = self.constraint.covered.get(state)
+        self.last_mask = "index"
+        if covered or not self._grammar_caught_up():
+            return lookup
+        self.last_mask = "index|llguidance"
+        union = lookup | self.grammar._fill()
+        if covered is None:
+            self.constraint.covered[state] = bool(np.array_equal(union, lookup))
+        return union
 
     def mask(self) -> np.ndarray:
-        self._switch()
-        if self.tokens_left == 0:
-            return np.zeros(self.constraint.vocab_size, dtype=bool)
-        return self.active.mask()
+        packed = self._bits().view(np.uint8)
+        return np.unpackbits(packed, bitorder="little")[: self.constraint.vocab_size].astype(bool)
 
     def fill_bitmask(self, buffer, row: int = 0) -> None:
-        self._switch()
-        if self.tokens_left == 0:
-            target = buffer[row] if getattr(buffer, "ndim", 1) == 2 else buffer
-            target[:] = 0
-            return
-        self.active.fill_bitmask(buffer, row)
+        write_bitmask(buffer, row, self._bits())
 
     def advance(self, token_id: int) -> bool:
         self._switch()
-        if self.tokens_left == 0 or not self.active.advance(token_id):
+        if self.is_finished():
+            return False
+        token_id = int(token_id)
+        if self.fsm is not None and self.fsm.advance(token_id):
+            if not self._grammar_gone:
+                self._behind.append(token_id)
+        elif self._grammar_caught_up() and self.grammar.advance(token_id):
+            self.fsm = None  # a token only llguidance allows: it alone goes on
+        else:
             return False
         if self._taken is not None:
-            self._taken.append(int(token_id))
+            self._taken.append(token_id)
+        self.tokens_consumed += 1
         return True
 
     def is_accepting(self) -> bool:
-        return self.active.is_accepting()
+        if self.fsm is not None and self.fsm.is_accepting():
+            return True
+        return self._grammar_caught_up() and self.grammar.is_accepting()
 
     def is_finished(self) -> bool:
         return self.tokens_left == 0 or self.active.is_finished()
@@ -355,5 +438,6 @@ class HybridMatcher(Cursor):
         return self.active.min_tokens_to_accept()
 
     def __repr__(self) -> str:
-        return (f"HybridMatcher(on={'outlines-core' if self.on_fsm else 'llguidance'}, "
-                f"tokens_consumed={self.tokens_consumed})")
+        engines = [name for name, on in (("outlines-core", self.fsm), ("llguidance", self.grammar))
+                   if on is not None]
+        return f"HybridMatcher(on={'+'.join(engines)}, tokens_consumed={self.tokens_consumed})"

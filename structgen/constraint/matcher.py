@@ -77,13 +77,15 @@ class Matcher(Cursor):
         ``i``. ``buffer`` may be a numpy array or a torch tensor, 1-D or 2-D (``row`` picks the row).
         Without a budget in force this is a copy of a cached array.
         """
+        write_bitmask(buffer, row, self.packed_bitmask())
+
+    def packed_bitmask(self) -> np.ndarray:
+        """The bitmask ``fill_bitmask`` writes (the cached array itself when no budget is in force)."""
         from structgen.constraint.compiler import pack_bitmask
 
         if self.finished or self.tokens_left is not None:
-            packed = pack_bitmask(self.mask())
-        else:
-            packed = self.constraint.bitmask(self.state)
-        write_bitmask(buffer, row, packed)
+            return pack_bitmask(self.mask())
+        return self.constraint.bitmask(self.state)
 
     def advance(self, token_id: int) -> bool:
         """Take ``token_id``; returns False and changes nothing if it is not allowed."""
