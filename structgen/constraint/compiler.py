@@ -452,9 +452,11 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
     ``engine="auto"`` (the default) gives the finite-state constraint (lookup masks, budget
     guarantee), compiled or loaded from cache, and falls back to llguidance when the schema is not
     regular or the compile exceeds its time or memory budget (``constraint.engine`` and
-    ``constraint.fallback_reason`` say so). With ``wait=False`` a constraint that is not cached
+    ``constraint.fallback_reason`` say so). With ``wait=False`` a schema that is not cached
     starts at once on llguidance and moves to the finite-state index when its background compile
-    lands (``HybridConstraint``). ``engine="outlines-core"`` or ``"llguidance"`` forces one engine.
+    lands (``HybridConstraint``; a cached one starts on the index). Its unbudgeted matchers keep
+    llguidance's JSON grammar beside the index and admit what either admits, so none of the
+    index's departures from the schema applies to them. ``engine="outlines-core"`` or ``"llguidance"`` forces one engine.
     """
     from structgen.errors import InvalidSchemaError
 
