@@ -456,7 +456,8 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
     starts at once on llguidance and moves to the finite-state index when its background compile
     lands (``HybridConstraint``; a cached one starts on the index). Its unbudgeted matchers keep
     llguidance's JSON grammar beside the index and admit what either admits, so none of the
-    index's departures from the schema applies to them. ``engine="outlines-core"`` or ``"llguidance"`` forces one engine.
+    index's departures from the schema applies to them. ``engine="outlines-core"`` or
+    ``"llguidance"`` forces one engine.
     """
     from structgen.errors import InvalidSchemaError
 
@@ -571,12 +572,17 @@ def _compile_index(compiler: ConstraintCompiler, regex: str, info: TokenizerInfo
     return constraint
 
 
-_COVERED: dict[str, dict[int, bool]] = {}
+_COVERED: OrderedDict[str, dict[int, bool]] = OrderedDict()
+_COVERED_SCHEMAS = 4096  # a long-running server forgets the least recently used ones
 
 
 def _covered(schema_key: str) -> dict[int, bool]:
     """The schema's ``HybridConstraint.covered`` map, shared by every hybrid of that schema."""
-    return _COVERED.setdefault(schema_key, {})
+    covered = _COVERED.pop(schema_key, None)
+    _COVERED[schema_key] = covered = {} if covered is None else covered
+    while len(_COVERED) > _COVERED_SCHEMAS:
+        _COVERED.popitem(last=False)
+    return covered
 
 
 def _landed(index: CompiledConstraint, spec: OutputType, info: TokenizerInfo, whitespace: str,
