@@ -112,10 +112,11 @@ class CompileFailed(Exception):
 
 
 class Structgen:
-    """structgen as decoding uses it with ``wait=False``: llguidance over structgen's regex at once,
-    the outlines-core index compiling in the background (its own worker process, time and memory
-    budget), replayed and switched to when it lands; llguidance's JSON compiler for schemas the
-    regex compiler refuses."""
+    """structgen with ``wait=False`` and no budget: llguidance's JSON grammar at once (structgen's
+    regex on llguidance where llguidance refuses the schema), the outlines-core index compiling in
+    the background (its own worker process, time and memory budget), replayed and switched to when
+    it lands, llguidance's mask OR'd in at index states where it allows more; llguidance's JSON
+    compiler alone for schemas the regex compiler refuses."""
 
     def __init__(self, tokenizer, timeout: float, memory_limit: int):
         import tempfile
@@ -141,6 +142,7 @@ class Structgen:
     def compile(self, schema):
         from structgen.errors import StructgenError
 
+        self.mask_sources.clear()
         try:
             return self.module.compile_constraint(schema, self.info, whitespace="flexible",
                                                   wait=False, timeout=self.timeout)
