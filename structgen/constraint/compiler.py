@@ -36,6 +36,7 @@ from structgen.constraint.llguidance_backend import (
     json_schema_grammar,
     regex_grammar,
 )
+from structgen.constraint.matcher import unpack_bitmask
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import (
     CompileTimeoutError,
@@ -140,8 +141,7 @@ class CompiledConstraint(Constraint):
         if tokens_left is None or not self.needs_budget_mask(state, tokens_left):
             cached = self._bool_masks.get(state)
             if cached is None:
-                packed = self.bitmask(state).view(np.uint8)
-                cached = np.unpackbits(packed, bitorder="little")[: self.vocab_size].view(bool)
+                cached = unpack_bitmask(self.bitmask(state), self.vocab_size)
                 self._bool_masks[state] = cached
             return cached
         tokens, nexts = self.transitions(state)

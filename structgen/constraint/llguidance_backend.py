@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from structgen.constraint.matcher import Cursor, write_bitmask
+from structgen.constraint.matcher import Cursor, unpack_bitmask, write_bitmask
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import ConstraintError, UnsupportedSchemaError
 
@@ -209,8 +209,7 @@ class GrammarMatcher(Cursor):
         return self._bits
 
     def mask(self) -> np.ndarray:
-        packed = self._fill().view(np.uint8)
-        return np.unpackbits(packed, bitorder="little")[: self.constraint.vocab_size].astype(bool)
+        return unpack_bitmask(self._fill(), self.constraint.vocab_size)
 
     def fill_bitmask(self, buffer, row: int = 0) -> None:
         write_bitmask(buffer, row, self._fill())
@@ -403,8 +402,7 @@ class HybridMatcher(Cursor):
         return union
 
     def mask(self) -> np.ndarray:
-        packed = self._bits().view(np.uint8)
-        return np.unpackbits(packed, bitorder="little")[: self.constraint.vocab_size].astype(bool)
+        return unpack_bitmask(self._bits(), self.constraint.vocab_size)
 
     def fill_bitmask(self, buffer, row: int = 0) -> None:
         write_bitmask(buffer, row, self._bits())

@@ -26,6 +26,11 @@ def write_bitmask(buffer, row: int, packed: np.ndarray) -> None:
     target[len(packed):] = 0
 
 
+def unpack_bitmask(packed: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The boolean mask over ``vocab_size`` tokens that an int32 bitmask holds (a new array)."""
+    return np.unpackbits(packed.view(np.uint8), bitorder="little")[:vocab_size].view(bool)
+
+
 class Cursor:
     """What every engine's matcher shares: a budget counted in tokens, and the mask as ids."""
 
