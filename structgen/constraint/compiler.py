@@ -367,7 +367,7 @@ class ConstraintCompiler:
         except OSError:
             return None  # absent: compile afresh
         try:
-            return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+            return {name: _load_array(folder / f"{name}.npy") for name in names}
         except (OSError, ValueError):
             shutil.rmtree(folder, ignore_errors=True)  # damaged: compile afresh, store anew
             return None
@@ -417,6 +417,18 @@ def _cache_key(regex: str, fingerprint: str) -> str:
     return digest.hexdigest()[:32]
 
 
+def _load_array(path: Path) -> np.ndarray:
+    """Large tables are memory-mapped (only the pages a decode touches are read); small ones are
+    read whole, which costs less than setting up a mapping (a disk hit maps ten arrays)."""
+    if path.stat().st_size > _MAP_ABOVE_BYTES:
+        return np.load(path, mmap_mode="r")
+    return np.load(path)
+
+
+_MAP_ABOVE_BYTES = 1 << 20
+
+
+@functools.cache
 def _package_version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
