@@ -417,15 +417,15 @@ def _cache_key(regex: str, fingerprint: str) -> str:
     return digest.hexdigest()[:32]
 
 
+_MAP_ABOVE_BYTES = 1 << 20
+
+
 def _load_array(path: Path) -> np.ndarray:
     """Large tables are memory-mapped (only the pages a decode touches are read); small ones are
-    read whole, which costs less than setting up a mapping (a disk hit maps ten arrays)."""
+    read whole, which costs less than setting up a mapping (a disk hit loads ten arrays)."""
     if path.stat().st_size > _MAP_ABOVE_BYTES:
         return np.load(path, mmap_mode="r")
     return np.load(path)
-
-
-_MAP_ABOVE_BYTES = 1 << 20
 
 
 @functools.cache
