@@ -109,7 +109,7 @@ def test_compiles_are_cached_in_memory_and_on_disk(info, tmp_path, monkeypatch):
     finally:
         first.close()
     assert (cold.from_cache, warm.from_cache) == ("none", "memory")
-    assert list(tmp_path.glob("constraints/*/arrays"))
+    assert list(tmp_path.glob("constraints/*.tables"))
     second = ConstraintCompiler()
     try:
         loaded = second.compile_regex(regex, info)
@@ -117,14 +117,36 @@ def test_compiles_are_cached_in_memory_and_on_disk(info, tmp_path, monkeypatch):
         second.close()
     assert loaded.from_cache == "disk"
     assert loaded.min_tokens == cold.min_tokens and loaded.num_states == cold.num_states
-    folder = next(tmp_path.glob("constraints/*/arrays")).parent
-    (folder / "next.npy").write_bytes(b"damaged")  # a damaged file is compiled afresh, then mended
+    stored = next(tmp_path.glob("constraints/*.tables"))
+    stored.write_bytes(stored.read_bytes()[:200])  # a damaged file is compiled afresh, then mended
     for expected in ("none", "disk"):
         compiler = ConstraintCompiler()
         try:
             assert compiler.compile_regex(regex, info).from_cache == expected
         finally:
             compiler.close()
+
+
+def test_cached_tables_read_back_bit_for_bit(tmp_path):
+    from structgen.constraint.compiler import read_tables, write_tables
+
+    tables = {"offsets": np.arange(7, dtype=np.int64), "masks": np.ones((3, 5), dtype=np.int32),
+              "is_final": np.array([True, False, True]), "initial": np.int64(4),
+              "empty": np.zeros(0, dtype=np.uint32)}
+    path = tmp_path / "one.tables"
+    write_tables(path, tables)
+    back = read_tables(path)
+    assert back.keys() == tables.keys()
+    for name, value in tables.items():
+        assert back[name].dtype == np.asarray(value).dtype and back[name].shape == np.shape(value)
+        assert np.array_equal(back[name], value)
+    assert int(back["initial"]) == 4 and not back["masks"].flags.writeable
+    path.write_bytes(path.read_bytes()[:-64])
+    with pytest.raises(ValueError, match="truncated"):
+        read_tables(path)
+    path.write_bytes(b"not tables")
+    with pytest.raises(ValueError, match="not a structgen tables file"):
+        read_tables(path)
 
 
 def test_a_compile_past_its_time_budget_is_a_typed_error(info):

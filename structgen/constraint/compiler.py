@@ -5,10 +5,10 @@ index (CSR arrays), the fewest tokens from each state to an accepting one, and l
 per-state masks. Per-sequence state lives in the cheap ``Matcher`` it hands out.
 
 Compiles are cached twice, keyed by (structgen and outlines-core versions, regex, tokenizer
-fingerprint): in memory, and on disk under ``$STRUCTGEN_CACHE/constraints`` as one folder of
-``.npy`` arrays per constraint, memory-mapped on load (no copy, no checksum pass: a hit costs a
-few file opens, and mask rows are paged in as states are visited). The whitespace mode is part of
-the regex, so it is part of the key.
+fingerprint): in memory, and on disk under ``$STRUCTGEN_CACHE/constraints`` as one file of
+arrays per constraint (``write_tables``), memory-mapped on load when large (no copy, no checksum
+pass: a hit costs one file open, and mask rows are paged in as states are visited). The
+whitespace mode is part of the regex, so it is part of the key.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import mmap
 import os
 import queue
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -53,7 +53,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_LIMIT = 8 << 30
 MAX_REGEX_CHARS = 2_000_000
 _MEMORY_CACHE_SIZE = 64
-TABLES_FORMAT = 3  # bump when the meaning of the cached arrays changes
+TABLES_FORMAT = 4  # bump when the meaning of the cached arrays changes
 
 
 def cache_dir() -> Path:
@@ -356,36 +356,32 @@ class ConstraintCompiler:
         raise ConstraintError(f"outlines-core could not compile the regex: {payload}")
 
     def _path(self, key: str) -> Path:
-        return cache_dir() / "constraints" / key
+        return cache_dir() / "constraints" / f"{key}.tables"
 
     def _load(self, key: str) -> dict | None:
         if not self.disk_cache:
             return None
-        folder = self._path(key)
+        path = self._path(key)
         try:
-            names = (folder / "arrays").read_text().split()
-        except OSError:
+            return read_tables(path)
+        except FileNotFoundError:
             return None  # absent: compile afresh
-        try:
-            return {name: _load_array(folder / f"{name}.npy") for name in names}
         except (OSError, ValueError):
-            shutil.rmtree(folder, ignore_errors=True)  # damaged: compile afresh, store anew
+            path.unlink(missing_ok=True)  # damaged: compile afresh, store anew
             return None
 
     def _store(self, key: str, tables: dict) -> None:
         if not self.disk_cache:
             return
-        folder = self._path(key)
-        partial = folder.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+        path = self._path(key)
+        partial = path.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            partial.mkdir(parents=True, exist_ok=True)
-            names = [name for name in tables if name != "index_seconds"]
-            for name in names:
-                np.save(partial / f"{name}.npy", np.asarray(tables[name]))
-            (partial / "arrays").write_text("\n".join(names))  # written last: marks it complete
-            os.replace(partial, folder)  # atomic: readers see the whole folder or none
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_tables(partial, {name: value for name, value in tables.items()
+                                   if name != "index_seconds"})
+            os.replace(partial, path)  # atomic: readers see the whole file or none
         except OSError:
-            shutil.rmtree(partial, ignore_errors=True)  # read-only, or another process won
+            partial.unlink(missing_ok=True)  # read-only, or another process won
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -417,15 +413,54 @@ def _cache_key(regex: str, fingerprint: str) -> str:
     return digest.hexdigest()[:32]
 
 
+_TABLES_MAGIC = b"SGTABLES"
+_ALIGN = 64
 _MAP_ABOVE_BYTES = 1 << 20
 
 
-def _load_array(path: Path) -> np.ndarray:
-    """Large tables are memory-mapped (only the pages a decode touches are read); small ones are
-    read whole, which costs less than setting up a mapping (a disk hit loads ten arrays)."""
-    if path.stat().st_size > _MAP_ABOVE_BYTES:
-        return np.load(path, mmap_mode="r")
-    return np.load(path)
+def write_tables(path: Path, tables: dict) -> None:
+    """All of a constraint's arrays in one file: magic, header length, a JSON header naming each
+    array's dtype, shape and offset, then the arrays, each 64-byte aligned."""
+    arrays = {name: np.asarray(value) for name, value in tables.items()}  # tobytes(): C order
+    header, offset = {}, 0
+    for name, array in arrays.items():
+        header[name] = [array.dtype.str, list(array.shape), offset]
+        offset += -(-array.nbytes // _ALIGN) * _ALIGN
+    encoded = json.dumps(header).encode()
+    start = -(-(len(_TABLES_MAGIC) + 8 + len(encoded)) // _ALIGN) * _ALIGN
+    with open(path, "wb") as out:
+        out.write(_TABLES_MAGIC + len(encoded).to_bytes(8, "little") + encoded)
+        for name, array in arrays.items():
+            out.seek(start + header[name][2])
+            out.write(array.tobytes())
+        out.truncate(start + offset)
+
+
+def read_tables(path: Path) -> dict:
+    """``write_tables``' arrays, read-only. One open: a file over 1 MiB (the transitions and mask
+    rows of most schemas) is memory-mapped, so only the pages a decode touches are read; a
+    smaller one is read whole, which costs less than setting up the mapping."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > _MAP_ABOVE_BYTES:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            data = file.read()
+    prefix = len(_TABLES_MAGIC) + 8
+    if size < prefix or data[:len(_TABLES_MAGIC)] != _TABLES_MAGIC:
+        raise ValueError(f"{path} is not a structgen tables file")
+    length = int.from_bytes(data[len(_TABLES_MAGIC):prefix], "little")
+    header = json.loads(bytes(data[prefix:prefix + length]))
+    start = -(-(prefix + length) // _ALIGN) * _ALIGN
+    tables = {}
+    for name, (dtype, shape, offset) in header.items():
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if start + offset + count * dtype.itemsize > size:
+            raise ValueError(f"{path} is truncated")
+        array = np.frombuffer(data, dtype=dtype, count=count, offset=start + offset)
+        tables[name] = array.reshape(shape)
+    return tables
 
 
 @functools.cache
