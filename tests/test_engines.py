@@ -286,3 +286,50 @@ def test_a_cached_index_under_wait_false_builds_llguidance_only_when_asked(info,
     assert hybrid._build_grammar is not None  # never built
     assert accepts_under_masks(hybrid, extra_key)
     assert hybrid.grammar is not None and hybrid.grammar.regex is None
+
+
+def test_a_cache_hit_knows_whether_llguidance_adds_to_the_first_mask(info, smollm2_tokenizer,
+                                                                      tmp_path, monkeypatch):
+    """Before the first token both engines are in their start state, so whether llguidance's
+    first mask adds anything to the index's is exact. It is kept on disk: a later process's
+    first mask is then the index's lookup while llguidance's grammar builds in the background,
+    and the sequence still admits what llguidance admits."""
+    import structgen.constraint.compiler as module
+
+    monkeypatch.setenv("STRUCTGEN_CACHE", str(tmp_path))
+    open_object = {"type": "object", "properties": {"a": {"type": "string"}}}
+    saved = module._default_compiler
+    try:
+        for schema, adds_nothing in ((open_object, True), ({}, False)):
+            module._default_compiler = ConstraintCompiler()
+            structgen.compile_constraint(schema, info)  # compiled: now on disk
+            hybrid = structgen.compile_constraint(schema, info, wait=False)
+            assert hybrid.start_covered is None
+            matcher = hybrid.matcher()
+            union = matcher.mask()
+            assert matcher.last_mask == "index|llguidance"
+            assert hybrid.start_covered is adds_nothing
+
+            module._default_compiler.close()
+            module._default_compiler = ConstraintCompiler()  # a new process: memory caches empty
+            module._COVERED.clear()
+            hybrid = structgen.compile_constraint(schema, info, wait=False)
+            assert hybrid.fsm().from_cache == "disk" and hybrid.start_covered is adds_nothing
+            matcher = hybrid.matcher()
+            assert np.array_equal(matcher.mask(), union)
+            assert matcher.last_mask == ("index" if adds_nothing else "index|llguidance")
+            module._default_compiler.close()
+        assert accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, [[[[1]]]]))
+        module._default_compiler = ConstraintCompiler()
+        module._COVERED.clear()
+        hybrid = structgen.compile_constraint(open_object, info, wait=False)
+        assert hybrid.start_covered is True
+        assert accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, {"a": "x", "zz": 1}))
+        for stale in tmp_path.glob("constraints/*.start"):  # another llguidance version's verdict
+            stale.write_text("0.0.0 1")
+        module._default_compiler.close()
+        module._default_compiler = ConstraintCompiler()
+        assert structgen.compile_constraint(open_object, info, wait=False).start_covered is None
+    finally:
+        module._default_compiler.close()
+        module._default_compiler = saved

@@ -204,6 +204,7 @@ class ConstraintCompiler:
         self._background: threading.Thread | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._schema_regex: dict[str, str] = {}
+        self._start_covered: dict[str, bool] = {}
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -288,6 +289,32 @@ class ConstraintCompiler:
             except OSError:
                 return None
         return regex
+
+    def remember_start(self, schema_key: str, covered: bool) -> None:
+        """Record whether llguidance's first mask for the schema adds nothing to the index's
+        (``HybridConstraint.start_covered``), for this llguidance version."""
+        self._start_covered[schema_key] = covered
+        if self.disk_cache:
+            path = cache_dir() / "constraints" / f"schema-{schema_key}.start"
+            try:
+                partial = path.with_suffix(f".{os.getpid()}.tmp")
+                partial.write_text(f"{_package_version('llguidance')} {int(covered)}")
+                os.replace(partial, path)
+            except OSError:
+                pass
+
+    def start_covered(self, schema_key: str) -> bool | None:
+        covered = self._start_covered.get(schema_key)
+        if covered is None and self.disk_cache:
+            try:
+                text = (cache_dir() / "constraints" / f"schema-{schema_key}.start").read_text()
+            except OSError:
+                return None
+            version, _, flag = text.partition(" ")
+            if version != _package_version("llguidance") or flag not in ("0", "1"):
+                return None
+            covered = self._start_covered[schema_key] = flag == "1"
+        return covered
 
     def _cached(self, key: str, meta: dict) -> CompiledConstraint | None:
         cached = self._memory.get(key)
@@ -521,13 +548,16 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         known = compiler.regex_of_schema(schema_key)
         cached = known and compiler.lookup(known, info, **options)
         if cached:
-            return cached if wait else _landed(cached, spec, info, whitespace, schema_key)
+            return cached if wait else _landed(compiler, cached, spec, info, whitespace, schema_key)
         if not wait:
             head_start = _llguidance_json_head_start(spec, info, whitespace)
             if head_start is not None:
-                return HybridConstraint(head_start, compiler.submit(
-                    compiler.compile_schema, spec, info, whitespace=whitespace,
-                    schema_key=schema_key, timeout=timeout), covered=_covered(schema_key))
+                return HybridConstraint(
+                    head_start, compiler.submit(compiler.compile_schema, spec, info,
+                                                whitespace=whitespace, schema_key=schema_key,
+                                                timeout=timeout),
+                    covered=_covered(schema_key),
+                    record_start=functools.partial(compiler.remember_start, schema_key))
     regex = spec.regex
     if regex is None:
         from structgen.schema import schema_to_regex
@@ -555,7 +585,7 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
     if cached is not None:
         if schema_key is not None:  # the next call skips the schema->regex step
             compiler.remember_schema(schema_key, regex)
-        return cached if wait else _landed(cached, spec, info, whitespace, schema_key)
+        return cached if wait else _landed(compiler, cached, spec, info, whitespace, schema_key)
     if not wait:
         try:
             head_start = _llguidance_regex(regex, spec, info, whitespace, reason=None)
@@ -632,26 +662,28 @@ def _covered(schema_key: str) -> dict[int, bool]:
     return covered
 
 
-def _landed(index: CompiledConstraint, spec: OutputType, info: TokenizerInfo, whitespace: str,
-            schema_key: str | None) -> Constraint:
+def _landed(compiler: ConstraintCompiler, index: CompiledConstraint, spec: OutputType,
+            info: TokenizerInfo, whitespace: str, schema_key: str | None) -> Constraint:
     """``wait=False`` on a cached index: a hybrid that starts on the index, with llguidance's
-    JSON grammar beside it (built when an unbudgeted matcher first asks), as a cold hybrid has
-    after its switch. A regex has no JSON grammar: the index alone."""
+    JSON grammar beside it (built in the background once an unbudgeted matcher wants it), as a
+    cold hybrid has after its switch. A regex has no JSON grammar: the index alone."""
     if schema_key is None:
         return index
     return HybridConstraint.landed(
-        index, functools.partial(_llguidance_json_head_start, spec, info, whitespace),
-        covered=_covered(schema_key))
+        index, functools.partial(_llguidance_json_head_start, spec, info, whitespace, check=False),
+        covered=_covered(schema_key), start_covered=compiler.start_covered(schema_key),
+        record_start=functools.partial(compiler.remember_start, schema_key))
 
 
-def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo,
-                                whitespace: str) -> GrammarConstraint | None:
+def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo, whitespace: str,
+                                check: bool = True) -> GrammarConstraint | None:
     """llguidance's own JSON grammar for the first tokens (its masks are fastest), or None if it
-    refuses the schema. The schema is checked against its metaschema first: typed errors stay
-    up front."""
+    refuses the schema. The schema is checked against its metaschema first (typed errors stay up
+    front), unless its index is cached (it passed then)."""
     from structgen.schema.normalize import normalize_check
 
-    normalize_check(spec.schema)
+    if check:
+        normalize_check(spec.schema)
     try:
         return _llguidance_json_grammar(spec, info, whitespace, reason=None)
     except (ConstraintError, UnsupportedSchemaError):

@@ -252,15 +252,20 @@ class HybridConstraint(Constraint):
     ``fallback_reason`` says why). ``grammar`` is llguidance's constraint: its JSON grammar
     (``exact``: it has none of the index's departures) or, for a schema it refuses, structgen's
     regex. ``HybridConstraint.landed`` wraps an index that is already there (a cache hit), with
-    llguidance's JSON grammar built only when an unbudgeted matcher first asks for it.
+    llguidance's JSON grammar built only once an unbudgeted matcher wants it, in a background
+    thread: meanwhile the index serves the first mask when ``start_covered`` says llguidance's
+    first mask adds nothing to it.
     """
 
     engine = "llguidance+outlines-core"
 
     def __init__(self, grammar: GrammarConstraint | None, pending: Future, *,
-                 build_grammar=None, covered: dict[int, bool] | None = None):
+                 build_grammar=None, covered: dict[int, bool] | None = None,
+                 start_covered: bool | None = None, record_start=None):
         self._grammar = grammar
         self._build_grammar = build_grammar
+        self._building: Future | None = None
+        self._grammar_lock = threading.Lock()
         self.pending = pending
         self.exact = grammar.regex is None if grammar is not None else build_grammar is not None
         source = grammar if grammar is not None else pending.result()
@@ -269,18 +274,57 @@ class HybridConstraint(Constraint):
             setattr(self, name, getattr(source, name))
         # index state -> whether llguidance's mask added nothing there (shared by all sequences)
         self.covered: dict[int, bool] = {} if covered is None else covered
+        # Whether llguidance's first mask adds nothing to the index's (None: not known yet). Unlike
+        # ``covered`` this is exact: before the first token both engines are in their start state.
+        self.start_covered = start_covered
+        self._record_start = record_start
 
     @classmethod
-    def landed(cls, index, build_grammar, covered: dict[int, bool] | None = None):
+    def landed(cls, index, build_grammar, covered: dict[int, bool] | None = None,
+               start_covered: bool | None = None, record_start=None):
         done: Future = Future()
         done.set_result(index)
-        return cls(None, done, build_grammar=build_grammar, covered=covered)
+        return cls(None, done, build_grammar=build_grammar, covered=covered,
+                   start_covered=start_covered, record_start=record_start)
+
+    def learned_start(self, covered: bool) -> None:
+        """Record ``start_covered`` (the compiler keeps it on disk for the next process)."""
+        if self.start_covered is None:
+            self.start_covered = covered
+            if self._record_start is not None:
+                self._record_start(covered)
+
+    def prepare_grammar(self) -> None:
+        """Start building llguidance's grammar in a background thread, if it is still to build:
+        its build runs mostly outside the GIL while the index serves the first masks."""
+        with self._grammar_lock:
+            if self._build_grammar is None or self._building is not None:
+                return
+            self._building = building = Future()
+            build = self._build_grammar
+
+        def run():
+            try:
+                building.set_result(build())
+            except BaseException as error:  # delivered to whoever asks for the grammar
+                building.set_exception(error)
+
+        threading.Thread(target=run, name="structgen-llguidance", daemon=True).start()
 
     @property
     def grammar(self) -> GrammarConstraint | None:
-        if self._build_grammar is not None:
-            self._grammar, self._build_grammar = self._build_grammar(), None
-        return self._grammar
+        """llguidance's constraint (waiting for a background build, or building it now)."""
+        with self._grammar_lock:
+            building, build = self._building, self._build_grammar
+        if building is not None:
+            grammar = building.result()
+        elif build is not None:
+            grammar = build()
+        else:
+            return self._grammar
+        with self._grammar_lock:
+            self._grammar, self._build_grammar, self._building = grammar, None, None
+        return grammar
 
     def fsm(self, wait: float | None = 0.0):
         """The finite-state constraint if it is ready (waiting up to ``wait`` seconds, None = forever)."""
@@ -310,7 +354,8 @@ class HybridMatcher(Cursor):
     regex is a documented narrowing of the schema (no undeclared properties, capped nesting of
     open values...), llguidance's grammar misses a few spellings the index writes (``\\u``
     escapes), and both are sound, so their union is too. The index's lookup mask serves every
-    index state at which llguidance's mask was seen to add nothing (``constraint.covered``);
+    index state at which llguidance's mask was seen to add nothing (``constraint.covered``), and
+    the first mask when llguidance's adds nothing there (``constraint.start_covered``, exact);
     elsewhere llguidance's mask is OR'd in. llguidance is fed the tokens only when it is asked.
     Each engine is dropped when it cannot follow a token taken. With a budget only the index can
     promise to close in time, so it alone steers once it has landed.
@@ -358,6 +403,8 @@ class HybridMatcher(Cursor):
         self._taken = None
         if self.max_tokens is not None or not self.constraint.exact:
             self.grammar, self._grammar_gone, self._behind = None, True, []
+        else:
+            self.constraint.prepare_grammar()  # wanted beside the index: build it meanwhile
 
     def current(self):
         """The matcher in charge now (switching to the finite-state one if it has landed)."""
@@ -390,15 +437,18 @@ class HybridMatcher(Cursor):
             self.last_mask = "llguidance"
             return self.grammar._fill()
         lookup = self.fsm.packed_bitmask()
+        start = self.tokens_consumed == 0  # before the first token: what is known there is exact
         state = self.fsm.state
-        covered = self.constraint.covered.get(state)
+        covered = self.constraint.start_covered if start else self.constraint.covered.get(state)
         self.last_mask = "index"
         if covered or not self._grammar_caught_up():
             return lookup
         self.last_mask = "index|llguidance"
         union = lookup | self.grammar._fill()
-        if covered is None:
-            self.constraint.covered[state] = bool(np.array_equal(union, lookup))
+        adds_nothing = bool(np.array_equal(union, lookup))
+        self.constraint.covered.setdefault(state, adds_nothing)
+        if start:
+            self.constraint.learned_start(adds_nothing)
         return union
 
     def mask(self) -> np.ndarray:

@@ -17,10 +17,12 @@ import numpy as np
 def write_bitmask(buffer, row: int, packed: np.ndarray) -> None:
     """Copy ``packed`` into ``buffer`` (numpy or torch, 1-D or 2-D with ``row``), zeros after it."""
     target = buffer[row] if getattr(buffer, "ndim", 1) == 2 else buffer
-    if hasattr(target, "numpy"):  # a torch tensor
+    if hasattr(target, "numpy") and target.device.type != "cpu":  # a tensor on an accelerator
         import torch
 
-        target[: len(packed)].copy_(torch.from_numpy(packed))
+        target[: len(packed)].copy_(torch.from_numpy(np.array(packed)))  # cached rows: read-only
+    elif hasattr(target, "numpy"):  # a CPU tensor: write through its numpy view
+        target.numpy()[: len(packed)] = packed
     else:
         target[: len(packed)] = packed
     target[len(packed):] = 0
