@@ -288,12 +288,11 @@ def test_a_cached_index_under_wait_false_builds_llguidance_only_when_asked(info,
     assert hybrid.grammar is not None and hybrid.grammar.regex is None
 
 
-def test_a_cache_hit_knows_whether_llguidance_adds_to_the_first_mask(info, smollm2_tokenizer,
-                                                                      tmp_path, monkeypatch):
-    """Before the first token both engines are in their start state, so whether llguidance's
-    first mask adds anything to the index's is exact. It is kept on disk: a later process's
-    first mask is then the index's lookup while llguidance's grammar builds in the background,
-    and the sequence still admits what llguidance admits."""
+def test_a_cache_hit_reads_its_first_mask(info, smollm2_tokenizer, tmp_path, monkeypatch):
+    """Before the first token both engines are in their start state, so the first unbudgeted
+    mask (index OR llguidance) is a constant of the schema. It is kept on disk: a later
+    process's first mask is a read while llguidance's grammar builds in the background, and
+    the sequence still admits what either engine admits."""
     import structgen.constraint.compiler as module
 
     monkeypatch.setenv("STRUCTGEN_CACHE", str(tmp_path))
@@ -304,10 +303,10 @@ def test_a_cache_hit_knows_whether_llguidance_adds_to_the_first_mask(info, smoll
             module._default_compiler = ConstraintCompiler()
             structgen.compile_constraint(schema, info)  # compiled: now on disk
             hybrid = structgen.compile_constraint(schema, info, wait=False)
-            assert hybrid.start_covered is None
+            assert hybrid.start_mask is None
             matcher = hybrid.matcher()
             union = matcher.mask()
-            assert matcher.last_mask == "index|llguidance"
+            assert matcher.last_mask == "index|llguidance" and hybrid.grammar is not None
             assert hybrid.start_covered is adds_nothing
 
             module._default_compiler.close()
@@ -315,21 +314,27 @@ def test_a_cache_hit_knows_whether_llguidance_adds_to_the_first_mask(info, smoll
             module._COVERED.clear()
             hybrid = structgen.compile_constraint(schema, info, wait=False)
             assert hybrid.fsm().from_cache == "disk" and hybrid.start_covered is adds_nothing
+            assert hybrid._build_grammar is not None  # llguidance not needed for the first mask
             matcher = hybrid.matcher()
             assert np.array_equal(matcher.mask(), union)
             assert matcher.last_mask == ("index" if adds_nothing else "index|llguidance")
+            budgeted = hybrid.matcher(max_tokens=64)  # the budget's index alone, as before
+            assert np.array_equal(budgeted.mask(), hybrid.fsm().mask(hybrid.fsm().initial_state))
             module._default_compiler.close()
-        assert accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, [[[[1]]]]))
+        nested = ids_of(smollm2_tokenizer, [[1]])  # "[[": a first token only llguidance allows
+        assert accepts_under_masks(hybrid, nested)
+        assert not hybrid.fsm().mask(hybrid.fsm().initial_state)[nested[0]]
         module._default_compiler = ConstraintCompiler()
         module._COVERED.clear()
         hybrid = structgen.compile_constraint(open_object, info, wait=False)
         assert hybrid.start_covered is True
         assert accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, {"a": "x", "zz": 1}))
-        for stale in tmp_path.glob("constraints/*.start"):  # another llguidance version's verdict
-            stale.write_text("0.0.0 1")
+        for stale in tmp_path.glob("constraints/*.start"):  # another llguidance version's mask
+            stale.write_bytes(b"0.0.0\n" + stale.read_bytes().partition(b"\n")[2])
         module._default_compiler.close()
         module._default_compiler = ConstraintCompiler()
-        assert structgen.compile_constraint(open_object, info, wait=False).start_covered is None
+        assert structgen.compile_constraint(open_object, info, wait=False).start_mask is None
     finally:
         module._default_compiler.close()
         module._default_compiler = saved
+

@@ -204,7 +204,7 @@ class ConstraintCompiler:
         self._background: threading.Thread | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._schema_regex: dict[str, str] = {}
-        self._start_covered: dict[str, bool] = {}
+        self._start_masks: dict[str, np.ndarray] = {}
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -290,31 +290,33 @@ class ConstraintCompiler:
                 return None
         return regex
 
-    def remember_start(self, schema_key: str, covered: bool) -> None:
-        """Record whether llguidance's first mask for the schema adds nothing to the index's
-        (``HybridConstraint.start_covered``), for this llguidance version."""
-        self._start_covered[schema_key] = covered
+    def remember_start(self, schema_key: str, bits: np.ndarray) -> None:
+        """Keep a schema's exact first mask (``HybridConstraint.start_mask``), for this llguidance
+        version: the next process's first mask is then a read."""
+        self._start_masks[schema_key] = bits
         if self.disk_cache:
             path = cache_dir() / "constraints" / f"schema-{schema_key}.start"
             try:
                 partial = path.with_suffix(f".{os.getpid()}.tmp")
-                partial.write_text(f"{_package_version('llguidance')} {int(covered)}")
+                partial.write_bytes(_package_version("llguidance").encode() + b"\n" + bits.tobytes())
                 os.replace(partial, path)
             except OSError:
                 pass
 
-    def start_covered(self, schema_key: str) -> bool | None:
-        covered = self._start_covered.get(schema_key)
-        if covered is None and self.disk_cache:
+    def start_mask(self, schema_key: str, vocab_size: int) -> np.ndarray | None:
+        bits = self._start_masks.get(schema_key)
+        if bits is None and self.disk_cache:
             try:
-                text = (cache_dir() / "constraints" / f"schema-{schema_key}.start").read_text()
+                data = (cache_dir() / "constraints" / f"schema-{schema_key}.start").read_bytes()
             except OSError:
                 return None
-            version, _, flag = text.partition(" ")
-            if version != _package_version("llguidance") or flag not in ("0", "1"):
+            version, _, packed = data.partition(b"\n")
+            if version.decode(errors="replace") != _package_version("llguidance"):
+                return None  # another llguidance's verdict
+            if len(packed) != (vocab_size + 31) // 32 * 4:
                 return None
-            covered = self._start_covered[schema_key] = flag == "1"
-        return covered
+            bits = self._start_masks[schema_key] = np.frombuffer(packed, dtype=np.int32)
+        return bits
 
     def _cached(self, key: str, meta: dict) -> CompiledConstraint | None:
         cached = self._memory.get(key)
@@ -671,7 +673,7 @@ def _landed(compiler: ConstraintCompiler, index: CompiledConstraint, spec: Outpu
         return index
     return HybridConstraint.landed(
         index, functools.partial(_llguidance_json_head_start, spec, info, whitespace, check=False),
-        covered=_covered(schema_key), start_covered=compiler.start_covered(schema_key),
+        covered=_covered(schema_key), start_mask=compiler.start_mask(schema_key, info.vocab_size),
         record_start=functools.partial(compiler.remember_start, schema_key))
 
 

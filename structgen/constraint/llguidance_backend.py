@@ -253,15 +253,14 @@ class HybridConstraint(Constraint):
     (``exact``: it has none of the index's departures) or, for a schema it refuses, structgen's
     regex. ``HybridConstraint.landed`` wraps an index that is already there (a cache hit), with
     llguidance's JSON grammar built only once an unbudgeted matcher wants it, in a background
-    thread: meanwhile the index serves the first mask when ``start_covered`` says llguidance's
-    first mask adds nothing to it.
+    thread started once the first mask is out (that mask is ``start_mask`` when known).
     """
 
     engine = "llguidance+outlines-core"
 
     def __init__(self, grammar: GrammarConstraint | None, pending: Future, *,
                  build_grammar=None, covered: dict[int, bool] | None = None,
-                 start_covered: bool | None = None, record_start=None):
+                 start_mask: np.ndarray | None = None, record_start=None):
         self._grammar = grammar
         self._build_grammar = build_grammar
         self._building: Future | None = None
@@ -274,25 +273,36 @@ class HybridConstraint(Constraint):
             setattr(self, name, getattr(source, name))
         # index state -> whether llguidance's mask added nothing there (shared by all sequences)
         self.covered: dict[int, bool] = {} if covered is None else covered
-        # Whether llguidance's first mask adds nothing to the index's (None: not known yet). Unlike
-        # ``covered`` this is exact: before the first token both engines are in their start state.
-        self.start_covered = start_covered
+        # The first unbudgeted mask, index OR llguidance (None: not known yet). Unlike ``covered``
+        # it is exact: before the first token both engines are in their start state.
+        self.start_mask: np.ndarray | None = None
+        self.start_covered: bool | None = None  # whether llguidance adds nothing to it
         self._record_start = record_start
+        if start_mask is not None and self.pending.done():
+            self._set_start(start_mask)
 
     @classmethod
     def landed(cls, index, build_grammar, covered: dict[int, bool] | None = None,
-               start_covered: bool | None = None, record_start=None):
+               start_mask: np.ndarray | None = None, record_start=None):
         done: Future = Future()
         done.set_result(index)
         return cls(None, done, build_grammar=build_grammar, covered=covered,
-                   start_covered=start_covered, record_start=record_start)
+                   start_mask=start_mask, record_start=record_start)
 
-    def learned_start(self, covered: bool) -> None:
-        """Record ``start_covered`` (the compiler keeps it on disk for the next process)."""
-        if self.start_covered is None:
-            self.start_covered = covered
-            if self._record_start is not None:
-                self._record_start(covered)
+    def _set_start(self, bits: np.ndarray) -> None:
+        index = self.pending.result()
+        lookup = index.bitmask(index.initial_state)
+        if bits.shape != lookup.shape or np.any(lookup & ~bits):
+            return  # not this index's start (a stale cache entry): learn it afresh
+        self.start_mask = bits
+        self.start_covered = bool(np.array_equal(bits, lookup))
+
+    def learned_start(self, union: np.ndarray) -> None:
+        """Keep the first mask (the compiler keeps it on disk for the next process)."""
+        if self.start_mask is None:
+            self._set_start(np.array(union))
+            if self.start_mask is not None and self._record_start is not None:
+                self._record_start(self.start_mask)
 
     def prepare_grammar(self) -> None:
         """Start building llguidance's grammar in a background thread, if it is still to build:
@@ -354,11 +364,12 @@ class HybridMatcher(Cursor):
     regex is a documented narrowing of the schema (no undeclared properties, capped nesting of
     open values...), llguidance's grammar misses a few spellings the index writes (``\\u``
     escapes), and both are sound, so their union is too. The index's lookup mask serves every
-    index state at which llguidance's mask was seen to add nothing (``constraint.covered``), and
-    the first mask when llguidance's adds nothing there (``constraint.start_covered``, exact);
-    elsewhere llguidance's mask is OR'd in. llguidance is fed the tokens only when it is asked.
-    Each engine is dropped when it cannot follow a token taken. With a budget only the index can
-    promise to close in time, so it alone steers once it has landed.
+    index state at which llguidance's mask was seen to add nothing (``constraint.covered``);
+    elsewhere llguidance's mask is OR'd in. The first mask is ``constraint.start_mask`` once
+    known (exact, and kept on disk: a cache hit's first mask is a read). llguidance is fed the
+    tokens only when it is asked. Each engine is dropped when it cannot follow a token taken.
+    With a budget only the index can promise to close in time, so it alone steers once it has
+    landed.
     """
 
     def __init__(self, constraint: HybridConstraint, max_tokens: int | None = None):
@@ -403,8 +414,6 @@ class HybridMatcher(Cursor):
         self._taken = None
         if self.max_tokens is not None or not self.constraint.exact:
             self.grammar, self._grammar_gone, self._behind = None, True, []
-        else:
-            self.constraint.prepare_grammar()  # wanted beside the index: build it meanwhile
 
     def current(self):
         """The matcher in charge now (switching to the finite-state one if it has landed)."""
@@ -437,18 +446,24 @@ class HybridMatcher(Cursor):
             self.last_mask = "llguidance"
             return self.grammar._fill()
         lookup = self.fsm.packed_bitmask()
-        start = self.tokens_consumed == 0  # before the first token: what is known there is exact
-        state = self.fsm.state
-        covered = self.constraint.start_covered if start else self.constraint.covered.get(state)
         self.last_mask = "index"
+        if self._grammar_gone:
+            return lookup
+        start = self.tokens_consumed == 0  # before the first token: what is known there is exact
+        if start and self.constraint.start_mask is not None:
+            if not self.constraint.start_covered:
+                self.last_mask = "index|llguidance"
+            self.constraint.prepare_grammar()  # the first mask is out: build llguidance meanwhile
+            return self.constraint.start_mask
+        state = self.fsm.state
+        covered = None if start else self.constraint.covered.get(state)
         if covered or not self._grammar_caught_up():
             return lookup
         self.last_mask = "index|llguidance"
         union = lookup | self.grammar._fill()
-        adds_nothing = bool(np.array_equal(union, lookup))
-        self.constraint.covered.setdefault(state, adds_nothing)
+        self.constraint.covered.setdefault(state, bool(np.array_equal(union, lookup)))
         if start:
-            self.constraint.learned_start(adds_nothing)
+            self.constraint.learned_start(union)
         return union
 
     def mask(self) -> np.ndarray:
