@@ -314,6 +314,7 @@ class HybridConstraint(Constraint):
             build = self._build_grammar
 
         def run():
+            time.sleep(0)  # hand the GIL straight back: the caller is returning a first mask
             try:
                 building.set_result(build())
             except BaseException as error:  # delivered to whoever asks for the grammar
