@@ -271,15 +271,21 @@ class ConstraintCompiler:
     def remember_schema(self, schema_key: str, regex: str) -> None:
         """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
         self._schema_regex[schema_key] = regex
-        if self.disk_cache:
-            path = cache_dir() / "constraints" / f"schema-{schema_key}.regex"
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                partial.write_text(regex, encoding="utf-8")
-                os.replace(partial, path)
-            except OSError:
-                pass
+        self._write_file(f"schema-{schema_key}.regex", regex.encode("utf-8"))
+
+    def _write_file(self, name: str, data: bytes) -> None:
+        """Write ``name`` in the disk cache atomically (readers see all of it or none); a
+        read-only cache is no error."""
+        if not self.disk_cache:
+            return
+        path = cache_dir() / "constraints" / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except OSError:
+            pass
 
     def regex_of_schema(self, schema_key: str) -> str | None:
         regex = self._schema_regex.get(schema_key)
@@ -294,14 +300,8 @@ class ConstraintCompiler:
         """Keep a schema's exact first mask (``HybridConstraint.start_mask``), for this llguidance
         version: the next process's first mask is then a read."""
         self._start_masks[schema_key] = bits
-        if self.disk_cache:
-            path = cache_dir() / "constraints" / f"schema-{schema_key}.start"
-            try:
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                partial.write_bytes(_package_version("llguidance").encode() + b"\n" + bits.tobytes())
-                os.replace(partial, path)
-            except OSError:
-                pass
+        self._write_file(f"schema-{schema_key}.start",
+                         _package_version("llguidance").encode() + b"\n" + bits.tobytes())
 
     def start_mask(self, schema_key: str, vocab_size: int) -> np.ndarray | None:
         bits = self._start_masks.get(schema_key)

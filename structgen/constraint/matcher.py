@@ -20,7 +20,9 @@ def write_bitmask(buffer, row: int, packed: np.ndarray) -> None:
     if hasattr(target, "numpy") and target.device.type != "cpu":  # a tensor on an accelerator
         import torch
 
-        target[: len(packed)].copy_(torch.from_numpy(np.array(packed)))  # cached rows: read-only
+        if not packed.flags.writeable:  # a row read from the disk cache: torch wants it writable
+            packed = packed.copy()
+        target[: len(packed)].copy_(torch.from_numpy(packed))
     elif hasattr(target, "numpy"):  # a CPU tensor: write through its numpy view
         target.numpy()[: len(packed)] = packed
     else:
