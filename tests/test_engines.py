@@ -329,8 +329,9 @@ def test_a_cache_hit_reads_its_first_mask(info, smollm2_tokenizer, tmp_path, mon
         hybrid = structgen.compile_constraint(open_object, info, wait=False)
         assert hybrid.start_covered is True
         assert accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, {"a": "x", "zz": 1}))
-        for stale in tmp_path.glob("constraints/*.start"):  # another llguidance version's mask
-            stale.write_bytes(b"0.0.0\n" + stale.read_bytes().partition(b"\n")[2])
+        for stale in tmp_path.glob("constraints/*.start"):  # made by other engine versions
+            stale.write_bytes(b"outlines-core=0.0.0,llguidance=0.0.0 1\n"
+                              + stale.read_bytes().partition(b"\n")[2])
         module._default_compiler.close()
         module._default_compiler = ConstraintCompiler()
         assert structgen.compile_constraint(open_object, info, wait=False).start_mask is None

@@ -204,7 +204,7 @@ class ConstraintCompiler:
         self._background: threading.Thread | None = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._schema_regex: dict[str, str] = {}
-        self._start_masks: dict[str, np.ndarray] = {}
+        self._start_masks: dict[str, tuple[np.ndarray, bool]] = {}
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -296,27 +296,30 @@ class ConstraintCompiler:
                 return None
         return regex
 
-    def remember_start(self, schema_key: str, bits: np.ndarray) -> None:
-        """Keep a schema's exact first mask (``HybridConstraint.start_mask``), for this llguidance
-        version: the next process's first mask is then a read."""
-        self._start_masks[schema_key] = bits
-        self._write_file(f"schema-{schema_key}.start",
-                         _package_version("llguidance").encode() + b"\n" + bits.tobytes())
+    def remember_start(self, schema_key: str, bits: np.ndarray, covered: bool) -> None:
+        """Keep a schema's exact first mask and whether llguidance added to the index's there
+        (``HybridConstraint.start_mask``, ``start_covered``), for these engine versions: the next
+        process's first mask is then a read."""
+        self._start_masks[schema_key] = (bits, covered)
+        line = f"{_engine_versions()} {int(covered)}\n".encode()
+        self._write_file(f"schema-{schema_key}.start", line + bits.tobytes())
 
-    def start_mask(self, schema_key: str, vocab_size: int) -> np.ndarray | None:
-        bits = self._start_masks.get(schema_key)
-        if bits is None and self.disk_cache:
+    def known_start(self, schema_key: str, vocab_size: int) -> tuple[np.ndarray, bool] | None:
+        known = self._start_masks.get(schema_key)
+        if known is None and self.disk_cache:
             try:
                 data = (cache_dir() / "constraints" / f"schema-{schema_key}.start").read_bytes()
             except OSError:
                 return None
-            version, _, packed = data.partition(b"\n")
-            if version.decode(errors="replace") != _package_version("llguidance"):
-                return None  # another llguidance's verdict
+            line, _, packed = data.partition(b"\n")
+            versions, _, covered = line.decode(errors="replace").rpartition(" ")
+            if versions != _engine_versions() or covered not in ("0", "1"):
+                return None  # made by other engine versions: learn it afresh
             if len(packed) != (vocab_size + 31) // 32 * 4:
                 return None
-            bits = self._start_masks[schema_key] = np.frombuffer(packed, dtype=np.int32)
-        return bits
+            bits = np.frombuffer(packed, dtype=np.int32)
+            known = self._start_masks[schema_key] = (bits, covered == "1")
+        return known
 
     def _cached(self, key: str, meta: dict) -> CompiledConstraint | None:
         cached = self._memory.get(key)
@@ -433,11 +436,9 @@ def _with_meta(constraint: CompiledConstraint, meta: dict, source: str) -> Compi
 
 
 def _cache_key(regex: str, fingerprint: str) -> str:
-    import outlines_core
-
     from structgen import __version__
 
-    version = getattr(outlines_core, "__version__", None) or _package_version("outlines_core")
+    version = _outlines_core_version()
     digest = hashlib.sha256(f"{__version__}|{TABLES_FORMAT}|{version}|{fingerprint}|{regex}".encode())
     return digest.hexdigest()[:32]
 
@@ -450,7 +451,9 @@ _MAP_ABOVE_BYTES = 1 << 20
 def write_tables(path: Path, tables: dict) -> None:
     """All of a constraint's arrays in one file: magic, header length, a JSON header naming each
     array's dtype, shape and offset, then the arrays, each 64-byte aligned."""
-    arrays = {name: np.asarray(value) for name, value in tables.items()}  # tobytes(): C order
+    # Smallest first: a cold hit's first page read brings the header and the per-state tables.
+    arrays = {name: np.asarray(value) for name, value in  # tobytes(): C order
+              sorted(tables.items(), key=lambda item: np.asarray(item[1]).nbytes)}
     header, offset = {}, 0
     for name, array in arrays.items():
         header[name] = [array.dtype.str, list(array.shape), offset]
@@ -490,6 +493,17 @@ def read_tables(path: Path) -> dict:
         array = np.frombuffer(data, dtype=dtype, count=count, offset=start + offset)
         tables[name] = array.reshape(shape)
     return tables
+
+
+def _outlines_core_version() -> str:
+    import outlines_core
+
+    return getattr(outlines_core, "__version__", None) or _package_version("outlines_core")
+
+
+def _engine_versions() -> str:
+    """Both engines' versions: a first mask is the union of their masks."""
+    return f"outlines-core={_outlines_core_version()},llguidance={_package_version('llguidance')}"
 
 
 @functools.cache
@@ -673,7 +687,7 @@ def _landed(compiler: ConstraintCompiler, index: CompiledConstraint, spec: Outpu
         return index
     return HybridConstraint.landed(
         index, functools.partial(_llguidance_json_head_start, spec, info, whitespace, check=False),
-        covered=_covered(schema_key), start_mask=compiler.start_mask(schema_key, info.vocab_size),
+        covered=_covered(schema_key), start=compiler.known_start(schema_key, info.vocab_size),
         record_start=functools.partial(compiler.remember_start, schema_key))
 
 

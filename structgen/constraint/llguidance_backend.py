@@ -260,7 +260,7 @@ class HybridConstraint(Constraint):
 
     def __init__(self, grammar: GrammarConstraint | None, pending: Future, *,
                  build_grammar=None, covered: dict[int, bool] | None = None,
-                 start_mask: np.ndarray | None = None, record_start=None):
+                 start: tuple[np.ndarray, bool] | None = None, record_start=None):
         self._grammar = grammar
         self._build_grammar = build_grammar
         self._building: Future | None = None
@@ -277,32 +277,24 @@ class HybridConstraint(Constraint):
         # it is exact: before the first token both engines are in their start state.
         self.start_mask: np.ndarray | None = None
         self.start_covered: bool | None = None  # whether llguidance adds nothing to it
+        if start is not None:
+            self.start_mask, self.start_covered = start
         self._record_start = record_start
-        if start_mask is not None and self.pending.done():
-            self._set_start(start_mask)
 
     @classmethod
     def landed(cls, index, build_grammar, covered: dict[int, bool] | None = None,
-               start_mask: np.ndarray | None = None, record_start=None):
+               start: tuple[np.ndarray, bool] | None = None, record_start=None):
         done: Future = Future()
         done.set_result(index)
-        return cls(None, done, build_grammar=build_grammar, covered=covered,
-                   start_mask=start_mask, record_start=record_start)
+        return cls(None, done, build_grammar=build_grammar, covered=covered, start=start,
+                   record_start=record_start)
 
-    def _set_start(self, bits: np.ndarray) -> None:
-        index = self.pending.result()
-        lookup = index.bitmask(index.initial_state)
-        if bits.shape != lookup.shape or np.any(lookup & ~bits):
-            return  # not this index's start (a stale cache entry): learn it afresh
-        self.start_mask = bits
-        self.start_covered = bool(np.array_equal(bits, lookup))
-
-    def learned_start(self, union: np.ndarray) -> None:
+    def learned_start(self, union: np.ndarray, covered: bool) -> None:
         """Keep the first mask (the compiler keeps it on disk for the next process)."""
         if self.start_mask is None:
-            self._set_start(np.array(union))
-            if self.start_mask is not None and self._record_start is not None:
-                self._record_start(self.start_mask)
+            self.start_mask, self.start_covered = np.array(union), covered
+            if self._record_start is not None:
+                self._record_start(self.start_mask, covered)
 
     def prepare_grammar(self) -> None:
         """Start building llguidance's grammar in a background thread, if it is still to build:
@@ -446,25 +438,26 @@ class HybridMatcher(Cursor):
         if self.fsm is None:
             self.last_mask = "llguidance"
             return self.grammar._fill()
-        lookup = self.fsm.packed_bitmask()
         self.last_mask = "index"
         if self._grammar_gone:
-            return lookup
+            return self.fsm.packed_bitmask()
         start = self.tokens_consumed == 0  # before the first token: what is known there is exact
-        if start and self.constraint.start_mask is not None:
+        if start and self.constraint.start_mask is not None:  # (a read: no index page touched)
             if not self.constraint.start_covered:
                 self.last_mask = "index|llguidance"
             self.constraint.prepare_grammar()  # the first mask is out: build llguidance meanwhile
             return self.constraint.start_mask
+        lookup = self.fsm.packed_bitmask()
         state = self.fsm.state
         covered = None if start else self.constraint.covered.get(state)
         if covered or not self._grammar_caught_up():
             return lookup
         self.last_mask = "index|llguidance"
         union = lookup | self.grammar._fill()
-        self.constraint.covered.setdefault(state, bool(np.array_equal(union, lookup)))
+        adds_nothing = bool(np.array_equal(union, lookup))
+        self.constraint.covered.setdefault(state, adds_nothing)
         if start:
-            self.constraint.learned_start(union)
+            self.constraint.learned_start(union, adds_nothing)
         return union
 
     def mask(self) -> np.ndarray:
