@@ -35,6 +35,7 @@ from structgen.constraint.llguidance_backend import (
     HybridConstraint,
     json_schema_grammar,
     regex_grammar,
+    settle,
 )
 from structgen.constraint.matcher import unpack_bitmask
 from structgen.constraint.vocabulary import TokenizerInfo
@@ -247,12 +248,8 @@ class ConstraintCompiler:
         future: Future = Future()
 
         def job():
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(function(*args, **options))
-            except BaseException as error:  # delivered to whoever waits on the future
-                future.set_exception(error)
+            if future.set_running_or_notify_cancel():
+                settle(future, function, *args, **options)
 
         self._jobs.put(job)
         if self._background is None or not self._background.is_alive():

@@ -95,6 +95,14 @@ def ll_tokenizer(info: TokenizerInfo):
         return tokenizer
 
 
+def settle(future: Future, function, *args, **options) -> None:
+    """Run ``function`` and deliver its result, or what it raised, to ``future``."""
+    try:
+        future.set_result(function(*args, **options))
+    except BaseException as error:  # delivered to whoever waits on the future
+        future.set_exception(error)
+
+
 def regex_grammar(regex: str) -> str:
     import llguidance
 
@@ -307,10 +315,7 @@ class HybridConstraint(Constraint):
 
         def run():
             time.sleep(0)  # hand the GIL straight back: the caller is returning a first mask
-            try:
-                building.set_result(build())
-            except BaseException as error:  # delivered to whoever asks for the grammar
-                building.set_exception(error)
+            settle(building, build)
 
         threading.Thread(target=run, name="structgen-llguidance", daemon=True).start()
 
