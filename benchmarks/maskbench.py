@@ -682,7 +682,10 @@ def main(argv: list[str] | None = None) -> None:
     # A resumed run keeps the schemas the first run sampled (for these tokenizers) and tops up.
     recorded = frozenset(schema for engine, tokenizer, schema in done
                          if tokenizer in tokenizers)
-    files = stratified_sample(sorted(args.data.glob("*.json")), args.sample, args.seed, recorded)
+    found = sorted(args.data.glob("*.json"))
+    if not found:
+        parser.error(f"no MaskBench files (*.json) in {args.data}; point --data at a folder of them")
+    files = stratified_sample(found, args.sample, args.seed, recorded)
     if not args.report_only:
         # Interleave engines per schema, so slow and fast engines share the machine evenly.
         jobs = [(e, t, f) for t in tokenizers for e in engines for f in files]
