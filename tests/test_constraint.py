@@ -160,6 +160,19 @@ def test_a_compile_past_its_time_budget_is_a_typed_error(info):
         compiler.close()
 
 
+def test_the_compile_worker_yields_the_cpu_to_decoding(info):
+    import os
+
+    compiler = ConstraintCompiler(disk_cache=False)
+    try:
+        compiler.compile_regex("[0-9]+", info)
+        child = compiler._worker._process.pid
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(
+            19, os.getpriority(os.PRIO_PROCESS, 0) + compiler._worker.NICENESS)
+    finally:
+        compiler.close()
+
+
 @pytest.mark.parametrize("pattern", ["(?=a)b", r"(a)\1", "(?<!x)y"])
 def test_regexes_outside_the_regular_subset_are_refused(info, pattern):
     with pytest.raises(structgen.UnsupportedSchemaError):

@@ -193,9 +193,11 @@ def _read_frame(stream):
     return pickle.loads(_read_exact(stream, size))
 
 
-def serve(memory_limit: int) -> None:
+def serve(memory_limit: int, niceness: int = 0) -> None:
     """The child's loop: frames in on stdin, frames out on a private copy of stdout. Ends
     quietly when the parent has gone (a script that exits during a background compile)."""
+    if niceness:
+        os.nice(niceness)
     try:
         _serve(memory_limit)
     except BrokenPipeError:
@@ -258,15 +260,20 @@ class CompileWorker:
     script in the child, which breaks scripts without an ``if __name__ == "__main__"`` guard.
     """
 
-    def __init__(self, memory_limit: int):
+    #: The child's scheduling niceness: a compile runs beside decoding (a hybrid's index compiles
+    #: while llguidance serves the masks), and where the two want one core, decoding goes first.
+    NICENESS = 10
+
+    def __init__(self, memory_limit: int, niceness: int = NICENESS):
         self.memory_limit = memory_limit
+        self.niceness = niceness
         self._process: subprocess.Popen | None = None
         self._vocabularies: set[str] = set()
 
     def _start(self) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from structgen.constraint._worker import serve; "
-             f"serve({int(self.memory_limit)})"],
+             f"serve({int(self.memory_limit)}, {int(self.niceness)})"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
         )
         self._vocabularies = set()
