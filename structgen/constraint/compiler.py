@@ -445,6 +445,16 @@ _ALIGN = 64
 _MAP_ABOVE_BYTES = 1 << 20
 
 
+def _aligned(size: int) -> int:
+    """``size`` rounded up to the tables file's alignment."""
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def _tables_data_start(header_length: int) -> int:
+    """Where a tables file's arrays begin: after magic, header length and header, aligned."""
+    return _aligned(len(_TABLES_MAGIC) + 8 + header_length)
+
+
 def write_tables(path: Path, tables: dict) -> None:
     """All of a constraint's arrays in one file: magic, header length, a JSON header naming each
     array's dtype, shape and offset, then the arrays, each 64-byte aligned."""
@@ -454,9 +464,9 @@ def write_tables(path: Path, tables: dict) -> None:
     header, offset = {}, 0
     for name, array in arrays.items():
         header[name] = [array.dtype.str, list(array.shape), offset]
-        offset += -(-array.nbytes // _ALIGN) * _ALIGN
+        offset += _aligned(array.nbytes)
     encoded = json.dumps(header).encode()
-    start = -(-(len(_TABLES_MAGIC) + 8 + len(encoded)) // _ALIGN) * _ALIGN
+    start = _tables_data_start(len(encoded))
     with open(path, "wb") as out:
         out.write(_TABLES_MAGIC + len(encoded).to_bytes(8, "little") + encoded)
         for name, array in arrays.items():
@@ -480,7 +490,7 @@ def read_tables(path: Path) -> dict:
         raise ValueError(f"{path} is not a structgen tables file")
     length = int.from_bytes(data[len(_TABLES_MAGIC):prefix], "little")
     header = json.loads(bytes(data[prefix:prefix + length]))
-    start = -(-(prefix + length) // _ALIGN) * _ALIGN
+    start = _tables_data_start(length)
     tables = {}
     for name, (dtype, shape, offset) in header.items():
         dtype = np.dtype(dtype)
