@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 from examples import Character, get_current_temperature, get_stock_fundamentals
@@ -138,3 +142,33 @@ def test_cancelling_an_async_stream_stops_decoding_within_a_step(tiny_model, mon
     assert finished.wait(10), "decoding did not stop after the consumer went away"
     assert len(decoded) <= at_cancel + 2
     assert len(decoded) < 400
+
+
+EXIT_WHILE_STREAMING = textwrap.dedent("""
+    import asyncio
+    import structgen
+    from structgen.testing import tiny_random_model
+
+    model = tiny_random_model({tokenizer!r}, seed=0)
+    options = dict(model=model, max_tokens=400, temperature=1.0, seed=3)
+
+    async def close_early():
+        items = structgen.astream(list[str], "Words.", **options)
+        for _ in range(3):
+            await items.__anext__()
+        await items.aclose()
+
+    asyncio.run(close_early())
+    left_open = structgen.stream(list[str], "Words.", **options)  # still decoding at exit
+    next(left_open)
+    print("done", flush=True)
+""")
+
+
+def test_exiting_while_streams_decode_ends_cleanly():
+    """Without the exit hook, the decoding thread dies inside torch at finalisation: SIGABRT (134)."""
+    tokenizer = str(Path(__file__).parent / "fixtures" / "smollm2_tokenizer")
+    script = EXIT_WHILE_STREAMING.format(tokenizer=tokenizer)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "terminate called" not in result.stderr
+    assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr[-2000:]

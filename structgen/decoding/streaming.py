@@ -6,12 +6,14 @@ incremental UTF-8 decoder into one incremental JSON parser (each character parse
 value ``generate`` returns for the same arguments and seed, since it is the same decoding.
 
 Stopping early (closing the generator, or cancelling the async task) sets a flag the decoding
-loop checks at every token, so generation stops within one decoding step.
+loop checks at every token, so generation stops within one decoding step. At interpreter exit the
+same flag stops every stream still running and its threads are joined (see ``_stop_at_exit``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
 import queue
 import threading
@@ -63,11 +65,52 @@ class _Cancelled(Exception):
 
 _END = object()
 
+# Every streaming thread still running, with the flag that stops it.
+_running: dict[threading.Thread, threading.Event] = {}
+_running_lock = threading.Lock()
+
+
+def _start_thread(target, name: str, stop: threading.Event) -> threading.Thread:
+    """Start a daemon thread that ``_stop_at_exit`` stops (through ``stop``) and joins."""
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            with _running_lock:
+                _running.pop(thread, None)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    with _running_lock:
+        _running[thread] = stop
+    thread.start()
+    return thread
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """Stop and join the streams still running when Python exits.
+
+    A daemon thread inside a torch op when the interpreter finalises is ended by ``pthread_exit``
+    as it takes the GIL back; that unwinds through torch's C++ frames into ``std::terminate``, and
+    the process aborts (exit status 134) after its work is done. Non-daemon threads would not do:
+    Python joins them before atexit hooks run, so an abandoned stream would decode its whole
+    budget first. Each thread stops within one decoding step once its flag is set.
+    """
+    with _running_lock:
+        running = list(_running.items())
+    for _, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join()
+
 
 def _token_stream(model: Model, constraint, messages: list[dict], max_tokens: int,
                   sampling: Sampling, stop: threading.Event) -> Iterator[Any]:
     """Yields each generated token id, then the finished ``Decoded``; decoding in a thread."""
     row = prepare_row(model, constraint, messages, max_tokens)
+    if stop.is_set():  # stopped before decoding began (the consumer left, or Python is exiting)
+        return
     tokens: queue.Queue = queue.Queue()
 
     def on_token(_row: int, token: int) -> None:
@@ -84,8 +127,7 @@ def _token_stream(model: Model, constraint, messages: list[dict], max_tokens: in
         except BaseException as error:  # handed to the consumer, raised there
             tokens.put(error)
 
-    worker = threading.Thread(target=work, name="structgen-stream", daemon=True)
-    worker.start()
+    worker = _start_thread(work, "structgen-stream", stop)
     try:
         while True:
             item = tokens.get()
@@ -177,8 +219,7 @@ async def _bridge(generator_function, *args, **options) -> AsyncIterator[Any]:
         finally:
             hand_over("end", None)
 
-    worker = threading.Thread(target=run, name="structgen-astream", daemon=True)
-    worker.start()
+    _start_thread(run, "structgen-astream", stop)
     try:
         while True:
             kind, item = await items.get()
