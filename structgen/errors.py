@@ -93,6 +93,10 @@ class VocabularyError(ConstraintError):
     """The tokenizer's vocabulary cannot be mapped to byte strings."""
 
 
+class UnsafeCacheWarning(UserWarning):
+    """The constraint cache folder is writable by other users, so structgen does not use it."""
+
+
 # --- model ------------------------------------------------------------------------------------
 
 
@@ -203,3 +207,19 @@ class BatchInputError(StructgenError):
         self.reason = reason
         self.line = line
         super().__init__(reason if line is None else f"line {line}: {reason}")
+
+
+class BatchLockedError(BatchInputError):
+    """Another run holds the batch output's lock; ``holder`` is what it wrote about itself
+    (pid, host, start time), empty when it had not written that yet."""
+
+    def __init__(self, path: str, holder: dict):
+        self.path = path
+        self.holder = holder
+        if holder:
+            who = (f"pid {holder.get('pid')} on host {holder.get('host')!r}, "
+                   f"started {holder.get('started')}")
+        else:
+            who = "a process that has not said who it is yet"
+        super().__init__(f"output file {path!r} is locked by another structgen batch run ({who}); "
+                         "wait for it to finish or pick another --output")
