@@ -40,17 +40,16 @@ class OutputType:
         if not self.is_json:
             return text
         if isinstance(self.source, (dict, bool)):
-            import jsonschema
+            # jsonschema loads on the first parse, keeping `import structgen` light
+            from structgen.schema.validation import first_problem, validator
 
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as error:
                 raise OutputError(f"not JSON: {error}", text) from None
-            validator_class = jsonschema.validators.validator_for(self.source)
-            # The draft's own format checker: the generic FormatChecker() applies draft-3 rules
-            # (e.g. "time" without an offset), which would refuse valid 2020-12 times.
-            validator = validator_class(self.source, format_checker=validator_class.FORMAT_CHECKER)
-            problem = jsonschema.exceptions.best_match(validator.iter_errors(value))
+            except RecursionError:
+                raise OutputError("not JSON this parser can read: nested too deep", text) from None
+            problem = first_problem(validator(self.source), value)
             if problem is not None:
                 raise OutputError(f"does not validate: {problem.message}", text)
             return value
@@ -77,7 +76,12 @@ def as_output_type(output_type: Any) -> OutputType:
     if isinstance(output_type, Regex):
         _check_user_regex(output_type.pattern)
         return OutputType(source=output_type, regex=output_type.pattern)
+    # jsonschema loads with the first output type, keeping `import structgen` light
+    from structgen.schema.validation import check_document
+
     if isinstance(output_type, (dict, bool)):
+        # Before anything is built from it: a schema that would fetch, crash or nest without end.
+        check_document(output_type)
         return OutputType(source=output_type, schema=output_type)
     if isinstance(output_type, str):
         raise InvalidSchemaError(
@@ -94,6 +98,7 @@ def as_output_type(output_type: Any) -> OutputType:
         ) from None
     except TypeError as error:
         raise InvalidSchemaError(f"{output_type!r} is not a type: {error}") from None
+    check_document(schema)  # pydantic's schemas are local, but may hold what no UTF-8 text can
     return OutputType(source=output_type, schema=schema)
 
 

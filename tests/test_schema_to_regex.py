@@ -593,7 +593,7 @@ EXTRA_SCHEMAS = [
     {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(12)}},
     {"type": "array", "prefixItems": [{"type": "string"}] * 3, "minItems": 2, "maxItems": 6,
      "items": {"type": "boolean"}},
-    {"enum": ["\x00", "\ud800", "\U0001F600", 1.5e300, -0.0]},
+    {"enum": ["\x00", "\u2028", "\U0001F600", 1.5e300, -0.0]},
     True,
 ]
 

@@ -48,6 +48,8 @@ from structgen.errors import (
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
+from structgen.schema import schema_to_regex
+from structgen.schema.normalize import normalize_check
 from structgen.types import OutputType, as_output_type
 
 DEFAULT_TIMEOUT = 60.0
@@ -206,6 +208,8 @@ class ConstraintCompiler:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._schema_regex: dict[str, str] = {}
         self._start_masks: dict[str, tuple[np.ndarray, bool]] = {}
+        # key -> (budget, error) of compiles that ran out of time or memory
+        self._failures: OrderedDict[str, tuple[float, ConstraintError]] = OrderedDict()
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -412,6 +416,20 @@ class ConstraintCompiler:
         except OSError:
             partial.unlink(missing_ok=True)  # read-only, or another process won
 
+    def remember_failure(self, key: str, budget: float, error: ConstraintError) -> None:
+        """Keep that compiling ``key`` (a schema or regex key) failed with ``budget`` seconds."""
+        with self._lock:
+            self._failures[key] = (budget, error)
+            while len(self._failures) > _MEMORY_CACHE_SIZE:
+                self._failures.popitem(last=False)
+
+    def raise_if_failed_before(self, key: str, budget: float) -> None:
+        """Raise the earlier error again if ``key`` ran out of memory, or out of time with at
+        least ``budget`` seconds: it would again (a larger budget is tried afresh)."""
+        budget_then, error = self._failures.get(key, (0.0, None))
+        if isinstance(error, CompileTooLargeError) or (error is not None and budget <= budget_then):
+            raise type(error)(f"{error} (remembered from an earlier compile in this process)")
+
     def close(self) -> None:
         self._jobs.put(None)
         self._worker.stop()
@@ -565,6 +583,8 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
     spec = as_output_type(output_type)
     info = tokenizer_info_of(tokenizer)
     compiler = default_compiler()
+    budget = timeout or compiler.timeout
+    deadline = time.monotonic() + budget  # schema -> regex and the index share the budget
     options = dict(whitespace=whitespace, output_type=spec)
     schema_key = None if spec.regex is not None else _schema_key(spec.schema, whitespace, info)
     if engine == "auto" and schema_key is not None:
@@ -583,10 +603,15 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
                     record_start=functools.partial(compiler.remember_start, schema_key))
     regex = spec.regex
     if regex is None:
-        from structgen.schema import schema_to_regex
-
         try:
-            regex = schema_to_regex(spec.schema, whitespace=whitespace)
+            regex = _schema_regex(compiler, spec, whitespace, schema_key, budget, deadline)
+        except CompileTimeoutError as slow:
+            if engine == "outlines-core":
+                raise
+            try:
+                return _llguidance_json_grammar(spec, info, whitespace, reason=str(slow))
+            except (ConstraintError, UnsupportedSchemaError):
+                raise slow from None
         except UnsupportedSchemaError as unsupported:
             refused = unsupported
             if engine != "outlines-core":
@@ -597,11 +622,11 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
             if not isinstance(unsupported, RecursionLimitError):
                 raise refused from None
             try:  # bounded nesting, when nothing can nest without bound
-                regex = _unrolled_regex(spec, whitespace)
+                regex = _unrolled_regex(spec, whitespace, deadline)
             except UnsupportedSchemaError:
                 raise refused from None
     if engine == "outlines-core":
-        return _compile_index(compiler, regex, info, schema_key, timeout, options)
+        return _compile_index_within(compiler, regex, info, schema_key, budget, deadline, options)
     if engine == "llguidance":
         return _llguidance_regex(regex, spec, info, whitespace, reason=None)
     cached = compiler.lookup(regex, info, **options)
@@ -617,7 +642,7 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
         return HybridConstraint(head_start, compiler.submit(
             _compile_index, compiler, regex, info, schema_key, timeout, options))
     try:
-        return _compile_index(compiler, regex, info, schema_key, timeout, options)
+        return _compile_index_within(compiler, regex, info, schema_key, budget, deadline, options)
     except (CompileTimeoutError, CompileTooLargeError) as slow:
         try:
             return _llguidance_regex(regex, spec, info, whitespace, reason=str(slow))
@@ -631,15 +656,49 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
 UNROLL_RECURSION = 2
 
 
-def _unrolled_regex(spec: OutputType, whitespace: str) -> str:
-    from structgen.schema import schema_to_regex
-
+def _unrolled_regex(spec: OutputType, whitespace: str, deadline: float) -> str:
     for depth in range(UNROLL_RECURSION, 0, -1):
         try:
-            return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=depth)
+            return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=depth,
+                                   timeout=_left(deadline))
         except RegexTooLargeError:
             continue
-    return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=0)
+    return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=0,
+                           timeout=_left(deadline))
+
+
+def _left(deadline: float) -> float:
+    """Seconds of the budget left (a compile given none times out at its first check)."""
+    return max(deadline - time.monotonic(), 1e-3)
+
+
+def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: str,
+                  schema_key: str, budget: float, deadline: float) -> str:
+    """schema -> regex within the budget; a schema that ran out of time before, with this budget
+    or a larger one, is refused at once instead of paying the whole budget again."""
+    compiler.raise_if_failed_before(schema_key, budget)
+    try:
+        return schema_to_regex(spec.schema, whitespace=whitespace, timeout=_left(deadline))
+    except CompileTimeoutError:
+        slow = CompileTimeoutError(
+            f"turning the schema into a regex took longer than the {budget:g} s timeout; simplify "
+            "the schema (fewer oneOf branches) or pass a larger timeout")
+        compiler.remember_failure(schema_key, budget, slow)
+        raise slow from None
+
+
+def _compile_index_within(compiler: ConstraintCompiler, regex: str, info: TokenizerInfo,
+                          schema_key: str | None, budget: float, deadline: float,
+                          options: dict) -> CompiledConstraint:
+    """``_compile_index`` in what is left of the budget, remembering a compile that ran out of
+    time or memory (as ``_schema_regex`` does)."""
+    key = _cache_key(regex, info.fingerprint)
+    compiler.raise_if_failed_before(key, budget)
+    try:
+        return _compile_index(compiler, regex, info, schema_key, _left(deadline), options)
+    except (CompileTimeoutError, CompileTooLargeError) as failed:
+        compiler.remember_failure(key, budget, failed)
+        raise
 
 
 def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:
@@ -703,8 +762,6 @@ def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo, whitespac
     """llguidance's own JSON grammar for the first tokens (its masks are fastest), or None if it
     refuses the schema. The schema is checked against its metaschema first (typed errors stay up
     front), unless its index is cached (it passed then)."""
-    from structgen.schema.normalize import normalize_check
-
     if check:
         normalize_check(spec.schema)
     try:

@@ -16,25 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-import jsonschema
-import jsonschema_rs
-from jsonschema.validators import validator_for
-
 from structgen.errors import (
     InvalidSchemaError,
     RecursionLimitError,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
+from structgen.schema.validation import (
+    ANNOTATIONS,
+    DEFINITIONS,
+    MAX_DEPTH,
+    SUBSCHEMA,
+    SUBSCHEMA_LISTS,
+    SUBSCHEMA_MAPS,
+    check_schema,
+    escape_token,
+    without_ref_cycles,
+)
 
 Schema = dict | bool
-
-#: Keywords that never change which instances validate; they are dropped.
-ANNOTATIONS = frozenset({
-    "$anchor", "$comment", "$dynamicAnchor", "$recursiveAnchor", "$schema", "$vocabulary",
-    "contentEncoding", "contentMediaType", "contentSchema", "default", "deprecated", "description",
-    "discriminator", "example", "examples", "externalDocs", "id", "readOnly", "title", "writeOnly",
-})
 
 # Formats a JSON Schema draft defines (draft 4 to 2020-12): a validator may check these. Draft 3
 # also defined the ones below, dropped since; only a draft-3 schema means them (its ``host-name`` and
@@ -48,26 +48,12 @@ STANDARD_FORMATS = frozenset({
 DRAFT3_FORMATS = {"host-name": "hostname", "ip-address": "ipv4", "color": "color",
                   "utc-millisec": "utc-millisec", "style": "style", "phone": "phone"}
 
-# Where subschemas sit: as the value, as each list element, or as each value of a name map.
-_SUBSCHEMA = frozenset({
-    "additionalItems", "additionalProperties", "contains", "else", "if", "items", "not",
-    "propertyNames", "then", "unevaluatedItems", "unevaluatedProperties",
-})
-_SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "items", "oneOf", "prefixItems"})
-_SUBSCHEMA_MAPS = frozenset({"dependencies", "dependentSchemas", "patternProperties", "properties"})
-_DEFINITIONS = frozenset({"$defs", "definitions"})
-
 # allOf keeps the tighter of two bounds.
 _TIGHTER = {
     "minimum": max, "exclusiveMinimum": max, "maximum": min, "exclusiveMaximum": min,
     "minLength": max, "maxLength": min, "minItems": max, "maxItems": min,
     "minProperties": max, "maxProperties": min,
 }
-
-
-def escape_token(token: str) -> str:
-    """One JSON-pointer reference token (RFC 6901)."""
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 class Origins:
@@ -163,7 +149,8 @@ def normalize(schema: dict | bool, max_recursion: int | None = None) -> Normaliz
     if not isinstance(schema, dict):
         raise InvalidSchemaError(
             f"a JSON schema is an object or a boolean, not {type(schema).__name__}")
-    _check_against_metaschema(schema)
+    check_schema(schema)
+    schema = without_ref_cycles(schema)
     inliner = _Inliner(schema, max_recursion)
     root = inliner.node(schema, "")
     if root is False:
@@ -182,25 +169,7 @@ def normalize_check(schema: Any) -> None:
     if not isinstance(schema, dict):
         raise InvalidSchemaError(
             f"a JSON schema is an object or a boolean, not {type(schema).__name__}")
-    _check_against_metaschema(schema)
-
-
-def _check_against_metaschema(schema: dict) -> None:
-    """Typed error for a schema its meta-schema rejects. jsonschema-rs answers "valid" in tens of
-    microseconds (jsonschema takes milliseconds, tens for big schemas, and this sits before the
-    first token); a schema it doubts goes to jsonschema, whose verdict and message are the ones
-    given."""
-    try:
-        if jsonschema_rs.meta.is_valid(schema):
-            return
-    except Exception:  # noqa: BLE001 - an unknown $schema and the like: let jsonschema judge
-        pass
-    cls = validator_for(schema, default=jsonschema.Draft202012Validator)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.exceptions.SchemaError as error:
-        pointer = "".join(f"/{escape_token(str(part))}" for part in error.path)
-        raise InvalidSchemaError(f"not a valid JSON schema: {error.message}", pointer) from None
+    check_schema(schema)
 
 
 class _Inliner:
@@ -216,16 +185,23 @@ class _Inliner:
         # (pointer, level) -> normalized node, so each is built once per unrolling level
         self._done: dict[tuple[str, int], Schema] = {}
         self._active: dict[str, int] = {}  # pointers being normalized: a $ref to one is a cycle
+        self._depth = 0  # schemas being normalized, nested
 
     def node(self, schema: Schema, pointer: str) -> Schema:
         if isinstance(schema, bool):
             return schema
         key = (pointer, self._level)
         if key not in self._done:
+            if self._depth >= MAX_DEPTH:  # a chain of $refs nests deeper than the document does
+                raise UnsupportedSchemaError(
+                    f"the schema nests deeper than {MAX_DEPTH} levels once its $refs are inlined",
+                    pointer)
             self._active[pointer] = self._active.get(pointer, 0) + 1
+            self._depth += 1
             try:
                 self._done[key] = self._rewrite(schema, pointer)
             finally:
+                self._depth -= 1
                 self._active[pointer] -= 1
                 if not self._active[pointer]:
                     del self._active[pointer]
@@ -286,7 +262,7 @@ class _Inliner:
         where: dict[str, str] = {}
         for key, value in schema.items():
             at = f"{pointer}/{escape_token(key)}"
-            if key in ANNOTATIONS or key in _DEFINITIONS or key.startswith("x-"):
+            if key in ANNOTATIONS or key in DEFINITIONS or key.startswith("x-"):
                 continue
             if key == "$id":
                 if pointer:
@@ -296,11 +272,11 @@ class _Inliner:
                     out[key] = value
             elif key in ("$dynamicRef", "$recursiveRef"):
                 raise UnsupportedSchemaError(f"{key} is not supported", at)
-            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            elif key in SUBSCHEMA_LISTS and isinstance(value, list):
                 out[key] = [self.node(v, f"{at}/{i}") for i, v in enumerate(value)]
-            elif key in _SUBSCHEMA:
+            elif key in SUBSCHEMA:
                 out[key] = self.node(value, at)
-            elif key in _SUBSCHEMA_MAPS:
+            elif key in SUBSCHEMA_MAPS:
                 out[key] = {
                     name: v if isinstance(v, list) else self.node(v, f"{at}/{escape_token(name)}")
                     for name, v in value.items()
@@ -347,11 +323,11 @@ def without_custom_formats(schema: Any) -> Any:
             if key == "format":
                 if (value := standard_format(value, draft3)) is None:
                     continue
-            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            elif key in SUBSCHEMA_LISTS and isinstance(value, list):
                 value = [walk(v) for v in value]
-            elif key in _SUBSCHEMA:
+            elif key in SUBSCHEMA:
                 value = walk(value)
-            elif (key in _SUBSCHEMA_MAPS or key in _DEFINITIONS) and isinstance(value, dict):
+            elif (key in SUBSCHEMA_MAPS or key in DEFINITIONS) and isinstance(value, dict):
                 value = {name: walk(v) for name, v in value.items()}
             out[key] = value
         return out

@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
 import jsonschema
 
 from structgen.errors import (
+    CompileTimeoutError,
     InvalidSchemaError,
     RecursionLimitError,
     RegexTooLargeError,
@@ -44,6 +46,7 @@ from structgen.schema.normalize import (
     merge,
     normalize,
 )
+from structgen.schema.validation import NO_RETRIEVAL
 
 try:  # Python >= 3.11
     from re import _constants as sre_constants
@@ -107,6 +110,7 @@ def schema_to_regex(
     max_digits: int = 12,
     max_any_depth: int = 1,
     max_recursion: int | None = None,
+    timeout: float | None = None,
 ) -> str:
     """A regex whose full matches are JSON texts valid under ``schema``.
 
@@ -116,7 +120,8 @@ def schema_to_regex(
     objects nest inside a value the schema leaves unconstrained (``{}``). A recursive ``$ref`` is
     refused (``RecursionLimitError``) unless ``max_recursion`` says how many times to unroll it
     inside itself; below that the regex stops nesting (``RecursionLimitError`` where the nesting
-    is required).
+    is required). ``timeout`` bounds the time it may take, in seconds (``CompileTimeoutError``
+    past it): proving a many-branch ``oneOf`` exclusive is quadratic in its branches.
 
     Raises ``InvalidSchemaError``, ``UnsupportedSchemaError`` or ``UnsatisfiableSchemaError``, each
     with the JSON pointer of the offending place in ``schema``.
@@ -126,7 +131,8 @@ def schema_to_regex(
     if max_digits < 1 or max_any_depth < 0:
         raise ValueError("max_digits must be >= 1 and max_any_depth >= 0")
     normalized = normalize(schema, max_recursion)
-    compiler = _Compiler(normalized.origins, whitespace == "flexible", max_digits, max_any_depth)
+    compiler = _Compiler(normalized.origins, whitespace == "flexible", max_digits, max_any_depth,
+                         timeout)
     try:
         body = compiler.value(normalized.schema, "")
     except UnsatisfiableSchemaError as error:
@@ -142,8 +148,11 @@ def schema_to_regex(
 class _Compiler:
     """Builds the regex of each schema node; one instance per ``schema_to_regex`` call."""
 
-    def __init__(self, origins: Origins, flexible: bool, max_digits: int, max_any_depth: int):
+    def __init__(self, origins: Origins, flexible: bool, max_digits: int, max_any_depth: int,
+                 timeout: float | None = None):
         self.origins = origins
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
         self.ws = WHITESPACE if flexible else ""
         self.comma = f"{self.ws},{self.ws}"
         self.colon = f"{self.ws}:{self.ws}"
@@ -164,12 +173,19 @@ class _Compiler:
 
         Refused past ``MAX_REGEX_CHARS``: unrolled definitions can grow the text exponentially
         (memory), and no index compiles from such a regex within its budget anyway."""
+        self.check_time()
         regex = self._value(node, where)
         if len(regex) > MAX_REGEX_CHARS:
             raise RegexTooLargeError(
                 f"the regex for this schema would pass {MAX_REGEX_CHARS:,} characters (definitions "
                 "inlined and unrolled at every use)", self.origins.pointer(node, where))
         return regex
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise CompileTimeoutError(
+                f"turning the schema into a regex took longer than {self.timeout:g} s; simplify "
+                "the schema (fewer oneOf branches) or pass a larger timeout")
 
     def _value(self, node: dict | bool, where: str) -> str:
         if node is True:
@@ -706,6 +722,7 @@ class _Compiler:
         for i, branch in enumerate(branches):
             narrowed = branch
             for j, other in enumerate(branches):
+                self.check_time()
                 if i == j or self._excludes(narrowed, other):
                     continue
                 narrowed = (self._require_forbidden(narrowed, other)
@@ -813,7 +830,7 @@ class _Compiler:
 
 def _validator(schema: dict | bool) -> jsonschema.protocols.Validator:
     """A validator for a normalized (2020-12, ref-free) schema, checking formats too."""
-    return _VALIDATOR(schema, format_checker=_VALIDATOR.FORMAT_CHECKER)
+    return _VALIDATOR(schema, registry=NO_RETRIEVAL, format_checker=_VALIDATOR.FORMAT_CHECKER)
 
 
 def _is_map(node: dict) -> bool:

@@ -27,10 +27,10 @@ from typing import Annotated, Any
 
 import jsonschema
 import pydantic
-from jsonschema.validators import validator_for
 from pydantic.json_schema import GenerateJsonSchema
 
-from structgen.errors import ToolArgumentsError, ToolDefinitionError
+from structgen.errors import SchemaError, ToolArgumentsError, ToolDefinitionError
+from structgen.schema.validation import check_schema, first_problem, validator
 
 #: The names OpenAI-style APIs accept for a function.
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
@@ -318,20 +318,19 @@ def _check_tool(tool: Tool) -> None:
             tool=tool.name,
         )
     try:
-        validator_for(tool.parameters).check_schema(tool.parameters)
-    except jsonschema.SchemaError as error:
-        reason = f"parameters is not a valid JSON schema: {error.message} (at {error.json_path})"
+        check_schema(tool.parameters)
+    except SchemaError as error:
+        reason = f"parameters is not usable: {error.reason} (at parameters{error.pointer})"
         raise ToolDefinitionError(reason, tool=tool.name) from None
     if tool.function is not None and not callable(tool.function):
         raise ToolDefinitionError("function must be callable or None", tool=tool.name)
 
 
 def _jsonschema_validator(parameters: dict) -> Callable[[dict], dict]:
-    validator_class = validator_for(parameters)
-    validator = validator_class(parameters, format_checker=validator_class.FORMAT_CHECKER)
+    checker = validator(parameters)
 
     def validate(arguments: dict) -> dict:
-        problem = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+        problem = first_problem(checker, arguments)
         if problem is not None:
             raise problem
         return arguments
