@@ -4,10 +4,16 @@
     structgen batch --schema pkg.module:Model|schema.json --input rows.jsonl --output results.jsonl
                     [--prompt-field text | --prompt-template "...{field}..."] [--id-field id]
                     [--model NAME] [--batch-size N] [--max-tokens N] [--engine local|ray]
-                    [--address ADDR] [--workers N] [--dry-run]
+                    [--address ADDR] [--workers N] [--retry-failed] [--rerun-changed] [--dry-run]
 
-Exit status: 0 every row succeeded, 1 some row failed (its error is in the output), 2 the job
-itself could not run (bad schema reference, unreadable file, ...: the message says what).
+``batch`` locks the output for the run (a second run on it exits 2 naming the holder), gives every
+input line exactly one record, and resumes from the output: rows done for the same content are
+skipped, failed ones are kept unless ``--retry-failed``, and a row whose content changed since its
+ok result is an error record unless ``--rerun-changed`` (docs/batch.md has the details).
+
+Exit status: 0 every input row has an ok record, 1 some row's record is a failure (its error is
+in the output; a ``--dry-run`` predicts this), 2 the job itself could not run (bad schema
+reference, unreadable input, unwritable or locked output, ...: the message says what).
 """
 
 from __future__ import annotations
@@ -22,10 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="structgen",
                                      description="Structured generation that always validates.")
     commands = parser.add_subparsers(dest="command", required=True)
-    batch = commands.add_parser("batch", help="run one schema over a JSONL file of rows (resumable)")
+    batch = commands.add_parser(
+        "batch", help="run one schema over a JSONL file of rows (resumable)",
+        description="Run one schema over a JSONL file of rows; every input line gets exactly one "
+                    "record in --output, and rerunning the command resumes.",
+        epilog="exit status: 0 every row ok, 1 some row failed (see its record), 2 the job could "
+               "not run (bad schema or input, output unwritable or locked by another run)")
     batch.add_argument("--schema", required=True, help="pkg.module:Model, or a JSON-schema file")
     batch.add_argument("--input", required=True, help="JSONL file, one JSON object per line")
-    batch.add_argument("--output", required=True, help="JSONL results file (appended; reruns resume)")
+    batch.add_argument("--output", required=True,
+                       help="JSONL results file (appended and locked for the run; reruns resume)")
     prompt = batch.add_mutually_exclusive_group()
     prompt.add_argument("--prompt-field", default="text", help="field holding the prompt (default: text)")
     prompt.add_argument("--prompt-template", help='prompt built from fields, e.g. "Extract: {body}"')
@@ -37,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--engine", choices=["local", "ray"], default="local")
     batch.add_argument("--address", help="Ray cluster address (with --engine ray; default: a local cluster)")
     batch.add_argument("--workers", type=int, default=2, help="model replicas on Ray (default: 2)")
-    batch.add_argument("--dry-run", action="store_true", help="check the schema and input, run nothing")
+    batch.add_argument("--retry-failed", action="store_true",
+                       help="run rows again whose record from an earlier run is a failure")
+    batch.add_argument("--rerun-changed", action="store_true",
+                       help="run rows again whose content changed since their result was written "
+                            "(default: an error record), and rows whose record has no fingerprint")
+    batch.add_argument("--dry-run", action="store_true",
+                       help="check the schema, input and output, say what would run, write nothing")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     generate = commands.add_parser("generate", help="one answer for one prompt (optionally streamed)")
     generate.add_argument("--schema", required=True, help="pkg.module:Model, or a JSON-schema file")
@@ -89,18 +107,21 @@ def _batch(args) -> int:
                    prompt_template=args.prompt_template, id_field=args.id_field, model=args.model,
                    batch_size=args.batch_size, max_tokens=args.max_tokens, whitespace=args.whitespace)
     if args.dry_run:
-        print(_dry_run(job, args.input, args.output))
-        return 0
+        report, status = _dry_run(job, args)
+        print(report)
+        return status
     summary = run_job(job, args.input, args.output, engine=args.engine, address=args.address,
-                      workers=args.workers, progress=not args.no_progress)
+                      workers=args.workers, progress=not args.no_progress,
+                      retry_failed=args.retry_failed, rerun_changed=args.rerun_changed)
     print(summary.render(), file=sys.stderr)
-    return 1 if summary.failed_in_output else 0
+    return summary.exit_status
 
 
-def _dry_run(job, input_path: str, output_path: str) -> str:
-    """What a run would do: the schema compiles to a regex, and which rows would run or fail."""
+def _dry_run(job, args) -> tuple[str, int]:
+    """What a run would do, and the exit status it would end with at best: the schema compiles
+    to a regex, and which rows would run, fail, or stand as they are."""
     from structgen.batch.io import OutputFile, read_rows
-    from structgen.batch.job import pending_rows
+    from structgen.batch.job import check_distinct, plan
     from structgen.schema import schema_to_regex
     from structgen.types import as_output_type
 
@@ -108,17 +129,26 @@ def _dry_run(job, input_path: str, output_path: str) -> str:
     spec = as_output_type(job.output_type())
     if spec.schema is not None:
         schema_to_regex(spec.schema, whitespace=job.whitespace)
-    output = OutputFile(output_path, read_only=True)
-    rows = list(read_rows(input_path))
-    pending = list(pending_rows(job, iter(rows), output.done))
-    bad = [row for row in pending if row.error is not None]
+    rows = list(read_rows(args.input))
+    check_distinct(args.input, args.output)
+    output = OutputFile.read_unlocked(args.output)
+    work = plan(job, rows, output, retry_failed=args.retry_failed, rerun_changed=args.rerun_changed)
+    bad = [row for row in work.pending if row.error is not None]
     lines = [f"schema {job.schema}: ok",
-             f"input {input_path}: {len(rows)} rows, {len(rows) - len(pending)} already in {output_path}, "
-             f"{len(pending) - len(bad)} to run, {len(bad)} malformed"]
+             f"input {args.input}: {work.rows} rows, {work.done} already done in {args.output}, "
+             f"{work.kept_failed} failed earlier and kept, {len(work.pending) - len(bad)} to run, "
+             f"{len(bad)} malformed or changed"]
     lines += [f"  {row.error}" for row in bad[:20]]
-    lines.append(f"would run on model {job.model or 'smollm2 (embedded)'} in batches of {job.batch_size}, "
-                 f"max_tokens={job.max_tokens}")
-    return "\n".join(lines)
+    if len(bad) > 20:
+        lines.append(f"  ... and {len(bad) - 20} more")
+    if work.unchecked:
+        lines.append(f"{work.unchecked} rows stand on records without a fingerprint (older structgen)")
+    if len(work.pending) > len(bad):
+        lines.append(f"would run on model {job.model or 'smollm2 (embedded)'} in batches of "
+                     f"{job.batch_size}, max_tokens={job.max_tokens}")
+    else:
+        lines.append("nothing to decode: the model would not be loaded")
+    return "\n".join(lines), 1 if bad or work.kept_failed else 0
 
 
 if __name__ == "__main__":

@@ -1,20 +1,23 @@
 """A batch job: one output type over many JSONL rows, resumable, on one machine or on Ray.
 
-Data path: input JSONL -> rows (line number, id, prompt, or a row error) -> batches ->
+Data path: input JSONL -> rows (line number, fingerprint, id, prompt, or a row error) -> a plan
+against the locked output (what is done, what failed, what changed) -> batches ->
 ``generate_batch_with_details`` -> one record per row -> append-only output JSONL. The same
 ``process_batch`` runs locally and inside each Ray worker, so both engines write identical records.
+The model loads only when some row has to be decoded.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import string
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from structgen.batch.io import InputRow, OutputFile, read_rows
 from structgen.errors import BatchInputError, StructgenError
@@ -44,6 +47,9 @@ class BatchJob:
             except KeyError as error:
                 raise BatchInputError(f"the prompt template needs field {error.args[0]!r}, "
                                       "which this row lacks", row.line) from None
+            except (AttributeError, IndexError, TypeError, ValueError) as error:
+                raise BatchInputError(f"the prompt template does not fit this row: {error}",
+                                      row.line) from None
         else:
             if self.prompt_field not in row.data:
                 raise BatchInputError(f"no field {self.prompt_field!r}", row.line)
@@ -56,11 +62,16 @@ class BatchJob:
         return prompt
 
     def id_of(self, row: InputRow) -> str:
+        """The row's own id: a string or an integer in ``id_field`` (``line-N`` without one)."""
         if self.id_field is None:
             return f"line-{row.line}"
-        if row.data is None or self.id_field not in row.data:
+        if self.id_field not in row.data:
             raise BatchInputError(f"no id field {self.id_field!r}", row.line)
-        return str(row.data[self.id_field])
+        value = row.data[self.id_field]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise BatchInputError(f"id field {self.id_field!r} is a {type(value).__name__}, "
+                                  "not a string or an integer", row.line)
+        return str(value)
 
     def check(self) -> None:
         """Refuse a job that cannot run before any row is read."""
@@ -69,7 +80,10 @@ class BatchJob:
         if self.max_tokens < 1:
             raise BatchInputError(f"--max-tokens must be at least 1, not {self.max_tokens}")
         if self.prompt_template is not None:
-            fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name]
+            try:
+                fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name]
+            except ValueError as error:
+                raise BatchInputError(f"--prompt-template is not a format string: {error}") from None
             if not fields:
                 raise BatchInputError("--prompt-template has no {field} in it")
 
@@ -81,8 +95,9 @@ def load_output_type(reference: str) -> Any:
         sys.path.insert(0, str(Path.cwd()))  # let `module:Model` find a module next to the data
         try:
             module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise BatchInputError(f"--schema {reference!r}: cannot import {module_name!r}: {error}") from None
+        except Exception as error:  # the user's module: a SyntaxError in it is as much its problem
+            raise BatchInputError(f"--schema {reference!r}: cannot import {module_name!r}: "
+                                  f"{type(error).__name__}: {error}") from None
         finally:
             sys.path.pop(0)
         try:
@@ -97,47 +112,104 @@ def load_output_type(reference: str) -> Any:
     except json.JSONDecodeError as error:
         raise BatchInputError(f"--schema {reference!r}: not JSON: {error.msg} at line "
                               f"{error.lineno}") from None
+    except UnicodeDecodeError:
+        raise BatchInputError(f"--schema {reference!r}: not UTF-8 text") from None
+
+
 
 
 @dataclass
 class PendingRow:
-    """A row still to run: its id and line, and its prompt or the error that stops it."""
+    """A row still to run: its id (None when it has none, then its line is its key), line and
+    fingerprint, and its prompt or the error that stops it."""
 
-    id: str
+    id: str | None
     line: int
+    sha256: str
     prompt: str | None = None
     error: StructgenError | None = None
 
 
-def pending_rows(job: BatchJob, rows: Iterator[InputRow], done: set[str]) -> Iterator[PendingRow]:
-    """Rows whose id is not in the output yet; malformed rows come through as errors to record."""
-    seen: set[str] = set()
+@dataclass
+class Plan:
+    """What a run does to the output: rows to run or record as errors, records it drops, and
+    how the rest of the input stands."""
+
+    rows: int = 0
+    pending: list[PendingRow] = field(default_factory=list)
+    drop: set[int] = field(default_factory=set)  # positions of output records this run replaces
+    done: int = 0  # rows whose ok record stands
+    kept_failed: int = 0  # rows whose failed record from an earlier run stands
+    changed: int = 0  # rows whose ok record was for other content: now error records
+    unchecked: int = 0  # rows reused on records without a fingerprint (older structgen)
+    duplicates: int = 0  # second records of one row (older structgen), removed
+    stale: int = 0  # records for rows that are no longer in the input, kept
+
+
+def plan(job: BatchJob, rows: list[InputRow], output: OutputFile, *, retry_failed: bool = False,
+         rerun_changed: bool = False) -> Plan:
+    """Match every input line to its record: by id, or by line for rows without one.
+
+    A record stands only for the content it was written for (same sha256): a failed record is
+    kept unless ``retry_failed``; an ok record for other content is dropped and the row becomes
+    an error record, or runs again with ``rerun_changed``. A record without a fingerprint is
+    trusted by id unless ``rerun_changed``. Records of rows without an id that no input line
+    claims any more are dropped (they are always failures); other unclaimed records are kept.
+    """
+    work = Plan(rows=len(rows), drop=set(output.duplicates), duplicates=len(output.duplicates))
+    owners: dict[str, int] = {}
+    claimed: set[int] = set()
     for row in rows:
-        try:
-            if row.error is not None:
-                raise BatchInputError(row.error, row.line)
-            row_id = job.id_of(row)
-        except BatchInputError as error:
-            row_id = f"line-{row.line}"
-            if row_id not in done and row_id not in seen:
-                seen.add(row_id)
-                yield PendingRow(row_id, row.line, error=error)
-            continue
-        if row_id in done:
-            continue
-        if row_id in seen:
-            yield PendingRow(f"line-{row.line}", row.line,
-                             error=BatchInputError(f"duplicate id {row_id!r}", row.line))
-            continue
-        seen.add(row_id)
-        try:
-            yield PendingRow(row_id, row.line, prompt=job.prompt_of(row))
-        except BatchInputError as error:
-            yield PendingRow(row_id, row.line, error=error)
+        pending = _pending_row(job, row, owners)
+        position = output.index.get(("id", pending.id) if pending.id is not None else ("line", row.line))
+        if position is not None:
+            claimed.add(position)
+            record = output.records[position]
+            unchecked = "sha256" not in record and not rerun_changed
+            if unchecked or record.get("sha256") == row.sha256:
+                if record["ok"] or not retry_failed:
+                    work.done += record["ok"]
+                    work.kept_failed += not record["ok"]
+                    work.unchecked += unchecked
+                    continue
+            elif record["ok"] and not rerun_changed and pending.error is None:
+                pending.prompt, pending.error = None, BatchInputError(
+                    "the row changed since its result was written (its sha256 differs), so that "
+                    "result was dropped; --retry-failed runs the row again (--rerun-changed runs "
+                    "changed rows straight away)", row.line)
+                work.changed += 1
+            work.drop.add(position)
+        work.pending.append(pending)
+    for position, record in enumerate(output.records):
+        if position not in claimed and position not in work.drop:
+            if record["id"] is None:
+                work.drop.add(position)
+            else:
+                work.stale += 1
+    return work
+
+
+def _pending_row(job: BatchJob, row: InputRow, owners: dict[str, int]) -> PendingRow:
+    """The row's id and prompt, or its error; ``owners`` maps ids to the line that took them first."""
+    default_id = f"line-{row.line}" if job.id_field is None else None
+    if row.error is not None:
+        return PendingRow(default_id, row.line, row.sha256, error=BatchInputError(row.error, row.line))
+    try:
+        row_id = job.id_of(row)
+    except BatchInputError as error:
+        return PendingRow(None, row.line, row.sha256, error=error)
+    if row_id in owners:
+        return PendingRow(None, row.line, row.sha256, error=BatchInputError(
+            f"duplicate id {row_id!r}: line {owners[row_id]} has it too", row.line))
+    owners[row_id] = row.line
+    try:
+        return PendingRow(row_id, row.line, row.sha256, prompt=job.prompt_of(row))
+    except BatchInputError as error:
+        return PendingRow(row_id, row.line, row.sha256, error=error)
 
 
 def error_record(row: PendingRow, error: BaseException) -> dict:
-    return {"id": row.id, "line": row.line, "ok": False,
+    return {"id": row.id, "line": row.line, "sha256": row.sha256, "ok": False,
             "error": {"type": type(error).__name__, "message": str(error)}}
 
 
@@ -153,14 +225,14 @@ def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> 
         output_type, [row.prompt for row in runnable], model=model, batch_size=job.batch_size,
         max_tokens=job.max_tokens, whitespace=job.whitespace) if runnable else []
     seconds = time.perf_counter() - started
-    by_id = dict(zip((row.id for row in runnable), results))
+    by_line = dict(zip((row.line for row in runnable), results))
     records = []
     for row in rows:
-        result = by_id.get(row.id, row.error)
+        result = by_line.get(row.line, row.error)
         if isinstance(result, BaseException):
             records.append(error_record(row, result))
         else:
-            records.append({"id": row.id, "line": row.line, "ok": True,
+            records.append({"id": row.id, "line": row.line, "sha256": row.sha256, "ok": True,
                             "result": to_jsonable_python(result.value),
                             "tokens": result.completion_tokens, "stop": result.stop_reason,
                             "batch_seconds": round(seconds, 3)})
@@ -171,11 +243,25 @@ def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> 
 class Summary:
     ok: int = 0
     failed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # rows already done (ok) in the output
+    kept_failed: int = 0  # rows whose failure from an earlier run stands
+    changed: int = 0
+    unchecked: int = 0
+    duplicates: int = 0
+    stale: int = 0
     tokens: int = 0
     seconds: float = 0.0
-    failed_in_output: int = 0  # failures in the whole output file, earlier runs included
     errors: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, work: Plan) -> Summary:
+        return cls(skipped=work.done, kept_failed=work.kept_failed, changed=work.changed,
+                   unchecked=work.unchecked, duplicates=work.duplicates, stale=work.stale)
+
+    @property
+    def exit_status(self) -> int:
+        """0 every input row has an ok record, 1 some row's record is a failure."""
+        return 1 if self.failed or self.kept_failed else 0
 
     def add(self, records: list[dict]) -> None:
         for record in records:
@@ -190,45 +276,69 @@ class Summary:
     def render(self) -> str:
         rows = self.ok + self.failed
         rate = rows / self.seconds if self.seconds else 0.0
-        lines = [f"rows ok: {self.ok}, failed: {self.failed}, skipped (already done): {self.skipped}",
-                 f"time: {self.seconds:.1f} s, {rate:.2f} rows/s, "
-                 f"{self.tokens / self.seconds if self.seconds else 0:.1f} tokens/s"]
+        lines = [f"rows ok: {self.ok}, failed: {self.failed}, skipped (already done): {self.skipped}, "
+                 f"failed in earlier runs and kept: {self.kept_failed}"
+                 + (" (--retry-failed runs them again)" if self.kept_failed else "")]
+        if self.changed:
+            lines.append(f"rows changed since their result was written: {self.changed} "
+                         "(recorded as failed; --retry-failed runs them)")
+        if self.unchecked:
+            lines.append(f"rows reused on records without a fingerprint (older structgen): "
+                         f"{self.unchecked} (--rerun-changed runs them again)")
+        if self.duplicates:
+            lines.append(f"second records of one row removed from the output: {self.duplicates}")
+        if self.stale:
+            lines.append(f"records for rows no longer in the input (kept): {self.stale}")
+        lines.append(f"time: {self.seconds:.1f} s, {rate:.2f} rows/s, "
+                     f"{self.tokens / self.seconds if self.seconds else 0:.1f} tokens/s")
         if self.errors:
             lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())))
         return "\n".join(lines)
 
 
 def run_job(job: BatchJob, input_path: str, output_path: str, *, engine: str = "local",
-            address: str | None = None, workers: int = 2, progress: bool = True) -> Summary:
-    """Run (or resume) ``job`` from ``input_path`` into ``output_path``; returns the summary."""
+            address: str | None = None, workers: int = 2, progress: bool = True,
+            retry_failed: bool = False, rerun_changed: bool = False) -> Summary:
+    """Run (or resume) ``job`` from ``input_path`` into ``output_path``, holding the output's lock
+    throughout; returns the summary. Everything that can stop the job is checked before the
+    model loads, and the model loads only if some row needs decoding."""
     job.check()
-    output_type = job.output_type()
-    output = OutputFile(output_path)
-    rows = list(read_rows(input_path))
-    pending = list(pending_rows(job, iter(rows), output.done))
-    summary = Summary(skipped=len(rows) - len(pending))
-    bar = _progress(len(pending), progress)
-    started = time.perf_counter()
-
-    def written(records: list[dict]) -> None:
-        output.append(records)
-        summary.add(records)
-        elapsed = time.perf_counter() - started
-        bar.update(len(records))
-        bar.set_postfix_str(f"{summary.tokens / elapsed:.1f} tok/s, {summary.failed} failed")
-
-    if engine == "local":
-        _run_local(job, output_type, pending, written)
-    elif engine == "ray":
-        from structgen.batch.ray_engine import run_on_ray
-
-        run_on_ray(job, pending, written, address=address, workers=workers)
-    else:
+    if engine not in ("local", "ray"):
         raise BatchInputError(f"--engine must be 'local' or 'ray', not {engine!r}")
-    bar.close()
-    summary.seconds = time.perf_counter() - started
-    summary.failed_in_output = output.failed
+    output_type = job.output_type()
+    rows = list(read_rows(input_path))
+    check_distinct(input_path, output_path)
+    with OutputFile.open_locked(output_path) as output:
+        work = plan(job, rows, output, retry_failed=retry_failed, rerun_changed=rerun_changed)
+        output.rewrite(work.drop)
+        summary = Summary.of(work)
+        bar = _progress(len(work.pending), progress)
+        started = time.perf_counter()
+
+        def written(records: list[dict]) -> None:
+            output.append(records)
+            summary.add(records)
+            elapsed = time.perf_counter() - started
+            bar.update(len(records))
+            bar.set_postfix_str(f"{summary.tokens / elapsed:.1f} tok/s, {summary.failed} failed")
+
+        if all(row.error is not None for row in work.pending):
+            written([error_record(row, row.error) for row in work.pending])
+        elif engine == "local":
+            _run_local(job, output_type, work.pending, written)
+        else:
+            from structgen.batch.ray_engine import run_on_ray
+
+            run_on_ray(job, work.pending, written, address=address, workers=workers)
+        bar.close()
+        summary.seconds = time.perf_counter() - started
     return summary
+
+
+def check_distinct(input_path: str, output_path: str) -> None:
+    """Appending records to the input would feed them back in as rows."""
+    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise BatchInputError(f"--output {output_path!r} is the input file")
 
 
 def _run_local(job: BatchJob, output_type, pending: list[PendingRow], written) -> None:

@@ -1,9 +1,10 @@
 """Scale-out on Ray Data: the same job, with batches mapped over workers that each hold a model.
 
-The driver keeps the job's state exactly as the local engine does: it reads the input, skips the
-ids already in the output, and appends the records that stream back from the workers, one batch
-at a time (Ray Data's streaming execution hands results over as they finish). A crash of the
-driver therefore resumes the same way; a crashed worker is restarted by Ray and its batch redone.
+The driver keeps the job's state exactly as the local engine does: it holds the output's lock,
+plans the run against the records already there, and appends the records that stream back from
+the workers, one batch at a time (Ray Data's streaming execution hands results over as they
+finish). Workers never touch the output, so the driver's lock covers them; a crash of the driver
+resumes the same way, and a crashed worker is restarted by Ray and its batch redone.
 
 Each worker is an actor (one per ``workers``, one CPU each unless the cluster gives GPUs) that
 loads the model once and runs ``process_batch``, the function the local engine runs.
@@ -31,8 +32,9 @@ class BatchWorker:
         self.output_type = self.job.output_type()
 
     def __call__(self, batch: dict) -> dict:
-        rows = [PendingRow(id=str(row_id), line=int(line), prompt=str(prompt))
-                for row_id, line, prompt in zip(batch["id"], batch["line"], batch["prompt"])]
+        rows = [PendingRow(id=str(row_id), line=int(line), sha256=str(sha256), prompt=str(prompt))
+                for row_id, line, sha256, prompt in zip(batch["id"], batch["line"], batch["sha256"],
+                                                        batch["prompt"])]
         records = process_batch(self.job, self.model, self.output_type, rows)
         return {"record": [json.dumps(record, ensure_ascii=False) for record in records]}
 
@@ -48,7 +50,7 @@ def run_on_ray(job: BatchJob, pending: list[PendingRow], written, *, address: st
     failed = [row for row in pending if row.error is not None]
     if failed:
         written([error_record(row, row.error) for row in failed])
-    runnable = [{"id": row.id, "line": row.line, "prompt": row.prompt}
+    runnable = [{"id": row.id, "line": row.line, "sha256": row.sha256, "prompt": row.prompt}
                 for row in pending if row.error is None]
     if not runnable:
         return
