@@ -134,19 +134,22 @@ def test_cached_tables_read_back_bit_for_bit(tmp_path):
               "is_final": np.array([True, False, True]), "initial": np.int64(4),
               "empty": np.zeros(0, dtype=np.uint32)}
     path = tmp_path / "one.tables"
-    write_tables(path, tables)
-    back = read_tables(path)
+    write_tables(path, tables, key="k1", regex="[0-9]+")
+    back = read_tables(path, key="k1", regex="[0-9]+")
     assert back.keys() == tables.keys()
     for name, value in tables.items():
         assert back[name].dtype == np.asarray(value).dtype and back[name].shape == np.shape(value)
         assert np.array_equal(back[name], value)
     assert int(back["initial"]) == 4 and not back["masks"].flags.writeable
+    for key, regex in (("k2", "[0-9]+"), ("k1", "[0-9]*")):
+        with pytest.raises(ValueError, match="belongs to another constraint"):
+            read_tables(path, key=key, regex=regex)
     path.write_bytes(path.read_bytes()[:-64])
     with pytest.raises(ValueError, match="truncated"):
-        read_tables(path)
+        read_tables(path, key="k1", regex="[0-9]+")
     path.write_bytes(b"not tables")
     with pytest.raises(ValueError, match="not a structgen tables file"):
-        read_tables(path)
+        read_tables(path, key="k1", regex="[0-9]+")
 
 
 def test_a_compile_past_its_time_budget_is_a_typed_error(info):

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 
@@ -73,6 +74,7 @@ def _build_tables(index, vocab_size: int, eos_token_id: int) -> dict:
     distance = _distances_to_accept(offsets, nexts, is_final)
     offsets, tokens, nexts, worst = _live_transitions(offsets, tokens, nexts, distance)
     masks, mask_of_state = _packed_masks(offsets, tokens, vocab_size)
+    state_crc, row_crc = piece_checksums(offsets, tokens, nexts, masks)
     return {
         "offsets": offsets,
         "tokens": tokens,
@@ -84,7 +86,24 @@ def _build_tables(index, vocab_size: int, eos_token_id: int) -> dict:
         "mask_of_state": mask_of_state,
         "initial": np.int64(position[initial]),
         "vocab_size": np.int64(vocab_size),
+        "state_crc": state_crc,
+        "row_crc": row_crc,
     }
+
+
+def state_checksum(offsets, tokens, nexts, state: int) -> int:
+    """CRC-32 of one state's transitions (its token ids, then its next states)."""
+    start, end = offsets[state], offsets[state + 1]
+    return zlib.crc32(nexts[start:end], zlib.crc32(tokens[start:end]))
+
+
+def piece_checksums(offsets, tokens, nexts, masks) -> tuple[np.ndarray, np.ndarray]:
+    """A CRC-32 per state's transitions and per mask row: a disk hit checks each piece the first
+    time it is read, so it reads only the pages a decode touches yet never uses a damaged byte."""
+    states = np.fromiter((state_checksum(offsets, tokens, nexts, state)
+                          for state in range(len(offsets) - 1)), np.uint32, len(offsets) - 1)
+    rows = np.fromiter((zlib.crc32(row) for row in masks), np.uint32, len(masks))
+    return states, rows
 
 
 UNREACHABLE = np.iinfo(np.int32).max

@@ -6,9 +6,11 @@ per-state masks. Per-sequence state lives in the cheap ``Matcher`` it hands out.
 
 Compiles are cached twice, keyed by (structgen and outlines-core versions, regex, tokenizer
 fingerprint): in memory, and on disk under ``$STRUCTGEN_CACHE/constraints`` as one file of
-arrays per constraint (``write_tables``), memory-mapped on load when large (no copy, no checksum
-pass: a hit costs one file open, and mask rows are paged in as states are visited). The
-whitespace mode is part of the regex, so it is part of the key.
+arrays per constraint (``write_tables``), memory-mapped on load when large (no copy: a hit costs
+one file open, and mask rows are paged in as states are visited). The whitespace mode is part of
+the regex, so it is part of the key. Every cache file proves what it belongs to and that it is
+whole (its key, its regex, CRCs), and one that does not is removed and computed afresh: the cache
+folder is private to the user and ignored, with a warning, where others can write it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import mmap
 import os
 import queue
+import tempfile
 import threading
 import time
+import warnings
+import zlib
 from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
@@ -28,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from structgen.constraint._worker import UNREACHABLE, CompileWorker
+from structgen.constraint._worker import UNREACHABLE, CompileWorker, state_checksum
 from structgen.constraint.llguidance_backend import (
     Constraint,
     GrammarConstraint,
@@ -45,6 +51,7 @@ from structgen.errors import (
     ConstraintError,
     RecursionLimitError,
     RegexTooLargeError,
+    UnsafeCacheWarning,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
@@ -56,7 +63,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MEMORY_LIMIT = 8 << 30
 MAX_REGEX_CHARS = 2_000_000
 _MEMORY_CACHE_SIZE = 64
-TABLES_FORMAT = 4  # bump when the meaning of the cached arrays changes
+TABLES_FORMAT = 5  # bump when the meaning of the cached arrays changes (5: key, regex and CRCs inside)
 
 
 def cache_dir() -> Path:
@@ -67,6 +74,52 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+_WARNED: set[str] = set()
+
+
+def constraints_dir(create: bool = False) -> Path | None:
+    """The constraint cache folder, or None where it must not be used: a folder (or its parent
+    cache folder) that another user can write may hold planted entries, so it is ignored with a
+    warning. structgen makes it 0700, and tightens one an older structgen left readable."""
+    root = cache_dir()
+    folder = root / "constraints"
+    try:
+        if create:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+        for path in (root, folder):
+            status = path.stat()
+            if status.st_uid not in (os.getuid(), 0) or status.st_mode & 0o022:
+                if str(path) not in _WARNED:
+                    _WARNED.add(str(path))
+                    warnings.warn(
+                        f"structgen ignores its constraint cache at {path}: other users can write "
+                        f"there (mode {status.st_mode & 0o777:o}, owner uid {status.st_uid}), so an "
+                        f"entry could be planted; make it private (chmod 700 {path}) or set "
+                        "STRUCTGEN_CACHE to a private folder", UnsafeCacheWarning, stacklevel=3)
+                return None
+        if status.st_mode & 0o077 and status.st_uid == os.getuid():  # ``status`` is the folder's
+            folder.chmod(0o700)
+    except OSError:  # absent (and not to be made), or unreadable
+        return None
+    return folder
+
+
+def _write_private(path: Path, write) -> None:
+    """``write(partial_path)``, then rename it to ``path``: readers see the whole file or none,
+    and it is private to this user (mkstemp makes it 0600). A read-only cache is no error."""
+    try:
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return
+    os.close(handle)
+    try:
+        write(Path(partial))
+        os.replace(partial, path)
+    except OSError:
+        Path(partial).unlink(missing_ok=True)
+
+
 class CompiledConstraint(Constraint):
     """An immutable finite-state constraint over one tokenizer's vocabulary."""
 
@@ -74,7 +127,8 @@ class CompiledConstraint(Constraint):
 
     def __init__(self, tables: dict, *, regex: str, output_type: OutputType | None,
                  whitespace: str, tokenizer_fingerprint: str, eos_token_id: int,
-                 compile_seconds: float = 0.0, from_cache: str = "none"):
+                 compile_seconds: float = 0.0, from_cache: str = "none",
+                 pending: PendingChecks | None = None):
         self.regex = regex
         self.output_type = output_type
         self.whitespace = whitespace
@@ -82,13 +136,12 @@ class CompiledConstraint(Constraint):
         self.eos_token_id = eos_token_id
         self.compile_seconds = compile_seconds
         self.from_cache = from_cache  # "none", "memory" or "disk"
+        self._tables = tables  # shared by every copy: a repair replaces tokens, next and masks in it
+        self._pending = pending  # a disk hit's pieces not checked yet (None: nothing to check)
         self._offsets = tables["offsets"]
-        self._tokens = tables["tokens"]
-        self._next = tables["next"]
         self._distance = tables["distance"]
         self._worst = tables["worst"]
         self._is_final = tables["is_final"]
-        self._masks = tables["masks"]
         self._mask_of_state = tables["mask_of_state"]
         self.initial_state = int(tables["initial"])
         self.vocab_size = int(tables["vocab_size"])
@@ -120,8 +173,10 @@ class CompiledConstraint(Constraint):
 
     def transitions(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, next states) of ``state``, sorted by token id, dead ends removed."""
+        if self._pending is not None and not self._pending.states[state]:
+            self._pending.check_state(state)
         start, end = self._offsets[state], self._offsets[state + 1]
-        return self._tokens[start:end], self._next[start:end]
+        return self._tables["tokens"][start:end], self._tables["next"][start:end]
 
     def next_state(self, state: int, token_id: int) -> int | None:
         tokens, nexts = self.transitions(state)
@@ -160,7 +215,9 @@ class CompiledConstraint(Constraint):
         """
         row = self._mask_of_state[state]
         if row >= 0:
-            return self._masks[row]
+            if self._pending is not None and not self._pending.rows[row]:
+                self._pending.check_row(row)
+            return self._tables["masks"][row]
         packed = self._bitmasks.get(state)
         if packed is None:
             bits = np.zeros(self.vocab_size, dtype=bool)
@@ -170,17 +227,52 @@ class CompiledConstraint(Constraint):
         return packed
 
     def tables(self) -> dict:
-        return {
-            "offsets": self._offsets, "tokens": self._tokens, "next": self._next,
-            "distance": self._distance, "worst": self._worst, "is_final": self._is_final,
-            "masks": self._masks, "mask_of_state": self._mask_of_state,
-            "initial": np.int64(self.initial_state), "vocab_size": np.int64(self.vocab_size),
-        }
+        return self._tables
 
     def __repr__(self) -> str:
         return (f"CompiledConstraint(engine={self.engine!r}, states={self.num_states}, "
                 f"min_tokens={self.min_tokens}, whitespace={self.whitespace!r}, "
                 f"compile_seconds={self.compile_seconds:.3f}, from_cache={self.from_cache!r})")
+
+
+class PendingChecks:
+    """A disk hit's transitions and mask rows, checked piece by piece against their CRCs the first
+    time each is read (a hit then reads only the pages a decode touches, and no damaged byte is
+    ever used). Damage found this late is repaired: the entry is compiled afresh, whose states are
+    numbered alike (the compile is deterministic), so matchers already running carry on."""
+
+    def __init__(self, tables: dict, repair):
+        self.tables = tables
+        self.states = np.zeros(len(tables["state_crc"]), dtype=bool)
+        self.rows = np.zeros(len(tables["row_crc"]), dtype=bool)
+        self._repair = repair
+        self._lock = threading.Lock()
+
+    def check_state(self, state: int) -> None:
+        t = self.tables
+        if state_checksum(t["offsets"], t["tokens"], t["next"], state) != t["state_crc"][state]:
+            self.repair()
+        self.states[state] = True
+
+    def check_row(self, row: int) -> None:
+        if zlib.crc32(self.tables["masks"][row]) != self.tables["row_crc"][row]:
+            self.repair()
+        self.rows[row] = True
+
+    def repair(self) -> None:
+        with self._lock:
+            if self.states.all() and self.rows.all():
+                return  # another thread has repaired it
+            fresh = self._repair()
+            for name, array in self.tables.items():
+                if name not in _CHECKED_PIECEMEAL and not np.array_equal(array, fresh[name]):
+                    raise ConstraintError(
+                        "a cached constraint was damaged and compiling it afresh numbered its "
+                        "states differently (please report this); the damaged entry is removed, "
+                        "so retrying compiles it afresh")
+            self.tables.update({name: fresh[name] for name in _CHECKED_PIECEMEAL})
+            self.states[:] = True
+            self.rows[:] = True
 
 
 def pack_bitmask(mask: np.ndarray) -> np.ndarray:
@@ -226,12 +318,12 @@ class ConstraintCompiler:
         meta = _meta(regex, tokenizer_info, output_type, whitespace)
         key = _cache_key(regex, tokenizer_info.fingerprint)
         with self._lock:
-            cached = self._cached(key, meta)
+            cached = self._cached(key, meta, tokenizer_info)
             if cached is not None:
                 return cached
             started = time.perf_counter()
             tables = self._compile(regex, tokenizer_info, timeout or self.timeout)
-            self._store(key, tables)
+            self._store(key, regex, tables)
             constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
                                             from_cache="none", **meta)
             return self._remember(key, constraint)
@@ -241,7 +333,7 @@ class ConstraintCompiler:
         """The compiled constraint from the memory or disk cache, or None (never compiles)."""
         meta = _meta(regex, tokenizer_info, output_type, whitespace)
         with self._lock:
-            return self._cached(_cache_key(regex, tokenizer_info.fingerprint), meta)
+            return self._cached(_cache_key(regex, tokenizer_info.fingerprint), meta, tokenizer_info)
 
     def submit(self, function, *args, **options) -> Future:
         """Run ``function`` (a compile: the worker process does the work) in a background thread.
@@ -272,29 +364,45 @@ class ConstraintCompiler:
     def remember_schema(self, schema_key: str, regex: str) -> None:
         """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
         self._schema_regex[schema_key] = regex
-        self._write_file(f"schema-{schema_key}.regex", regex.encode("utf-8"))
+        self._write_entry(f"schema-{schema_key}.regex", regex.encode("utf-8"))
 
-    def _write_file(self, name: str, data: bytes) -> None:
-        """Write ``name`` in the disk cache atomically (readers see all of it or none); a
-        read-only cache is no error."""
-        if not self.disk_cache:
-            return
-        path = cache_dir() / "constraints" / name
+    def _write_entry(self, name: str, body: bytes, **proof) -> None:
+        """A small cache file: one JSON line proving what it is (its own name, ``proof``: what it
+        was made from, and the body's CRC-32), then the body."""
+        folder = constraints_dir(create=True) if self.disk_cache else None
+        if folder is not None:
+            line = json.dumps({"entry": name, **proof, "crc": zlib.crc32(body)}).encode()
+            _write_private(folder / name, lambda path: path.write_bytes(line + b"\n" + body))
+
+    def _read_entry(self, name: str, check=lambda header, body: True, **proof):
+        """(header, body) of ``_write_entry``'s file if it proves to be ``name``, made from
+        ``proof``, whole, and ``check`` accepts it; anything else is removed (None)."""
+        folder = constraints_dir() if self.disk_cache else None
+        if folder is None:
+            return None
+        path = folder / name
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_bytes(data)
-            os.replace(partial, path)
+            line, _, body = path.read_bytes().partition(b"\n")
         except OSError:
+            return None  # absent
+        try:
+            header = json.loads(line)
+            expected = {"entry": name, **proof, "crc": zlib.crc32(body)}
+            if (isinstance(header, dict) and all(header.get(k) == v for k, v in expected.items())
+                    and check(header, body)):
+                return header, body
+        except (ValueError, RecursionError):  # not JSON, or a body that does not decode
             pass
+        path.unlink(missing_ok=True)  # damaged or another entry's: computed afresh
+        return None
 
     def regex_of_schema(self, schema_key: str) -> str | None:
         regex = self._schema_regex.get(schema_key)
-        if regex is None and self.disk_cache:
-            try:
-                regex = (cache_dir() / "constraints" / f"schema-{schema_key}.regex").read_text("utf-8")
-            except OSError:
-                return None
+        if regex is None:
+            entry = self._read_entry(f"schema-{schema_key}.regex",
+                                     check=lambda header, body: bool(body.decode("utf-8")))
+            if entry is not None:
+                regex = self._schema_regex[schema_key] = entry[1].decode("utf-8")
         return regex
 
     def remember_start(self, schema_key: str, bits: np.ndarray, covered: bool) -> None:
@@ -302,38 +410,46 @@ class ConstraintCompiler:
         (``HybridConstraint.start_mask``, ``start_covered``), for these engine versions: the next
         process's first mask is then a read."""
         self._start_masks[schema_key] = (bits, covered)
-        line = f"{_engine_versions()} {int(covered)}\n".encode()
-        self._write_file(f"schema-{schema_key}.start", line + bits.tobytes())
+        self._write_entry(f"schema-{schema_key}.start", bits.tobytes(), versions=_engine_versions(),
+                          words=len(bits), covered=bool(covered))
 
     def known_start(self, schema_key: str, vocab_size: int) -> tuple[np.ndarray, bool] | None:
         known = self._start_masks.get(schema_key)
-        if known is None and self.disk_cache:
-            try:
-                data = (cache_dir() / "constraints" / f"schema-{schema_key}.start").read_bytes()
-            except OSError:
-                return None
-            line, _, packed = data.partition(b"\n")
-            versions, _, covered = line.decode(errors="replace").rpartition(" ")
-            if versions != _engine_versions() or covered not in ("0", "1"):
-                return None  # made by other engine versions: learn it afresh
-            if len(packed) != (vocab_size + 31) // 32 * 4:
-                return None
-            bits = np.frombuffer(packed, dtype=np.int32)
-            known = self._start_masks[schema_key] = (bits, covered == "1")
+        if known is None:
+            words = (vocab_size + 31) // 32
+            entry = self._read_entry(  # one made by other engine versions is learnt afresh
+                f"schema-{schema_key}.start", versions=_engine_versions(), words=words,
+                check=lambda header, body: (isinstance(header.get("covered"), bool)
+                                            and len(body) == words * 4))
+            if entry is not None:
+                header, packed = entry
+                bits = np.frombuffer(packed, dtype=np.int32)
+                known = self._start_masks[schema_key] = (bits, header["covered"])
         return known
 
-    def _cached(self, key: str, meta: dict) -> CompiledConstraint | None:
+    def _cached(self, key: str, meta: dict, tokenizer_info: TokenizerInfo) -> CompiledConstraint | None:
         cached = self._memory.get(key)
         if cached is not None:
             self._memory.move_to_end(key)
             return _with_meta(cached, meta, "memory")
         started = time.perf_counter()
-        tables = self._load(key)
+        tables = self._load(key, meta["regex"])
         if tables is None:
             return None
+        pending = PendingChecks(tables, functools.partial(self._repair, key, meta["regex"], tokenizer_info))
         constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
-                                        from_cache="disk", **meta)
+                                        from_cache="disk", pending=pending, **meta)
         return self._remember(key, constraint)
+
+    def _repair(self, key: str, regex: str, tokenizer_info: TokenizerInfo) -> dict:
+        """Fresh tables for a disk entry found damaged after its load: removed, compiled, stored."""
+        with self._lock:
+            folder = constraints_dir()
+            if folder is not None:
+                (folder / f"{key}.tables").unlink(missing_ok=True)
+            tables = self._compile(regex, tokenizer_info, self.timeout)
+            self._store(key, regex, tables)
+            return tables
 
     def _remember(self, key: str, constraint: CompiledConstraint) -> CompiledConstraint:
         if constraint.distance(constraint.initial_state) >= UNREACHABLE:
@@ -362,7 +478,7 @@ class ConstraintCompiler:
         meta = _meta(regex, tokenizer_info, spec, whitespace)
         key = _cache_key(regex, tokenizer_info.fingerprint)
         with self._lock:
-            self._store(key, tables)
+            self._store(key, regex, tables)
             constraint = CompiledConstraint(tables, compile_seconds=time.perf_counter() - started,
                                             from_cache="none", **meta)
             constraint = self._remember(key, constraint)
@@ -388,33 +504,30 @@ class ConstraintCompiler:
             )
         raise ConstraintError(f"outlines-core could not compile the regex: {payload}")
 
-    def _path(self, key: str) -> Path:
-        return cache_dir() / "constraints" / f"{key}.tables"
-
-    def _load(self, key: str) -> dict | None:
-        if not self.disk_cache:
+    def _load(self, key: str, regex: str) -> dict | None:
+        """The entry's tables if it proves to be ``key``'s (else it is removed): the whole file
+        but the transitions and mask rows is checked here, those piece by piece when first read."""
+        folder = constraints_dir() if self.disk_cache else None
+        if folder is None:
             return None
-        path = self._path(key)
+        path = folder / f"{key}.tables"
         try:
-            return read_tables(path)
+            tables = read_tables(path, key=key, regex=regex, deferred=_CHECKED_PIECEMEAL)
+            if tables.keys() != _TABLE_NAMES:
+                raise ValueError(f"{path} holds other arrays than a constraint's")
+            return tables
         except FileNotFoundError:
             return None  # absent: compile afresh
         except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # damaged: compile afresh, store anew
+            path.unlink(missing_ok=True)  # damaged or another key's: compile afresh, store anew
             return None
 
-    def _store(self, key: str, tables: dict) -> None:
-        if not self.disk_cache:
-            return
-        path = self._path(key)
-        partial = path.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_tables(partial, {name: value for name, value in tables.items()
-                                   if name != "index_seconds"})
-            os.replace(partial, path)  # atomic: readers see the whole file or none
-        except OSError:
-            partial.unlink(missing_ok=True)  # read-only, or another process won
+    def _store(self, key: str, regex: str, tables: dict) -> None:
+        folder = constraints_dir(create=True) if self.disk_cache else None
+        if folder is not None:
+            arrays = {name: tables[name] for name in _TABLE_NAMES}
+            _write_private(folder / f"{key}.tables",
+                           lambda path: write_tables(path, arrays, key=key, regex=regex))
 
     def remember_failure(self, key: str, budget: float, error: ConstraintError) -> None:
         """Keep that compiling ``key`` (a schema or regex key) failed with ``budget`` seconds."""
@@ -445,7 +558,8 @@ def _meta(regex: str, tokenizer_info: TokenizerInfo, output_type: OutputType | N
 
 def _with_meta(constraint: CompiledConstraint, meta: dict, source: str) -> CompiledConstraint:
     """The cached tables with this request's metadata (output type, whitespace) attached."""
-    copy = CompiledConstraint(constraint.tables(), compile_seconds=0.0, from_cache=source, **meta)
+    copy = CompiledConstraint(constraint.tables(), compile_seconds=0.0, from_cache=source,
+                              pending=constraint._pending, **meta)
     copy._bool_masks, copy._bitmasks = constraint._bool_masks, constraint._bitmasks
     return copy
 
@@ -459,8 +573,13 @@ def _cache_key(regex: str, fingerprint: str) -> str:
 
 
 _TABLES_MAGIC = b"SGTABLES"
+_PREFIX = len(_TABLES_MAGIC) + 12  # magic, header length (8 bytes), header CRC-32 (4 bytes)
 _ALIGN = 64
 _MAP_ABOVE_BYTES = 1 << 20
+#: A constraint's arrays; the transitions and mask rows are checked piece by piece on first read.
+_TABLE_NAMES = {"offsets", "tokens", "next", "distance", "worst", "is_final", "masks",
+                "mask_of_state", "initial", "vocab_size", "state_crc", "row_crc"}
+_CHECKED_PIECEMEAL = ("tokens", "next", "masks")
 
 
 def _aligned(size: int) -> int:
@@ -469,55 +588,89 @@ def _aligned(size: int) -> int:
 
 
 def _tables_data_start(header_length: int) -> int:
-    """Where a tables file's arrays begin: after magic, header length and header, aligned."""
-    return _aligned(len(_TABLES_MAGIC) + 8 + header_length)
+    """Where a tables file's arrays begin: after magic, header length, CRC and header, aligned."""
+    return _aligned(_PREFIX + header_length)
 
 
-def write_tables(path: Path, tables: dict) -> None:
-    """All of a constraint's arrays in one file: magic, header length, a JSON header naming each
-    array's dtype, shape and offset, then the arrays, each 64-byte aligned."""
+def write_tables(path: Path, tables: dict, *, key: str, regex: str) -> None:
+    """All of a constraint's arrays in one file: magic, header length, the header's CRC-32, a
+    JSON header (the cache key and regex the file belongs to; each array's dtype, shape, offset
+    and CRC-32), then the arrays, each 64-byte aligned."""
     # Smallest first: a cold hit's first page read brings the header and the per-state tables.
-    arrays = {name: np.asarray(value) for name, value in  # tobytes(): C order
+    arrays = {name: np.asarray(value) for name, value in
               sorted(tables.items(), key=lambda item: np.asarray(item[1]).nbytes)}
-    header, offset = {}, 0
+    layout, data, offset = {}, {}, 0
     for name, array in arrays.items():
-        header[name] = [array.dtype.str, list(array.shape), offset]
+        data[name] = array.tobytes()  # C order
+        layout[name] = [array.dtype.str, list(array.shape), offset, zlib.crc32(data[name])]
         offset += _aligned(array.nbytes)
-    encoded = json.dumps(header).encode()
+    encoded = json.dumps({"key": key, "regex": regex, "arrays": layout}).encode()
     start = _tables_data_start(len(encoded))
     with open(path, "wb") as out:
-        out.write(_TABLES_MAGIC + len(encoded).to_bytes(8, "little") + encoded)
-        for name, array in arrays.items():
-            out.seek(start + header[name][2])
-            out.write(array.tobytes())
+        out.write(_TABLES_MAGIC + len(encoded).to_bytes(8, "little")
+                  + zlib.crc32(encoded).to_bytes(4, "little") + encoded)
+        for name in arrays:
+            out.seek(start + layout[name][2])
+            out.write(data[name])
         out.truncate(start + offset)
 
 
-def read_tables(path: Path) -> dict:
-    """``write_tables``' arrays, read-only. One open: a file over 1 MiB (the transitions and mask
-    rows of most schemas) is memory-mapped, so only the pages a decode touches are read; a
-    smaller one is read whole, which costs less than setting up the mapping."""
+def read_tables(path: Path, *, key: str, regex: str, deferred=()) -> dict:
+    """``write_tables``' arrays, read-only, once the file proves to be ``key``'s and ``regex``'s
+    and whole (any other file is a ``ValueError``). The arrays named in ``deferred`` are not
+    checked here: the caller checks them before it reads them. One open: a file over 1 MiB is
+    memory-mapped, so only the pages a decode touches are read; a smaller one is read whole,
+    which costs less than setting up the mapping."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if size > _MAP_ABOVE_BYTES:
             data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         else:
             data = file.read()
-    prefix = len(_TABLES_MAGIC) + 8
-    if size < prefix or data[:len(_TABLES_MAGIC)] != _TABLES_MAGIC:
+    if size < _PREFIX or data[:len(_TABLES_MAGIC)] != _TABLES_MAGIC:
         raise ValueError(f"{path} is not a structgen tables file")
-    length = int.from_bytes(data[len(_TABLES_MAGIC):prefix], "little")
-    header = json.loads(bytes(data[prefix:prefix + length]))
+    length = int.from_bytes(data[len(_TABLES_MAGIC):_PREFIX - 4], "little")
+    encoded = bytes(data[_PREFIX:_PREFIX + length])
+    if len(encoded) < length:
+        raise ValueError(f"{path} is truncated")
+    if zlib.crc32(encoded) != int.from_bytes(data[_PREFIX - 4:_PREFIX], "little"):
+        raise ValueError(f"{path} has a damaged header")
+    try:
+        header = json.loads(encoded)
+    except RecursionError:
+        raise ValueError(f"{path} has a header nested too deep") from None
+    if not isinstance(header, dict) or not isinstance(header.get("arrays"), dict):
+        raise ValueError(f"{path} has no header of arrays")
+    if header.get("key") != key or header.get("regex") != regex:
+        raise ValueError(f"{path} belongs to another constraint than key {key}")
     start = _tables_data_start(length)
     tables = {}
-    for name, (dtype, shape, offset) in header.items():
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        if start + offset + count * dtype.itemsize > size:
-            raise ValueError(f"{path} is truncated")
-        array = np.frombuffer(data, dtype=dtype, count=count, offset=start + offset)
-        tables[name] = array.reshape(shape)
+    for name, entry in header["arrays"].items():
+        array, checksum = _array_at(data, start, size, entry, f"{path} array {name!r}")
+        if name not in deferred and zlib.crc32(array) != checksum:
+            raise ValueError(f"{path} array {name!r} is damaged")
+        tables[name] = array
     return tables
+
+
+def _array_at(data, start: int, size: int, entry, where: str) -> tuple[np.ndarray, int]:
+    """The array a header ``entry`` ([dtype, shape, offset, CRC-32]) describes, and its CRC."""
+    if not (isinstance(entry, list) and len(entry) == 4):
+        raise ValueError(f"{where} has no [dtype, shape, offset, crc] entry")
+    name, shape, offset, checksum = entry
+    try:
+        dtype = np.dtype(name) if isinstance(name, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf" or dtype.str != name:
+        raise ValueError(f"{where} has an unknown dtype {name!r}")
+    if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+            and type(offset) is int and offset >= 0 and type(checksum) is int):
+        raise ValueError(f"{where} has a malformed shape, offset or crc")
+    count = math.prod(shape)
+    if start + offset + count * dtype.itemsize > size:
+        raise ValueError(f"{where} is truncated")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=start + offset).reshape(shape), checksum
 
 
 def _outlines_core_version() -> str:
