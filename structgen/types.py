@@ -8,6 +8,7 @@ final text back into the value the user asked for.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ class OutputType:
         """Turn the model's text into the requested value, or raise ``OutputError``."""
         from structgen.errors import OutputError
 
-        if not self.is_json:
+        if not self.is_json:  # re-checked, as JSON is: never trust the constraint alone
+            if not _full_match(self.regex, text):
+                raise OutputError(f"does not match the regex {self.regex!r}", text)
             return text
         if isinstance(self.source, (dict, bool)):
             # jsonschema loads on the first parse, keeping `import structgen` light
@@ -137,3 +140,36 @@ def _opcodes(parsed):
             for item in value if isinstance(value, list) else [value]:
                 if type(item).__name__ == "SubPattern":
                     yield from _opcodes(item)
+
+
+class _ByteTokens:
+    """What ``llguidance.TokenizerWrapper`` reads, for a vocabulary of the 256 bytes (and an EOS)."""
+
+    eos_token_id = 256
+    bos_token_id = None
+    special_token_ids = [256]
+    tokens = [bytes([byte]) for byte in range(256)] + [b"\xff<eos>"]
+
+    def __call__(self, text: bytes) -> list[int]:
+        return list(text)
+
+
+@functools.cache
+def _byte_tokenizer():
+    import llguidance
+
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens()), n_vocab=257)
+
+
+def _full_match(regex: str, text: str) -> bool:
+    """Whether ``text`` is in ``regex``'s language as the constraint read it: llguidance, fed one
+    byte at a time, parses regexes with Rust's regex-syntax as outlines-core does, where Python's
+    ``re`` differs (``\\w`` and combining marks, nested classes, ``&&``). A regex llguidance
+    refuses (past its size limits) is checked with ``re``."""
+    import llguidance
+
+    grammar = llguidance.LLMatcher.grammar_from_regex(regex)
+    matcher = llguidance.LLMatcher(_byte_tokenizer(), grammar, log_level=0)
+    if matcher.is_error():
+        return re.fullmatch(regex, text) is not None
+    return matcher.consume_tokens(list(text.encode("utf-8"))) and matcher.is_accepting()

@@ -296,3 +296,51 @@ def test_a_normal_run_warns_nothing(cache, info, smollm2_tokenizer):
         warnings.simplefilter("error")
         assert_compiled_afresh(cache, info, smollm2_tokenizer)  # a miss, a store and a disk hit
 
+
+# --- a Regex answer is re-checked before it is returned (a cache that lies is caught there too) --
+
+
+def test_a_regex_answer_is_checked_against_its_regex():
+    spec = structgen.types.as_output_type(structgen.Regex(DIGITS))
+    assert spec.parse("123") == "123"
+    for text in ("The answer is 123.", "1234", "12", ""):
+        with pytest.raises(structgen.OutputError, match="does not match the regex"):
+            spec.parse(text)
+
+
+@pytest.mark.parametrize("pattern, text", [
+    (r"\w+", "e\u0301"),  # a combining mark is a word character to Rust's regex, not to re
+    ("[[a-z]]", "b"),  # a nested class, where re reads "[" "[a-z" "]"
+    ("[a-z&&[^aeiou]]", "b"),  # class intersection
+    (r"\S", "\x1c"),  # not White_Space in Unicode, whitespace to re
+])
+def test_the_check_reads_the_regex_as_the_constraint_does(info, smollm2_tokenizer, pattern, text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # re's own warning about "[[" and "&&"
+        assert re.fullmatch(pattern, text) is None  # so re would refuse what the constraint wrote
+        constraint = structgen.compile_constraint(structgen.Regex(pattern), info)
+    matcher = constraint.matcher()
+    assert all(matcher.advance(token) for token in smollm2_tokenizer(text, add_special_tokens=False)[
+        "input_ids"]) and matcher.is_accepting()
+    assert constraint.output_type.parse(text) == text
+
+
+def test_the_check_refuses_what_the_dialect_refuses():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        spec = structgen.types.as_output_type(structgen.Regex("[a-z&&[^aeiou]]"))
+    for text in ("a", "&"):
+        with pytest.raises(structgen.OutputError):
+            spec.parse(text)
+
+
+def test_generate_refuses_a_regex_answer_its_constraint_let_through(info, tiny_model):
+    lying = structgen.compile_constraint(structgen.Regex("[a-z]{3}"), tiny_model.tokenizer_info)
+    lying = compiler_module._with_meta(lying, dict(
+        compiler_module._meta("[a-z]{3}", tiny_model.tokenizer_info,
+                              structgen.types.as_output_type(structgen.Regex(DIGITS)), "compact")),
+        "memory")
+    with pytest.raises(structgen.OutputError, match="does not match the regex"):
+        structgen.generate(lying, "Write a number.", model=tiny_model, max_tokens=8)
+    results = structgen.generate_batch(lying, ["One.", "Two."], model=tiny_model, max_tokens=8)
+    assert all(isinstance(result, structgen.OutputError) for result in results)
