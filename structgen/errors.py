@@ -21,7 +21,9 @@
      ├── ToolError                   function calling
      │    ├── ToolDefinitionError      a function / model / dict that cannot be described as a tool
      │    ├── ToolCallParseError       <tool_call> blocks that are malformed (one problem per block)
-     │    └── ToolArgumentsError       arguments that do not validate against the tool's parameters
+     │    ├── ToolArgumentsError       arguments that do not validate against the tool's parameters
+     │    └── ToolInputError           a tools function given a value it cannot use (text that is
+     │                                 not a str, max_iterations that is not a count, ...)
      └── BatchInputError             a batch job's schema reference, input or output file is unusable,
                                      or one input row is (then ``line`` says which)
 
@@ -195,6 +197,10 @@ class ToolArgumentsError(ToolError):
         self.reason = reason
         self.arguments = arguments
         super().__init__(f"arguments for tool {tool!r} do not validate: {reason}")
+
+
+class ToolInputError(ToolError):
+    """A function-calling function was given a value it cannot use; the message names it."""
 
 
 # --- batch jobs -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import enum
 import functools
 import json
 import re
-from typing import Optional
+from typing import Annotated, Optional
 
 import pydantic
 import pytest
@@ -13,8 +13,14 @@ from examples import get_current_temperature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from structgen.errors import ToolArgumentsError, ToolCallParseError, ToolDefinitionError
+from structgen.errors import (
+    ToolArgumentsError,
+    ToolCallParseError,
+    ToolDefinitionError,
+    ToolInputError,
+)
 from structgen.parsing import ToolCall, format_tool_call, parse_tool_calls
+from structgen.parsing.tool_calls import read_tool_calls
 from structgen.schema import schema_to_regex
 from structgen.schema.tools import Tool, as_tool, as_tools
 
@@ -472,6 +478,20 @@ GOOD = format_tool_call("get_stock_fundamentals", {"symbol": "TSLA"})
     ('<tool_call>{"name": "get_stock_fundamentals", "arguments": {}, "id": 1}</tool_call>',
      "unexpected: ['id']"),
     ('<tool_call>{"name": ["x"], "arguments": {}}</tool_call>', "name is not a string"),
+    ('<tool_call>{"name": "get_weather", "name": "get_stock_fundamentals", "arguments": '
+     '{"symbol": "TSLA"}}</tool_call>', "the key 'name' appears twice in one object: the call is ambiguous"),
+    ('<tool_call>{"name": "get_stock_fundamentals", "arguments": {}, "arguments": {"symbol": "TSLA"}}'
+     "</tool_call>", "the key 'arguments' appears twice in one object: the call is ambiguous"),
+    ('<tool_call>{"name": "get_stock_fundamentals", "arguments": {"symbol": "F", "symbol": "TSLA"}}'
+     "</tool_call>", "do not validate: the key 'symbol' appears twice in one object"),
+    ('<tool_call>{"name": "get_stock_fundamentals", "arguments": "{\\"symbol\\": \\"F\\", '
+     '\\"symbol\\": \\"TSLA\\"}"}</tool_call>', "do not validate: the key 'symbol' appears twice"),
+    ('<tool_call>{"name": "order_food", "arguments": {"cuisine": "thai", "address": {"street": "x", '
+     '"street": "y"}, "guests": 2}}</tool_call>', "do not validate: the key 'street' appears twice"),
+    ('<tool_call>{"name": "order_food", "arguments": {"cuisine": "thai", "address": {"street": "x"}, '
+     '"guests": 2, "budget": {"ann": 1e999}}}</tool_call>', "a number is not finite (at $.budget.ann)"),
+    ('<tool_call>{"name": "order_food", "arguments": {"cuisine": "thai", "address": {"street": "x"}, '
+     '"guests": 2, "budget": {"ann": "-inf"}}}</tool_call>', "budget.ann: Input should be a finite number"),
     ('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>',
      "unknown tool 'get_weather'; the tools are ['get_current_temperature', "
      "'get_stock_fundamentals', 'order_food']"),
@@ -541,8 +561,19 @@ def test_format_tool_call_is_the_canonical_name_first_block():
     assert format_tool_call(ToolCall("get_current_temperature", arguments)) == expected
     no_arguments = '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
     assert format_tool_call("get_time") == no_arguments
-    with pytest.raises(TypeError):
+    with pytest.raises(ToolInputError, match="only together with a tool name"):
         format_tool_call(ToolCall("get_time", {}), {})
+
+
+@pytest.mark.parametrize(("name", "arguments", "reason"), [
+    (7, {}, "tool name must be a str, not int"),
+    ("f", ["x"], "arguments must be a dict, not list"),
+    ("f", {"x": object()}, "cannot be written as JSON"),
+    ("f", {"x": float("inf")}, "cannot be written as JSON"),
+])
+def test_format_tool_call_refuses_what_is_no_call(name, arguments, reason):
+    with pytest.raises(ToolInputError, match=re.escape(reason)):
+        format_tool_call(name, arguments)
 
 
 # --- properties ----------------------------------------------------------------------------------
@@ -590,3 +621,180 @@ def test_text_around_a_block_is_ignored(before, after):
         return
     [call] = parse_tool_calls(text, TOOLS)
     assert call.arguments == {"symbol": "TSLA"}
+
+
+# --- refusals: repeated keys, non-finite numbers, stricter validators, wrong input ---------------
+
+JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5),
+                        st.floats(allow_nan=False, allow_infinity=False))
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=4)), max_leaves=20)
+ANY_OBJECT = as_tool({"name": "anything", "parameters": {"type": "object"}})
+
+
+def _objects(value, path=()):
+    """The paths of every object inside ``value``."""
+    if isinstance(value, dict):
+        yield path
+        for key, item in value.items():
+            yield from _objects(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _objects(item, path + (index,))
+
+
+def _dumps_with_repeat(value, target, path=()):
+    """``value`` as JSON text, the object at ``target`` with its first key written twice."""
+    if isinstance(value, dict):
+        items = [json.dumps(k) + ":" + _dumps_with_repeat(v, target, path + (k,)) for k, v in value.items()]
+        if path == target:
+            items.insert(0, json.dumps(next(iter(value))) + ":0")
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dumps_with_repeat(v, target, path + (i,)) for i, v in enumerate(value)) + "]"
+    return json.dumps(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=3), JSON_VALUES, min_size=1, max_size=4), st.data())
+def test_a_key_repeated_anywhere_in_the_arguments_refuses_the_call(arguments, data):
+    target = data.draw(st.sampled_from([p for p in _objects(arguments) if _at(arguments, p)]))
+    repeated = _dumps_with_repeat(arguments, target)
+    text = f'<tool_call>{{"name": "anything", "arguments": {repeated}}}</tool_call>'
+    with pytest.raises(ToolCallParseError, match="appears twice in one object"):
+        parse_tool_calls(text, [ANY_OBJECT])
+    [call] = read_tool_calls(text, [ANY_OBJECT])
+    assert call.parsed is None and "appears twice" in call.error.reason
+    plain = f'<tool_call>{{"name": "anything", "arguments": {json.dumps(arguments)}}}</tool_call>'
+    assert parse_tool_calls(plain, [ANY_OBJECT])[0].arguments == arguments
+
+
+def _at(value, path):
+    for step in path:
+        value = value[step]
+    return value
+
+
+def takes_a_float(x: float, xs: list[float] = []) -> float:
+    """A float parameter.
+
+    Args:
+        x: Any number.
+        xs: More numbers.
+    """
+    return x
+
+
+class Measured(pydantic.BaseModel):
+    x: float
+
+
+@settings(max_examples=200, deadline=None)
+@given(mantissa=st.integers(1, 9), exponent=st.integers(-400, 400), sign=st.sampled_from(["", "-"]),
+       tool=st.sampled_from([as_tool(takes_a_float), as_tool(Measured),
+                             as_tool({"name": "number", "parameters": {"type": "object"}})]))
+def test_numbers_too_large_for_a_float_are_refused_like_infinity(mantissa, exponent, sign, tool):
+    number = f"{sign}{mantissa}e{exponent}"
+    text = f'<tool_call>{{"name": "{tool.name}", "arguments": {{"x": {number}}}}}</tool_call>'
+    if abs(float(number)) == float("inf"):
+        with pytest.raises(ToolCallParseError, match=re.escape("a number is not finite (at $.x)")):
+            parse_tool_calls(text, [tool])
+    else:
+        [call] = parse_tool_calls(text, [tool])
+        assert call.arguments == {"x": float(number)}
+
+
+@pytest.mark.parametrize("arguments", [{"x": float("inf")}, {"x": 1.0, "xs": [2.0, float("nan")]},
+                                       {"x": "inf"}, {"x": 1.0, "xs": ["-Infinity"]}])
+def test_non_finite_floats_never_reach_a_function(arguments):
+    with pytest.raises(ToolArgumentsError, match="finite"):
+        as_tool(takes_a_float).validate_arguments(arguments)
+
+
+def test_arguments_that_hold_themselves_are_checked_once():
+    looped: dict = {"x": 1.0}
+    looped["xs"] = [looped]
+    with pytest.raises(ToolArgumentsError, match="xs.0"):
+        as_tool(takes_a_float).validate_arguments(looped)
+
+
+def _not_a_palindrome(word: str) -> str:
+    if word == word[::-1]:
+        raise ValueError("a palindrome")
+    return word
+
+
+class Unprintable(ValueError):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def _picky(word: str) -> str:
+    if word == "type":
+        raise TypeError("a validator bug")
+    if word == "unprintable":
+        raise Unprintable()
+    return word
+
+
+def stricter(word: Annotated[str, pydantic.AfterValidator(_not_a_palindrome)],
+             other: Annotated[str, pydantic.AfterValidator(_picky)] = "") -> str:
+    """A tool whose validators refuse what its schema (two strings) allows."""
+    return word
+
+
+STRICTER = as_tool(stricter)
+
+
+def test_a_validator_stricter_than_the_schema_refuses_only_its_call():
+    assert STRICTER.parameters["properties"]["word"] == {"type": "string"}
+    text = (format_tool_call("stricter", {"word": "level"}) + "\n"
+            + format_tool_call("get_stock_fundamentals", {"symbol": "TSLA"}))
+    refused, valid = read_tool_calls(text, [STRICTER, STOCK])
+    assert isinstance(refused.error, ToolArgumentsError) and refused.parsed is None
+    assert "word: Value error, a palindrome" in str(refused.error)
+    assert (valid.error, valid.parsed) == (None, {"symbol": "TSLA"})
+    with pytest.raises(ToolCallParseError) as caught:
+        parse_tool_calls(text, [STRICTER, STOCK])
+    assert [index for index, _, _ in caught.value.problems] == [0]
+
+
+@pytest.mark.parametrize(("other", "reason"), [
+    ("type", "the validator raised TypeError: a validator bug"),
+    ("unprintable", "the validator raised RuntimeError: no text"),
+])
+def test_a_validator_that_fails_another_way_is_a_refusal_too(other, reason):
+    with pytest.raises(ToolArgumentsError, match=re.escape(reason)):
+        STRICTER.validate_arguments({"word": "ab", "other": other})
+
+
+NOT_TEXT = st.one_of(st.none(), st.integers(), st.floats(), st.binary(), st.lists(st.text()),
+                     st.dictionaries(st.text(), st.text()), st.builds(bytearray, st.binary()))
+
+
+@settings(max_examples=100, deadline=None)
+@given(NOT_TEXT)
+def test_text_that_is_not_a_str_is_a_typed_error(text):
+    for parse in (parse_tool_calls, read_tool_calls):
+        with pytest.raises(ToolInputError, match=f"must be a str, not {type(text).__name__}"):
+            parse(text, TOOLS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(NOT_TEXT, st.dictionaries(st.text(max_size=8), st.one_of(
+    JSON_VALUES, st.just(float("inf")), st.just(float("nan")), st.builds(object)), max_size=6)))
+def test_validating_anything_raises_only_tool_arguments_error(arguments):
+    for tool in (WEATHER, FOOD, STRICTER, as_tool(SearchFlights), as_tool(BOOK), ANY_OBJECT):
+        try:
+            tool.validate_arguments(arguments)
+        except ToolArgumentsError as error:
+            assert error.tool == tool.name
+
+
+def _broken_annotation(x: "1 +") -> None:  # noqa: F722 - the point of the test
+    """Doc."""
+
+
+def test_a_signature_that_cannot_be_read_is_a_definition_error():
+    with pytest.raises(ToolDefinitionError, match="cannot read the signature: SyntaxError"):
+        as_tool(_broken_annotation)

@@ -6,6 +6,11 @@ with its index and raw text. JSON is read with ``json`` only; nothing is ever ev
 
 A block ends at the ``</tool_call>`` that follows its JSON value, not at the first one in the text,
 since a string argument may itself contain the tag and the constraint allows that.
+
+A repeated key, which ``json`` would resolve silently to its last value, is refused: next to
+``name`` or ``arguments`` it makes the block malformed (the call is ambiguous), inside the
+arguments the call is refused like arguments that do not validate. Numbers too large for a float
+(``1e999``, read as ``inf``) are refused by ``Tool.validate_arguments``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from structgen.errors import ToolArgumentsError, ToolCallParseError
+from structgen.errors import ToolArgumentsError, ToolCallParseError, ToolInputError
 from structgen.schema.tools import Tool, as_tools
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -40,12 +45,17 @@ class ToolCall:
     ``parsed`` is what ``Tool.validate_arguments`` made of the arguments (typed keyword arguments
     for a function, a model instance for a BaseModel tool, the dict for a dict tool). It is a plain
     field, filled by ``parse_tool_calls``; a ToolCall built by hand has None unless given one.
+
+    ``error`` is the ``ToolArgumentsError`` of a call its tool refused (``parsed`` is then None):
+    constrained arguments fit the schema, but a pydantic validator may be stricter. Only
+    ``read_tool_calls`` returns such calls, so that the rest of a turn can still run.
     """
 
     name: str
     arguments: dict
     id: str = field(default_factory=_new_id)
     parsed: Any = None
+    error: ToolArgumentsError | None = field(default=None, compare=False)
 
 
 def parse_tool_calls(text: str, tools: Any) -> list[ToolCall]:
@@ -54,29 +64,57 @@ def parse_tool_calls(text: str, tools: Any) -> list[ToolCall]:
 
     Raises ``ToolCallParseError`` listing (block index, reason, raw block) for each bad block.
     """
+    blocks = _read(text, tools)
+    problems = [(index, outcome if isinstance(outcome, str) else str(outcome.error), raw)
+                for index, raw, outcome in blocks
+                if isinstance(outcome, str) or outcome.error is not None]
+    if problems:
+        raise ToolCallParseError(problems)
+    return [outcome for _, _, outcome in blocks]
+
+
+def read_tool_calls(text: str, tools: Any) -> list[ToolCall]:
+    """Like ``parse_tool_calls``, but a call whose arguments its tool refuses comes back with
+    ``error`` set instead of failing the whole turn; malformed blocks still raise."""
+    blocks = _read(text, tools)
+    problems = [(index, outcome, raw) for index, raw, outcome in blocks if isinstance(outcome, str)]
+    if problems:
+        raise ToolCallParseError(problems)
+    return [outcome for _, _, outcome in blocks]
+
+
+def _read(text: str, tools: Any) -> list[tuple[int, str, ToolCall | str]]:
+    """(block index, raw block, its call or why it is malformed) for each block of ``text``."""
+    if not isinstance(text, str):
+        raise ToolInputError(f"the text to parse must be a str, not {type(text).__name__}")
     by_name = {tool.name: tool for tool in as_tools(tools)}
-    calls, problems = [], []
+    blocks = []
     for index, (raw, body, tag_problem) in enumerate(_blocks(text)):
         try:
             if tag_problem:
                 raise _Malformed(tag_problem)
-            calls.append(_call(body, by_name))
+            blocks.append((index, raw, _call(body, by_name)))
         except _Malformed as problem:
-            problems.append((index, str(problem), raw))
-    if problems:
-        raise ToolCallParseError(problems)
-    return calls
+            blocks.append((index, raw, str(problem)))
+    return blocks
 
 
 def format_tool_call(call_or_name: ToolCall | str, arguments: dict | None = None) -> str:
     """The canonical block, name first (the key order structgen's constraint emits)."""
     if isinstance(call_or_name, ToolCall):
         if arguments is not None:
-            raise TypeError("pass arguments only together with a tool name, not with a ToolCall")
+            raise ToolInputError("pass arguments only together with a tool name, not with a ToolCall")
         name, arguments = call_or_name.name, call_or_name.arguments
     else:
         name, arguments = call_or_name, {} if arguments is None else arguments
-    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    if not isinstance(name, str):
+        raise ToolInputError(f"the tool name must be a str, not {type(name).__name__}")
+    if not isinstance(arguments, dict):
+        raise ToolInputError(f"the arguments must be a dict, not {type(arguments).__name__}")
+    try:
+        payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ToolInputError(f"the arguments of {name!r} cannot be written as JSON: {error}") from None
     return f"{OPEN}\n{payload}\n{CLOSE}"
 
 
@@ -123,7 +161,7 @@ def _closing(text: str, body_start: int) -> tuple[int, int] | None:
 
 
 def _call(body: str, tools: dict[str, Tool]) -> ToolCall:
-    payload = _json(body, "not JSON")
+    payload, outer, inner = _json(body, "not JSON")
     if not isinstance(payload, dict):
         raise _Malformed(f"not a JSON object but {_json_type(payload)}")
     if set(payload) != _KEYS:
@@ -132,28 +170,58 @@ def _call(body: str, tools: dict[str, Tool]) -> ToolCall:
             f"keys missing: {missing}, unexpected: {extra} "
             '(a call is {"name": ..., "arguments": {...}})'
         )
+    if outer:
+        raise _Malformed(f"{outer[0]}: the call is ambiguous")
     name, arguments = payload["name"], payload["arguments"]
     if not isinstance(name, str):
         raise _Malformed(f"name is not a string but {_json_type(name)}")
     if name not in tools:
         raise _Malformed(f"unknown tool {name!r}; the tools are {sorted(tools)}")
     if isinstance(arguments, str):  # some models write the arguments object as a JSON string
-        arguments = _json(arguments, "arguments is a string but not JSON")
+        arguments, outer, inner = _json(arguments, "arguments is a string but not JSON")
+        inner = outer + inner
     if not isinstance(arguments, dict):
         raise _Malformed(f"arguments is not a JSON object but {_json_type(arguments)}")
     try:
+        if inner:
+            raise ToolArgumentsError(name, "; ".join(inner), arguments)
         parsed = tools[name].validate_arguments(arguments)
     except ToolArgumentsError as error:
-        raise _Malformed(str(error)) from None
+        return ToolCall(name=name, arguments=arguments, error=error)
     return ToolCall(name=name, arguments=arguments, parsed=parsed)
 
 
-def _json(text: str, reason: str) -> Any:
-    """``json.loads``, refusing NaN/Infinity (not JSON) and nesting too deep for the parser."""
+def _json(text: str, reason: str) -> tuple[Any, list[str], list[str]]:
+    """``json.loads``, refusing NaN/Infinity (not JSON) and nesting too deep for the parser.
+
+    Also returns the keys repeated in an object: in the outermost one, and in those below it.
+    """
+    repeated: list[tuple[int, str]] = []  # (which object, in the order their hooks run; problem)
+    objects = 0
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        nonlocal objects
+        value = dict(items)
+        if len(value) < len(items):
+            repeated.append((objects, f"the key {_repeated_key(items)!r} appears twice in one object"))
+        objects += 1
+        return value
+
     try:
-        return json.loads(text.strip(), parse_constant=_refuse_constant)
+        value = json.loads(text.strip(), object_pairs_hook=pairs, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
         raise _Malformed(f"{reason}: {error}") from None
+    outer = [problem for index, problem in repeated if index == objects - 1]  # its hook runs last
+    return value, outer, [problem for index, problem in repeated if index < objects - 1]
+
+
+def _repeated_key(items: list[tuple[str, Any]]) -> str:
+    seen = set()
+    for key, _ in items:
+        if key in seen:
+            return key
+        seen.add(key)
+    raise AssertionError("no key is repeated")
 
 
 def _refuse_constant(name: str):

@@ -12,13 +12,15 @@ Choices made for functions:
   description is then empty or absent): the schema alone is enough to call the tool;
 - ``parameters`` is closed (``additionalProperties: false``), so an argument the function does not
   take is refused by validation and never produced by the constraint;
-- arguments are validated by pydantic in its default (lax) mode, so ``"3"`` passes as an ``int``.
+- arguments are validated by pydantic in its default (lax) mode, so ``"3"`` passes as an ``int``;
+  numbers must be finite in every tool (JSON has no inf or nan; ``1e999`` would read as inf).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import typing
 from collections.abc import Callable, Iterable
@@ -84,12 +86,17 @@ class Tool:
         if not isinstance(arguments, dict):
             reason = f"arguments must be a JSON object, not {type(arguments).__name__}"
             raise ToolArgumentsError(self.name, reason, arguments)
+        where = _non_finite(arguments)
+        if where is not None:  # 1e999 in JSON text reads as inf, which JSON cannot hold
+            raise ToolArgumentsError(self.name, f"a number is not finite (at {where})", arguments)
         try:
             return self._validate(arguments)
         except pydantic.ValidationError as error:
             reason = "; ".join(_pydantic_problem(problem) for problem in error.errors())
         except jsonschema.ValidationError as error:
             reason = f"{error.message} (at {error.json_path})"
+        except Exception as error:  # a validator of the user's that fails another way refuses too
+            reason = f"the validator raised {describe_exception(error)}"
         raise ToolArgumentsError(self.name, reason, arguments)
 
 
@@ -182,15 +189,17 @@ def _tool_from_function(function: Callable) -> Tool:
     try:
         signature = inspect.signature(function)
         hints = typing.get_type_hints(function, include_extras=True)
-    except (TypeError, ValueError, NameError) as error:
-        raise ToolDefinitionError(f"cannot read the signature: {error}", tool=name) from None
+    except Exception as error:  # evaluating string annotations runs the user's code
+        reason = f"cannot read the signature: {describe_exception(error)}"
+        raise ToolDefinitionError(reason, tool=name) from None
     description, documented = _docstring(function)
     fields = {
         f"p{position}": _field(name, parameter, hints, documented.get(parameter.name))
         for position, parameter in enumerate(signature.parameters.values())
     }
     model = pydantic.create_model(
-        f"{name}_arguments", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+        f"{name}_arguments", __config__=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False),
+        **fields
     )
     schema = model.model_json_schema(schema_generator=_WithoutFieldTitles)
     parameters = {
@@ -336,6 +345,35 @@ def _jsonschema_validator(parameters: dict) -> Callable[[dict], dict]:
         return arguments
 
     return validate
+
+
+def _non_finite(arguments: dict) -> str | None:
+    """The JSON path of the first float in ``arguments`` that is inf or nan, or None (each
+    container is looked at once: arguments built by hand may hold themselves)."""
+    stack: list[tuple[str, Any]] = [("$", arguments)]
+    seen: set[int] = set()
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item) for key, item in reversed(value.items()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{index}]", item) for index, item in reversed(list(enumerate(value))))
+    return None
+
+
+def describe_exception(error: BaseException) -> str:
+    """``Type: message`` of an exception, also when its ``__str__`` fails (it is user code)."""
+    try:
+        message = str(error)
+    except Exception as failure:
+        message = f"<no message: its __str__ raised {type(failure).__name__}>"
+    return f"{type(error).__name__}: {message}"
 
 
 def _pydantic_problem(problem: dict) -> str:
