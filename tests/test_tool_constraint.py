@@ -108,3 +108,50 @@ def test_a_single_special_token_tag_is_used(smollm2_tokenizer):
     for token in ids:
         assert matcher.advance(token)
     assert matcher.is_accepting()
+
+
+ANSWER_ALPHABET = "<tool_cal>/respn x\n"
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.text(alphabet=ANSWER_ALPHABET, max_size=40))
+def test_a_text_turn_is_exactly_the_text_without_either_tag(text):
+    matches = re.fullmatch(text_without("<tool_call>", "<tool_response>"), text) is not None
+    assert matches == (bool(text) and "<tool_call>" not in text and "<tool_response>" not in text)
+
+
+@pytest.mark.parametrize("choice", ["auto", "none"])
+def test_an_assistant_text_turn_never_writes_a_tool_response(choice):
+    regex = tool_turn_regex(TOOLS, tool_choice=choice)
+    echo = '<tool_response>\n{"name": "get_current_temperature", "content": 22.0}\n</tool_response>'
+    assert re.fullmatch(regex, "It is 22 degrees.")
+    assert not re.fullmatch(regex, echo)
+    assert not re.fullmatch(regex, "Result: " + echo)
+    assert re.fullmatch(regex, "a <tool_respond> or <tool_> is text")
+
+
+def test_a_single_special_token_tool_response_is_never_allowed_in_text(smollm2_tokenizer):
+    """Hermes tokenizers have <tool_response> as one token: the text turn must mask it too."""
+    import copy
+
+    from structgen.constraint.vocabulary import TokenizerInfo
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<tool_response>"]})
+    info = TokenizerInfo.from_huggingface(tokenizer)
+    response_id = tokenizer.convert_tokens_to_ids("<tool_response>")
+    constraint = structgen.compile_constraint(
+        structgen.Regex(tool_turn_regex(TOOLS, tool_choice="none")), info)
+    matcher = constraint.matcher()
+    assert response_id not in matcher.allowed_token_ids()
+    for token in tokenizer("The answer: <tool_resp", add_special_tokens=False)["input_ids"]:
+        assert matcher.advance(token)
+        assert response_id not in matcher.allowed_token_ids()
+    finishing_the_tag = tokenizer("onse>", add_special_tokens=False)["input_ids"]
+    assert not all(matcher.advance(token) for token in finishing_the_tag)
+
+
+@pytest.mark.parametrize("max_calls", ["2", 1.5, True])
+def test_max_calls_of_the_wrong_type_is_a_typed_error(max_calls):
+    with pytest.raises(structgen.ToolDefinitionError, match="max_calls must be an int"):
+        tool_turn_regex(TOOLS, tool_choice="required", max_calls=max_calls)

@@ -12,6 +12,10 @@ the model commits to a tool before writing its arguments (the parser accepts bot
 
 The tags are matched as text, so a tokenizer that has ``<tool_call>`` as one token (Hermes) and
 one that spells it in several (SmolLM2) are both served by the same regex.
+
+A text turn never contains ``<tool_call>`` (it would be a call) nor ``<tool_response>``: results
+come from the tools, never from the assistant, and a model echoing that block as its answer
+would be mistaken for one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from structgen.schema import WHITESPACE, schema_to_regex
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
+RESPONSE_TAG = "<tool_response>"
 TOOL_CHOICES = ("auto", "required", "none")
 
 
@@ -35,10 +40,12 @@ def tool_turn_regex(tools, *, tool_choice: str = "auto", max_calls: int | None =
     (text only), or a tool name (calls of exactly that tool). ``max_calls`` bounds the number of
     blocks (None: unbounded, the token budget still closes the last one).
     """
+    if max_calls is not None and (not isinstance(max_calls, int) or isinstance(max_calls, bool)):
+        raise ToolDefinitionError(f"max_calls must be an int or None, not {max_calls!r}")
     if max_calls is not None and max_calls < 1:
         raise ToolDefinitionError(f"max_calls must be at least 1, not {max_calls}")
     if tool_choice == "none":
-        return text_without(OPEN_TAG)
+        return text_without(OPEN_TAG, RESPONSE_TAG)
     if tool_choice in ("auto", "required"):
         chosen = list(tools)
     else:
@@ -50,7 +57,7 @@ def tool_turn_regex(tools, *, tool_choice: str = "auto", max_calls: int | None =
                 f"not {tool_choice!r}")
     calls = _calls(chosen, max_calls, whitespace)
     if tool_choice == "auto":
-        return f"(?:{calls})|(?:{text_without(OPEN_TAG)})"
+        return f"(?:{calls})|(?:{text_without(OPEN_TAG, RESPONSE_TAG)})"
     return calls
 
 
@@ -69,20 +76,28 @@ def _call(tool, ws: str, whitespace: str) -> str:
     return (rf'\{{{ws}"name"{ws}:{ws}{name}{ws},{ws}"arguments"{ws}:{ws}(?:{arguments}){ws}\}}')
 
 
-def text_without(word: str) -> str:
-    """Regex of non-empty text that never contains ``word`` (whose first char does not recur in it).
+def text_without(*words: str) -> str:
+    """Regex of non-empty text that contains none of ``words``, whose first characters occur in
+    no word but as its first character (``<`` in the tags).
 
-    Units of text are: a char other than ``word[0]``; or ``word[0]`` plus a proper prefix of the
-    rest plus a char that breaks the match and is not ``word[0]`` either. A bare prefix (``<too``)
-    may only stand right before another unit starting with ``word[0]``, or at the very end.
+    Units of text are: a char that starts no word; or a proper prefix of a word plus a char that
+    continues no word from there and starts none either. A bare prefix (``<too``) may only stand
+    right before another unit starting a word, or at the very end.
     """
-    first, rest = word[0], word[1:]
-    if first in rest:
-        raise ValueError(f"{word!r}: its first character recurs in it")
-    bare = "|".join(re.escape(first + rest[:k]) for k in range(len(rest)))
+    firsts = {word[0] for word in words}
+    if any(char in firsts for word in words for char in word[1:]):
+        raise ValueError(f"{words!r}: a first character recurs inside a word")
+    prefixes = sorted({word[:k] for word in words for k in range(1, len(word))} - set(words))
+    starts = "".join(map(re.escape, sorted(firsts)))
+    bare = "|".join(map(re.escape, prefixes))
     broken = "|".join(
-        re.escape(first + rest[:k]) + f"[^{re.escape(first)}{re.escape(rest[k])}]"
-        for k in range(len(rest))
+        re.escape(prefix) + f"[^{starts}{_continuations(prefix, words)}]" for prefix in prefixes
     )
-    unit = f"[^{re.escape(first)}]|(?:{bare})*(?:{broken})"
+    unit = f"[^{starts}]|(?:{bare})*(?:{broken})"
     return f"(?:(?:{unit})+(?:{bare})*|(?:{bare})+)"
+
+
+def _continuations(prefix: str, words: tuple[str, ...]) -> str:
+    """The characters that extend ``prefix`` towards one of ``words``, escaped for a class."""
+    following = {word[len(prefix)] for word in words if len(word) > len(prefix) and word.startswith(prefix)}
+    return "".join(map(re.escape, sorted(following)))
