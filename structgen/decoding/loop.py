@@ -12,6 +12,8 @@ from ``seed`` drives a whole call, so a seeded call is reproducible.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -129,13 +131,22 @@ def decode_rows(model, rows: list[Row], sampling: Sampling,
 def _forward(hf_model, input_ids, attention, positions, cache):
     """Logits of the last position only (``logits_to_keep``: a prefill of 16 x 300 tokens would
     otherwise materialise 16 x 300 x vocab floats) and the updated cache."""
+    name = _cache_argument(type(hf_model))
     inputs = dict(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                  past_key_values=cache, use_cache=True)
+                  use_cache=True, **{name: cache})
     try:
         output = hf_model(**inputs, logits_to_keep=1)
     except TypeError:  # an architecture whose forward has no logits_to_keep
         output = hf_model(**inputs)
-    return output.logits[:, -1, :].float(), output.past_key_values
+    return output.logits[:, -1, :].float(), output[name]
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """The KV cache's name in ``forward``: ``cache`` since transformers 5.2x, which warns on the
+    older ``past_key_values`` (argument and output) that earlier releases need."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling, generator) -> torch.Tensor:
