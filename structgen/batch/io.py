@@ -138,11 +138,12 @@ class OutputFile:
         except OSError as error:
             raise BatchInputError(f"cannot read output file {str(path)!r}: {error.strerror}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BatchLockedError(str(path), _read_holder(path)) from None
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             content = _read_all(fd)
+        except BlockingIOError:
+            raise BatchLockedError(str(path), _read_holder(path)) from None
+        except OSError as error:
+            raise BatchInputError(f"cannot read output file {str(path)!r}: {error.strerror}") from None
         finally:
             os.close(fd)
         return cls(path, None, _parse_records(path, content[:content.rfind(b"\n") + 1]))
