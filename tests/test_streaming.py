@@ -8,7 +8,9 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Annotated
 
+import pydantic
 import pytest
 from examples import Character, get_current_temperature, get_stock_fundamentals
 from hypothesis import HealthCheck, given, settings
@@ -172,3 +174,29 @@ def test_exiting_while_streams_decode_ends_cleanly():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "terminate called" not in result.stderr
     assert (result.returncode, result.stdout) == (0, "done\n"), result.stderr[-2000:]
+
+
+def _positive(symbol: str) -> str:
+    if not symbol.isupper():
+        raise ValueError("a ticker is upper case")
+    return symbol
+
+
+def get_ticker(symbol: Annotated[str, pydantic.AfterValidator(_positive)]) -> str:
+    """A tool whose validator is stricter than its schema.
+
+    Args:
+        symbol: The ticker.
+    """
+    return symbol
+
+
+def test_a_call_its_tool_refuses_finishes_with_its_error_and_the_turn_goes_on():
+    text = ('<tool_call>\n{"name": "get_ticker", "arguments": {"symbol": "tsla"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "get_ticker", "arguments": {"symbol": "TSLA"}}\n</tool_call>')
+    parser = ToolTurnEvents(as_tools([get_ticker]))
+    events = parser.feed(text) + parser.end("eos")
+    refused, valid = [e.call for e in events if isinstance(e, ToolCallFinished)]
+    assert "a ticker is upper case" in str(refused.error) and refused.parsed is None
+    assert (valid.error, valid.parsed) == (None, {"symbol": "TSLA"})
+    assert (events[-1].calls, events[-1].rejected) == ([valid], [refused])

@@ -17,10 +17,11 @@ import atexit
 import codecs
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
 from structgen.backends.transformers import Model
+from structgen.constraint.tool_calls import CLOSE_TAG, OPEN_TAG
 from structgen.decoding.generate import (
     DEFAULT_MAX_TOKENS,
     constraint_for,
@@ -30,7 +31,9 @@ from structgen.decoding.generate import (
     resolve_model,
 )
 from structgen.decoding.loop import Sampling, decode_rows
+from structgen.decoding.tools import tool_turn
 from structgen.parsing.partial_json import IncrementalJSONParser
+from structgen.parsing.tool_calls import read_tool_calls
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,8 @@ class ArgumentsDelta:
 
 @dataclass(frozen=True)
 class ToolCallFinished:
-    """Call ``index`` is complete: its validated ``ToolCall``."""
+    """Call ``index`` is complete: its validated ``ToolCall`` (``call.error`` set if its tool
+    refused the arguments)."""
 
     index: int
     call: Any
@@ -269,11 +273,13 @@ class ToolCallFinished:
 
 @dataclass(frozen=True)
 class TurnEnded:
-    """The assistant turn is over: its whole text, its calls, and why it stopped."""
+    """The assistant turn is over: its whole text, its valid calls, why it stopped, and the calls
+    a tool refused (as ``ToolTurn.rejected``)."""
 
     text: str
     calls: list
     stop_reason: str
+    rejected: list = field(default_factory=list)
 
 
 class ToolTurnEvents:
@@ -285,8 +291,6 @@ class ToolTurnEvents:
     """
 
     def __init__(self, tools):
-        from structgen.constraint.tool_calls import CLOSE_TAG, OPEN_TAG
-
         self.tools = tools
         self.open_tag, self.close_tag = OPEN_TAG, CLOSE_TAG
         self.text = ""
@@ -313,7 +317,9 @@ class ToolTurnEvents:
 
     def end(self, stop_reason: str) -> list:
         events = [TextDelta(self.text)] if self.mode is None and self.text else []
-        return events + [TurnEnded(self.text, list(self.calls), stop_reason)]
+        calls = [call for call in self.calls if call.error is None]
+        rejected = [call for call in self.calls if call.error is not None]
+        return events + [TurnEnded(self.text, calls, stop_reason, rejected)]
 
     def _calls(self) -> list:
         events: list = []
@@ -364,9 +370,7 @@ class ToolTurnEvents:
         return events
 
     def _finished(self) -> ToolCallFinished:
-        from structgen.parsing.tool_calls import parse_tool_calls
-
-        (call,) = parse_tool_calls(f"{self.open_tag}\n{self.block_text}\n{self.close_tag}", self.tools)
+        (call,) = read_tool_calls(f"{self.open_tag}\n{self.block_text}\n{self.close_tag}", self.tools)
         self.calls.append(call)
         return ToolCallFinished(self.index, call)
 
@@ -378,8 +382,6 @@ def stream_tools(tools, prompt, *, model: Model | str | None = None, tool_choice
                  _stop: threading.Event | None = None) -> Iterator[Any]:
     """Yield ``TextDelta``, ``ToolCallStarted``, ``ArgumentsDelta``, ``ToolCallFinished`` and, last,
     ``TurnEnded`` events for one constrained assistant turn (arguments as in ``call_tools``)."""
-    from structgen.decoding.tools import tool_turn
-
     model = resolve_model(model)
     tool_list, constraint, messages = tool_turn(tools, prompt, model, tool_choice=tool_choice,
                                                 max_calls=max_calls, parallel=parallel,

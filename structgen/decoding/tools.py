@@ -5,6 +5,11 @@ tool-turn constraint (text, or <tool_call> blocks whose JSON names a real tool a
 arguments valid for that tool), and parses the calls. run_tools executes them — arguments are
 validated with pydantic before any function runs — feeds each result back as a <tool_response>,
 and repeats until the model answers in text or the iterations run out.
+
+The constraint guarantees the schema, not a validator stricter than it: a call its tool refuses
+is answered with the error while the turn's other calls run. A call repeated within a run is
+answered from its first result instead of running again, and a turn that only repeats calls
+ends the tool phase (the model is going round in circles): the next turn is the text answer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,15 +26,19 @@ from structgen.backends.transformers import Model
 from structgen.constraint.compiler import default_compiler
 from structgen.constraint.tool_calls import tool_turn_regex
 from structgen.decoding.generate import DEFAULT_MAX_TOKENS, decode, resolve_model
-from structgen.errors import ToolArgumentsError, ToolDefinitionError
-from structgen.parsing.tool_calls import ToolCall, parse_tool_calls
+from structgen.errors import ToolArgumentsError, ToolDefinitionError, ToolInputError
+from structgen.parsing.tool_calls import ToolCall, read_tool_calls
 from structgen.prompts.hermes import as_messages, tool_messages
-from structgen.schema.tools import Tool, as_tools
+from structgen.schema.tools import Tool, as_tools, describe_exception
 
 
 @dataclass
 class ToolTurn:
-    """One assistant turn: its exact text and the calls parsed from it (empty for a text answer)."""
+    """One assistant turn: its exact text and the calls parsed from it (empty for a text answer).
+
+    ``rejected`` holds the calls whose arguments fit the schema but that the tool refused (a
+    stricter pydantic validator): each has ``error`` set; ``calls`` holds the valid ones.
+    """
 
     text: str
     calls: list[ToolCall]
@@ -37,6 +47,7 @@ class ToolTurn:
     stop_reason: str
     seconds: float
     compile_seconds: float
+    rejected: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -54,7 +65,17 @@ def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
                             parallel: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS,
                             temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
                             seed: int | None = None, whitespace: str = "compact") -> ToolTurn:
-    """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings)."""
+    """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings), and
+    the calls a tool refused in ``rejected`` instead of raising."""
+    turn, _ = _decode_turn(tools, prompt, model=model, tool_choice=tool_choice, max_calls=max_calls,
+                           parallel=parallel, max_tokens=max_tokens, temperature=temperature,
+                           top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)
+    return turn
+
+
+def _decode_turn(tools, prompt, *, model, tool_choice, max_calls, parallel, max_tokens, temperature,
+                 top_p, top_k, seed, whitespace) -> tuple[ToolTurn, list[ToolCall]]:
+    """The turn, and all its calls in the order written (refused ones included)."""
     model = resolve_model(model)
     compile_started = time.perf_counter()
     tool_list, constraint, messages = tool_turn(tools, prompt, model, tool_choice=tool_choice,
@@ -63,10 +84,13 @@ def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
     compile_seconds = time.perf_counter() - compile_started
     decoded = decode(model, constraint, messages, max_tokens=max_tokens, temperature=temperature,
                      top_p=top_p, top_k=top_k, seed=seed)
-    calls = parse_tool_calls(decoded.text, tool_list)
-    return ToolTurn(text=decoded.text, calls=calls, prompt_tokens=decoded.prompt_tokens,
-                    completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
-                    seconds=decoded.seconds, compile_seconds=compile_seconds)
+    calls = read_tool_calls(decoded.text, tool_list)
+    turn = ToolTurn(text=decoded.text, calls=[c for c in calls if c.error is None],
+                    prompt_tokens=decoded.prompt_tokens, completion_tokens=decoded.completion_tokens,
+                    stop_reason=decoded.stop_reason, seconds=decoded.seconds,
+                    compile_seconds=compile_seconds,
+                    rejected=[c for c in calls if c.error is not None])
+    return turn, calls
 
 
 def tool_turn(tools, prompt, model: Model, *, tool_choice: str, max_calls: int | None,
@@ -90,12 +114,17 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
     ``tools``: Python functions, pydantic models or OpenAI-style tool dicts. ``tool_choice``:
     "auto" (text or calls), "required" (at least one call), "none" (text only) or a tool name.
     ``max_calls`` bounds the calls in the turn; ``parallel=False`` means at most one. Every call
-    names a real tool and its arguments validate against that tool's parameters.
+    names a real tool and its arguments validate against that tool's parameters; a call that a
+    validator stricter than the schema refuses raises its ``ToolArgumentsError``
+    (``call_tools_with_details`` returns the turn with it in ``rejected`` instead).
     """
-    return call_tools_with_details(
+    turn = call_tools_with_details(
         tools, prompt, model=model, tool_choice=tool_choice, max_calls=max_calls, parallel=parallel,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-        whitespace=whitespace).calls
+        whitespace=whitespace)
+    if turn.rejected:
+        raise turn.rejected[0].error
+    return turn.calls
 
 
 def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations: int = 5,
@@ -107,10 +136,14 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
 
     Up to ``max_iterations`` turns may call tools (under ``tool_choice``: "auto", "required" or a
     tool name); each call's arguments are validated before the function runs (sync or async), and
-    its result — or its exception, as an error — goes back to the model as a ``<tool_response>``.
-    If the model is still calling tools after that many turns, one last turn is decoded with
-    ``tool_choice="none"`` so the run always ends in text.
+    its result — or its exception, or the validator's refusal, as an error — goes back to the
+    model as a ``<tool_response>``. A call equal to one already answered in this run (same tool,
+    same arguments) is answered with that result and not run again. When the iterations are
+    spent, or a turn only repeated calls, one last turn is decoded with ``tool_choice="none"``,
+    so the run always ends in text (which never holds a ``<tool_call>`` or ``<tool_response>``).
     """
+    if not isinstance(max_iterations, int) or isinstance(max_iterations, bool) or max_iterations < 0:
+        raise ToolInputError(f"max_iterations must be an int of at least 0, not {max_iterations!r}")
     model = resolve_model(model)
     tool_list = as_tools(tools)
     by_name = {tool.name: tool for tool in tool_list}
@@ -121,26 +154,35 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
     run = ToolRun(answer="", messages=messages)
     options = dict(model=model, max_calls=max_calls, parallel=parallel, max_tokens=max_tokens,
                    temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)
+    answered: dict[str, Any] = {}  # each distinct call of this run -> its response
+    only_repeats = False
     while True:
-        last_turn = run.iterations >= max_iterations
-        turn = call_tools_with_details(tool_list, messages,
-                                       tool_choice="none" if last_turn else tool_choice, **options)
+        last_turn = run.iterations >= max_iterations or only_repeats
+        turn, calls = _decode_turn(tool_list, messages,
+                                   tool_choice="none" if last_turn else tool_choice, **options)
         run.iterations += 1
-        if not turn.calls:
+        if not calls:
             run.answer = turn.text
             messages.append({"role": "assistant", "content": turn.text})
             return run
         messages.append({"role": "assistant", "content": "", "tool_calls": [
             {"id": call.id, "type": "function",
-             "function": {"name": call.name, "arguments": call.arguments}} for call in turn.calls]})
-        for call in turn.calls:
+             "function": {"name": call.name, "arguments": call.arguments}} for call in calls]})
+        only_repeats = True
+        for call in calls:
             run.calls.append(call)
+            key = json.dumps([call.name, call.arguments], sort_keys=True)
+            if key not in answered:
+                answered[key] = execute(by_name[call.name], call)
+                only_repeats = False
             messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
-                             "content": execute(by_name[call.name], call)})
+                             "content": answered[key]})
 
 
 def execute(tool: Tool, call: ToolCall) -> Any:
-    """Run one validated call; an exception becomes ``{"error": ...}`` for the model to read."""
+    """Run one call; a refusal or an exception becomes ``{"error": ...}`` for the model to read."""
+    if call.error is not None:
+        return {"error": str(call.error)}
     try:
         kwargs = tool.validate_arguments(call.arguments)
         result = tool.function(**kwargs)
@@ -150,7 +192,7 @@ def execute(tool: Tool, call: ToolCall) -> Any:
     except ToolArgumentsError as error:
         return {"error": str(error)}
     except Exception as error:  # a tool's own failure is the model's to handle, not a crash
-        return {"error": f"{type(error).__name__}: {error}"}
+        return {"error": describe_exception(error)}
 
 
 def _await(awaitable):
