@@ -256,3 +256,14 @@ def test_random_weights_with_a_refusing_validator_still_finish_the_run(tiny_mode
             refused += call.error is not None
         assert "<tool_response>" not in run.answer and "<tool_call>" not in run.answer
     assert refused  # the seeds were chosen so that the validator refuses some call
+
+
+def test_call_tools_raises_the_refusal_and_the_details_keep_both(monkeypatch, tiny_model):
+    text = _block("set_thermostat", {"celsius": -5}) + "\n" + _block("set_thermostat", {"celsius": 21})
+    monkeypatch.setattr(tools_module, "decode", lambda *args, **kw: Decoded(
+        text=text, prompt_tokens=1, completion_tokens=1, stop_reason="eos", seconds=0.0))
+    with pytest.raises(structgen.ToolArgumentsError, match="only 5 to 30 degrees"):
+        structgen.call_tools([set_thermostat], "Warm it.", model=tiny_model)
+    turn = structgen.call_tools_with_details([set_thermostat], "Warm it.", model=tiny_model)
+    assert [c.arguments for c in turn.calls] == [{"celsius": 21}]
+    assert [c.arguments for c in turn.rejected] == [{"celsius": -5}]
