@@ -101,7 +101,8 @@ def _generate(args) -> int:
 
 
 def _batch(args) -> int:
-    from structgen.batch.job import BatchJob, run_job
+    from structgen.batch.job import BatchJob
+    from structgen.batch.runner import run_job
 
     job = BatchJob(schema=args.schema, prompt_field=None if args.prompt_template else args.prompt_field,
                    prompt_template=args.prompt_template, id_field=args.id_field, model=args.model,
@@ -121,7 +122,8 @@ def _dry_run(job, args) -> tuple[str, int]:
     """What a run would do, and the exit status it would end with at best: the schema compiles
     to a regex, and which rows would run, fail, or stand as they are."""
     from structgen.batch.io import OutputFile, read_rows
-    from structgen.batch.job import check_distinct, plan
+    from structgen.batch.job import plan
+    from structgen.batch.runner import check_distinct
     from structgen.schema import schema_to_regex
     from structgen.types import as_output_type
 

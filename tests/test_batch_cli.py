@@ -366,17 +366,20 @@ def test_records_of_an_older_structgen_are_reused_and_said_so(tiny_model_dir, fi
     """Records without a fingerprint cannot be checked: reused by id, counted, --rerun-changed runs them."""
     folder, schema = files
     source, target = folder / "in.jsonl", folder / "out.jsonl"
-    write_rows(source, 2)
+    write_rows(source, 2, ('{"no": "id"}',))
     old = [{"id": "r0", "line": 1, "ok": True, "result": {"name": "x", "age": 1}, "tokens": 5},
            {"id": "r1", "line": 2, "ok": True, "result": {"name": "y", "age": 2}, "tokens": 5},
-           {"id": "r1", "line": 2, "ok": True, "result": {"name": "y", "age": 2}, "tokens": 5}]
+           {"id": "r1", "line": 2, "ok": True, "result": {"name": "y", "age": 2}, "tokens": 5},
+           {"id": "line-3", "line": 3, "ok": False, "error": {"type": "BatchInputError", "message": "x"}}]
     target.write_text("".join(json.dumps(r) + "\n" for r in old))
-    assert run_cli(tiny_model_dir, schema, source, target) == 0
+    assert run_cli(tiny_model_dir, schema, source, target) == 1
     err = capsys.readouterr().err
     assert "without a fingerprint (older structgen): 2" in err and "removed from the output: 1" in err
-    assert records(target) == old[:2]
-    assert run_cli(tiny_model_dir, schema, source, target, "--rerun-changed") == 0
-    assert [(r["id"], "sha256" in r) for r in records(target)] == [("r0", True), ("r1", True)]
+    out = records(target)
+    assert out[:2] == old[:2] and len(out) == 3  # the old id of the malformed line is gone
+    assert (out[2]["id"], out[2]["line"], out[2]["ok"]) == (None, 3, False)
+    assert run_cli(tiny_model_dir, schema, source, target, "--rerun-changed") == 1
+    assert [(r["id"], "sha256" in r) for r in records(target)] == [(None, True), ("r0", True), ("r1", True)]
 
 
 @pytest.mark.parametrize(("template", "message"), [

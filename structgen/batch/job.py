@@ -3,15 +3,14 @@
 Data path: input JSONL -> rows (line number, fingerprint, id, prompt, or a row error) -> a plan
 against the locked output (what is done, what failed, what changed) -> batches ->
 ``generate_batch_with_details`` -> one record per row -> append-only output JSONL. The same
-``process_batch`` runs locally and inside each Ray worker, so both engines write identical records.
-The model loads only when some row has to be decoded.
+``process_batch`` runs locally and inside each Ray worker, so both engines write identical records;
+``structgen.batch.runner`` drives a whole run.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import string
 import sys
 import time
@@ -19,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from structgen.batch.io import InputRow, OutputFile, read_rows
+import structgen
+from structgen.batch.io import InputRow, OutputFile
 from structgen.errors import BatchInputError, StructgenError
 
 
@@ -143,7 +143,7 @@ class Plan:
     changed: int = 0  # rows whose ok record was for other content: now error records
     unchecked: int = 0  # rows reused on records without a fingerprint (older structgen)
     duplicates: int = 0  # second records of one row (older structgen), removed
-    stale: int = 0  # records for rows that are no longer in the input, kept
+    stale: int = 0  # ok records of rows that are no longer in the input, kept
 
 
 def plan(job: BatchJob, rows: list[InputRow], output: OutputFile, *, retry_failed: bool = False,
@@ -153,8 +153,8 @@ def plan(job: BatchJob, rows: list[InputRow], output: OutputFile, *, retry_faile
     A record stands only for the content it was written for (same sha256): a failed record is
     kept unless ``retry_failed``; an ok record for other content is dropped and the row becomes
     an error record, or runs again with ``rerun_changed``. A record without a fingerprint is
-    trusted by id unless ``rerun_changed``. Records of rows without an id that no input line
-    claims any more are dropped (they are always failures); other unclaimed records are kept.
+    trusted by id unless ``rerun_changed``. Of the records no input line claims any more, the
+    results are kept and the failures dropped (they say nothing about the input as it is).
     """
     work = Plan(rows=len(rows), drop=set(output.duplicates), duplicates=len(output.duplicates))
     owners: dict[str, int] = {}
@@ -182,10 +182,10 @@ def plan(job: BatchJob, rows: list[InputRow], output: OutputFile, *, retry_faile
         work.pending.append(pending)
     for position, record in enumerate(output.records):
         if position not in claimed and position not in work.drop:
-            if record["id"] is None:
-                work.drop.add(position)
-            else:
+            if record["ok"]:
                 work.stale += 1
+            else:
+                work.drop.add(position)
     return work
 
 
@@ -217,8 +217,6 @@ def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> 
     """Decode the runnable rows of one batch; one record per row, in the rows' order."""
     from pydantic_core import to_jsonable_python
 
-    import structgen
-
     runnable = [row for row in rows if row.error is None]
     started = time.perf_counter()
     results = structgen.generate_batch_with_details(
@@ -237,121 +235,3 @@ def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> 
                             "tokens": result.completion_tokens, "stop": result.stop_reason,
                             "batch_seconds": round(seconds, 3)})
     return records
-
-
-@dataclass
-class Summary:
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0  # rows already done (ok) in the output
-    kept_failed: int = 0  # rows whose failure from an earlier run stands
-    changed: int = 0
-    unchecked: int = 0
-    duplicates: int = 0
-    stale: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, work: Plan) -> Summary:
-        return cls(skipped=work.done, kept_failed=work.kept_failed, changed=work.changed,
-                   unchecked=work.unchecked, duplicates=work.duplicates, stale=work.stale)
-
-    @property
-    def exit_status(self) -> int:
-        """0 every input row has an ok record, 1 some row's record is a failure."""
-        return 1 if self.failed or self.kept_failed else 0
-
-    def add(self, records: list[dict]) -> None:
-        for record in records:
-            if record["ok"]:
-                self.ok += 1
-                self.tokens += record["tokens"]
-            else:
-                self.failed += 1
-                kind = record["error"]["type"]
-                self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def render(self) -> str:
-        rows = self.ok + self.failed
-        rate = rows / self.seconds if self.seconds else 0.0
-        lines = [f"rows ok: {self.ok}, failed: {self.failed}, skipped (already done): {self.skipped}, "
-                 f"failed in earlier runs and kept: {self.kept_failed}"
-                 + (" (--retry-failed runs them again)" if self.kept_failed else "")]
-        if self.changed:
-            lines.append(f"rows changed since their result was written: {self.changed} "
-                         "(recorded as failed; --retry-failed runs them)")
-        if self.unchecked:
-            lines.append(f"rows reused on records without a fingerprint (older structgen): "
-                         f"{self.unchecked} (--rerun-changed runs them again)")
-        if self.duplicates:
-            lines.append(f"second records of one row removed from the output: {self.duplicates}")
-        if self.stale:
-            lines.append(f"records for rows no longer in the input (kept): {self.stale}")
-        lines.append(f"time: {self.seconds:.1f} s, {rate:.2f} rows/s, "
-                     f"{self.tokens / self.seconds if self.seconds else 0:.1f} tokens/s")
-        if self.errors:
-            lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())))
-        return "\n".join(lines)
-
-
-def run_job(job: BatchJob, input_path: str, output_path: str, *, engine: str = "local",
-            address: str | None = None, workers: int = 2, progress: bool = True,
-            retry_failed: bool = False, rerun_changed: bool = False) -> Summary:
-    """Run (or resume) ``job`` from ``input_path`` into ``output_path``, holding the output's lock
-    throughout; returns the summary. Everything that can stop the job is checked before the
-    model loads, and the model loads only if some row needs decoding."""
-    job.check()
-    if engine not in ("local", "ray"):
-        raise BatchInputError(f"--engine must be 'local' or 'ray', not {engine!r}")
-    output_type = job.output_type()
-    rows = list(read_rows(input_path))
-    check_distinct(input_path, output_path)
-    with OutputFile.open_locked(output_path) as output:
-        work = plan(job, rows, output, retry_failed=retry_failed, rerun_changed=rerun_changed)
-        output.rewrite(work.drop)
-        summary = Summary.of(work)
-        bar = _progress(len(work.pending), progress)
-        started = time.perf_counter()
-
-        def written(records: list[dict]) -> None:
-            output.append(records)
-            summary.add(records)
-            elapsed = time.perf_counter() - started
-            bar.update(len(records))
-            bar.set_postfix_str(f"{summary.tokens / elapsed:.1f} tok/s, {summary.failed} failed")
-
-        if all(row.error is not None for row in work.pending):
-            written([error_record(row, row.error) for row in work.pending])
-        elif engine == "local":
-            _run_local(job, output_type, work.pending, written)
-        else:
-            from structgen.batch.ray_engine import run_on_ray
-
-            run_on_ray(job, work.pending, written, address=address, workers=workers)
-        bar.close()
-        summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def check_distinct(input_path: str, output_path: str) -> None:
-    """Appending records to the input would feed them back in as rows."""
-    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
-        raise BatchInputError(f"--output {output_path!r} is the input file")
-
-
-def _run_local(job: BatchJob, output_type, pending: list[PendingRow], written) -> None:
-    import structgen
-
-    model = structgen.load_model(job.model)
-    structgen.compile_constraint(output_type, model.tokenizer_info, whitespace=job.whitespace)
-    for start in range(0, len(pending), job.batch_size):
-        written(process_batch(job, model, output_type, pending[start:start + job.batch_size]))
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True,
-                desc="structgen batch")

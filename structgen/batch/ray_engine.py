@@ -17,6 +17,7 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import structgen
 from structgen.batch.job import BatchJob, PendingRow, error_record, process_batch
 from structgen.errors import BatchInputError
 
@@ -25,8 +26,6 @@ class BatchWorker:
     """A Ray Data callable class: loads the model once, then turns batches of rows into records."""
 
     def __init__(self, job: dict):
-        import structgen
-
         self.job = BatchJob(**job)
         self.model = structgen.load_model(self.job.model)
         self.output_type = self.job.output_type()
