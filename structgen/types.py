@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -46,22 +47,43 @@ class OutputType:
             # jsonschema loads on the first parse, keeping `import structgen` light
             from structgen.schema.validation import first_problem, validator
 
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise OutputError(f"not JSON: {error}", text) from None
-            except RecursionError:
-                raise OutputError("not JSON this parser can read: nested too deep", text) from None
+            value = load_json(text)
             problem = first_problem(validator(self.source), value)
             if problem is not None:
                 raise OutputError(f"does not validate: {problem.message}", text)
             return value
         import pydantic
 
+        load_json(text)  # the same refusals as for a schema dict; pydantic then parses its own way
         try:
             return _adapter(self.source).validate_json(text)
         except pydantic.ValidationError as error:
             raise OutputError(f"does not validate: {error}", text) from None
+
+
+def load_json(text: str) -> Any:
+    """``text`` as a JSON value, or ``OutputError``: also for what ``json.loads`` would let through
+    that JSON cannot hold (``1e999`` as inf, ``NaN``, ``Infinity``) or that it cannot read (an
+    integer of more than 4,300 digits, nesting past the recursion limit)."""
+    from structgen.errors import OutputError
+
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise OutputError("not JSON this parser can read: nested too deep", text) from None
+    except ValueError as error:  # JSONDecodeError, a non-finite number, a too-long integer
+        raise OutputError(f"not JSON: {error}", text) from None
+
+
+def _finite_float(spelling: str) -> float:
+    value = float(spelling)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {spelling[:40]} is too large to be finite")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _adapter(output_type):

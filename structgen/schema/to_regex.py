@@ -913,9 +913,13 @@ def _below(high, low) -> bool:
 
 
 def _number(max_digits: int) -> str:
+    """An unbounded number: at most ``max_digits`` digits before and after the point, and an
+    exponent that keeps it finite (``1e999`` would parse as inf, which JSON cannot hold), so at
+    most 307 - ``max_digits`` (leading zeros allowed, as JSON allows them)."""
     whole = _repeat("[0-9]", 0, max_digits - 1)
     fraction = _repeat("[0-9]", 1, max_digits)
-    return rf"-?(?:0|[1-9]{whole})(?:\.{fraction})?(?:[eE][+-]?[0-9]{{1,3}})?"
+    exponent = natural_range(0, max(0, 307 - max_digits))
+    return rf"-?(?:0|[1-9]{whole})(?:\.{fraction})?(?:[eE][+-]?0*{exponent})?"
 
 
 def integer_range(low: int | None, high: int | None, max_digits: int) -> str:
