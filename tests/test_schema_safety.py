@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import os
 import re
 import threading
@@ -204,12 +205,6 @@ def test_real_world_depths_are_far_below_the_limit():
     assert schema_to_regex(_nested(MAX_DEPTH // 2 - 1))
 
 
-def test_an_answer_nested_too_deep_to_validate_is_an_output_error():
-    deep = "[" * 5000 + "]" * 5000
-    with pytest.raises(structgen.OutputError):
-        as_output_type({"type": "array"}).parse(deep)
-
-
 @pytest.mark.parametrize("schema, pointer", [
     ({"type": "object", "properties": {"\ud800x": {"type": "string"}}}, "/properties"),
     ({"enum": ["a", "\udc00"]}, "/enum/1"),
@@ -294,3 +289,24 @@ def test_any_document_gets_a_verdict_or_a_typed_error(schema):
         schema_to_regex(schema)
     except structgen.StructgenError:
         pass
+
+
+# --- answers hold only what JSON can hold --------------------------------------------------------
+
+
+_NUMBER = schema_to_regex({"type": "number"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.from_regex(_NUMBER, fullmatch=True))
+def test_every_number_the_regex_writes_is_finite(text):
+    assert math.isfinite(float(text))
+
+
+@pytest.mark.parametrize("text", ['{"x":1e999}', '{"x":-1e400}', '{"x":NaN}', '{"x":Infinity}',
+                                  '{"x":' + "9" * 5000 + "}", "[" * 5000 + "]" * 5000])
+@pytest.mark.parametrize("output_type", [{"type": "object"}, dict[str, float]])
+def test_an_answer_json_cannot_hold_is_an_output_error(text, output_type):
+    with pytest.raises(structgen.OutputError):
+        as_output_type(output_type).parse(text)
+    assert not re.fullmatch(_NUMBER, "1e999")
