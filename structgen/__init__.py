@@ -86,6 +86,7 @@ __all__ = [
     "call_tools",
     "call_tools_with_details",
     "compile_constraint",
+    "from_transformers",
     "generate",
     "generate_batch",
     "generate_batch_with_details",
@@ -111,6 +112,7 @@ _LAZY = {
     "generate_batch_with_details": "structgen.decoding.generate",
     "Generation": "structgen.decoding.generate",
     "load_model": "structgen.backends.transformers",
+    "from_transformers": "structgen.backends.transformers",
     "Model": "structgen.backends.transformers",
     "schema_to_regex": "structgen.schema",
     "Tool": "structgen.schema.tools",
@@ -131,7 +133,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from structgen.backends.transformers import Model, load_model
+    from structgen.backends.transformers import Model, from_transformers, load_model
     from structgen.constraint.compiler import CompiledConstraint, compile_constraint
     from structgen.constraint.matcher import Matcher
     from structgen.constraint.vocabulary import TokenizerInfo

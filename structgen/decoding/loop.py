@@ -131,7 +131,7 @@ def decode_rows(model, rows: list[Row], sampling: Sampling,
 def _forward(hf_model, input_ids, attention, positions, cache):
     """Logits of the last position only (``logits_to_keep``: a prefill of 16 x 300 tokens would
     otherwise materialise 16 x 300 x vocab floats) and the updated cache."""
-    name = _cache_argument(type(hf_model))
+    name = _cache_argument(type(_named_forward(hf_model)))
     inputs = dict(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                   use_cache=True, **{name: cache})
     try:
@@ -147,6 +147,26 @@ def _cache_argument(model_class: type) -> str:
     older ``past_key_values`` (argument and output) that earlier releases need."""
     parameters = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
+
+
+@functools.cache
+def _names_its_cache(model_class: type) -> bool:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" in parameters or "past_key_values" in parameters
+
+
+def _named_forward(hf_model):
+    """The model whose ``forward`` names its cache argument: a wrapper that passes ``**kwargs``
+    through (peft's ``PeftModel`` around a LoRA) takes whatever its base model takes."""
+    for _ in range(4):
+        if _names_its_cache(type(hf_model)):
+            break
+        get_base_model = getattr(hf_model, "get_base_model", None)
+        inner = get_base_model() if callable(get_base_model) else None
+        if inner is None or inner is hf_model:
+            break
+        hf_model = inner
+    return hf_model
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling, generator) -> torch.Tensor:
