@@ -21,15 +21,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from structgen import __version__
 from structgen.errors import StructgenError
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default; options without one say in words what happens."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="structgen",
+    parser = argparse.ArgumentParser(prog="structgen", formatter_class=_ShowDefaults,
                                      description="Structured generation that always validates.")
+    parser.add_argument("--version", action="version", version=f"structgen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     batch = commands.add_parser(
         "batch", help="run one schema over a JSONL file of rows (resumable)",
+        formatter_class=_ShowDefaults,
         description="Run one schema over a JSONL file of rows; every input line gets exactly one "
                     "record in --output, and rerunning the command resumes.",
         epilog="exit status: 0 every row ok, 1 some row failed (see its record), 2 the job could "
@@ -39,16 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--output", required=True,
                        help="JSONL results file (appended and locked for the run; reruns resume)")
     prompt = batch.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt-field", default="text", help="field holding the prompt (default: text)")
+    prompt.add_argument("--prompt-field", default="text", help="field holding the prompt")
     prompt.add_argument("--prompt-template", help='prompt built from fields, e.g. "Extract: {body}"')
     batch.add_argument("--id-field", help="field holding a unique row id (default: the line number)")
     batch.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
-    batch.add_argument("--batch-size", type=int, default=8)
-    batch.add_argument("--max-tokens", type=int, default=512)
-    batch.add_argument("--whitespace", choices=["compact", "flexible"], default="compact")
-    batch.add_argument("--engine", choices=["local", "ray"], default="local")
+    batch.add_argument("--batch-size", type=int, default=8, help="rows decoded together")
+    batch.add_argument("--max-tokens", type=int, default=512,
+                       help="token budget of each answer (the answer still closes validly)")
+    batch.add_argument("--whitespace", choices=["compact", "flexible"], default="compact",
+                       help="whitespace the answers may hold (docs/json-mode.md)")
+    batch.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="decode on this machine, or on a Ray cluster")
     batch.add_argument("--address", help="Ray cluster address (with --engine ray; default: a local cluster)")
-    batch.add_argument("--workers", type=int, default=2, help="model replicas on Ray (default: 2)")
+    batch.add_argument("--workers", type=int, default=2, help="model replicas on Ray")
     batch.add_argument("--retry-failed", action="store_true",
                        help="run rows again whose record from an earlier run is a failure")
     batch.add_argument("--rerun-changed", action="store_true",
@@ -57,14 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--dry-run", action="store_true",
                        help="check the schema, input and output, say what would run, write nothing")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
-    generate = commands.add_parser("generate", help="one answer for one prompt (optionally streamed)")
+    generate = commands.add_parser("generate", help="one answer for one prompt (optionally streamed)",
+                                   formatter_class=_ShowDefaults)
     generate.add_argument("--schema", required=True, help="pkg.module:Model, or a JSON-schema file")
     generate.add_argument("--prompt", required=True, help="the user turn")
     generate.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
-    generate.add_argument("--max-tokens", type=int, default=512)
-    generate.add_argument("--temperature", type=float, default=0.0)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--whitespace", choices=["compact", "flexible"], default="compact")
+    generate.add_argument("--max-tokens", type=int, default=512,
+                          help="token budget of the answer (the answer still closes validly)")
+    generate.add_argument("--temperature", type=float, default=0.0,
+                          help="sampling temperature; 0 decodes greedily")
+    generate.add_argument("--seed", type=int,
+                          help="seed of the sampler, for a reproducible answer (default: none)")
+    generate.add_argument("--whitespace", choices=["compact", "flexible"], default="compact",
+                          help="whitespace the answer may hold (docs/json-mode.md)")
     generate.add_argument("--stream", action="store_true", help="show the object filling in")
     args = parser.parse_args(argv)
     try:

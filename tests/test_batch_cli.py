@@ -126,7 +126,7 @@ def test_dry_run_checks_and_changes_nothing(tiny_model_dir, files, capsys):
 
 @pytest.mark.parametrize(("schema", "message"), [
     ("no_such_module:Model", "cannot import"),
-    ("missing.json", "cannot read"),
+    ("missing.json", "no such file"),
     ("structgen.types:NotThere", "has no"),
 ])
 def test_a_bad_schema_reference_is_a_clear_error(files, capsys, schema, message):

@@ -107,6 +107,8 @@ def load_output_type(reference: str) -> Any:
                                   f"{attribute!r}") from None
     try:
         return json.loads(Path(reference).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BatchInputError(f"--schema {reference!r}: no such file{_colon_hint(reference)}") from None
     except OSError as error:
         raise BatchInputError(f"--schema {reference!r}: cannot read it: {error.strerror}") from None
     except json.JSONDecodeError as error:
@@ -116,6 +118,12 @@ def load_output_type(reference: str) -> Any:
         raise BatchInputError(f"--schema {reference!r}: not UTF-8 text") from None
 
 
+def _colon_hint(reference: str) -> str:
+    """For ``pkg.module.Model`` (a dot where the colon belongs): the spelling that imports it."""
+    module, _, name = reference.rpartition(".")
+    if module and all(part.isidentifier() for part in reference.split(".")) and name[:1].isupper():
+        return f"; to import class {name} from module {module}, write {module}:{name}"
+    return ""
 
 
 @dataclass

@@ -83,6 +83,9 @@ def run_job(job: BatchJob, input_path: str, output_path: str, *, engine: str = "
     job.check()
     if engine not in ("local", "ray"):
         raise BatchInputError(f"--engine must be 'local' or 'ray', not {engine!r}")
+    if engine == "ray" and not (job.model is None or isinstance(job.model, str)):
+        raise BatchInputError("the Ray engine loads the model on each worker: give the job a model "
+                              "name or path, not a loaded model")
     output_type = job.output_type()
     rows = list(read_rows(input_path))
     check_distinct(input_path, output_path)
@@ -92,18 +95,23 @@ def run_job(job: BatchJob, input_path: str, output_path: str, *, engine: str = "
         summary = Summary.of(work)
         bar = _progress(len(work.pending), progress)
         started = time.perf_counter()
+        decoding_since = [started]  # rates count from when decoding starts, not from model loading
+
+        def ready() -> None:
+            decoding_since[0] = time.perf_counter()
+            bar.reset(total=len(work.pending))
 
         def written(records: list[dict]) -> None:
             output.append(records)
             summary.add(records)
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - decoding_since[0]
             bar.update(len(records))
             bar.set_postfix_str(f"{summary.tokens / elapsed:.1f} tok/s, {summary.failed} failed")
 
         if all(row.error is not None for row in work.pending):
             written([error_record(row, row.error) for row in work.pending])
         elif engine == "local":
-            _run_local(job, output_type, work.pending, written)
+            _run_local(job, output_type, work.pending, written, ready)
         else:
             run_on_ray(job, work.pending, written, address=address, workers=workers)
         bar.close()
@@ -117,9 +125,10 @@ def check_distinct(input_path: str, output_path: str) -> None:
         raise BatchInputError(f"--output {output_path!r} is the input file")
 
 
-def _run_local(job: BatchJob, output_type, pending: list[PendingRow], written) -> None:
+def _run_local(job: BatchJob, output_type, pending: list[PendingRow], written, ready) -> None:
     model = structgen.load_model(job.model)
     structgen.compile_constraint(output_type, model.tokenizer_info, whitespace=job.whitespace)
+    ready()
     for start in range(0, len(pending), job.batch_size):
         written(process_batch(job, model, output_type, pending[start:start + job.batch_size]))
 
@@ -127,5 +136,7 @@ def _run_local(job: BatchJob, output_type, pending: list[PendingRow], written) -
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
+    # smoothing=0: the rate is rows so far over time so far, shown from the first finished batch
+    # (batches finish together, so a moving average of per-update rates swings wildly)
     return tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True,
-                desc="structgen batch")
+                desc="structgen batch", smoothing=0)
