@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from structgen.errors import (
     BatchInputError,
+    BatchLockedError,
     BudgetTooSmallError,
     CompileTimeoutError,
     CompileTooLargeError,
@@ -34,6 +35,7 @@ from structgen.errors import (
     ToolDefinitionError,
     ToolError,
     ToolInputError,
+    UnsafeCacheWarning,
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
     VocabularyError,
@@ -44,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchInputError",
+    "BatchLockedError",
     "BudgetTooSmallError",
     "CompileTimeoutError",
     "CompileTooLargeError",
@@ -72,6 +75,7 @@ __all__ = [
     "ToolDefinitionError",
     "ToolError",
     "ToolInputError",
+    "UnsafeCacheWarning",
     "UnsatisfiableSchemaError",
     "UnsupportedSchemaError",
     "VocabularyError",

@@ -25,7 +25,11 @@
      │    └── ToolInputError           a tools function given a value it cannot use (text that is
      │                                 not a str, max_iterations that is not a count, ...)
      └── BatchInputError             a batch job's schema reference, input or output file is unusable,
-                                     or one input row is (then ``line`` says which)
+          │                          or one input row is (then ``line`` says which)
+          └── BatchLockedError         another run holds the output's lock (``holder`` says who)
+
+    UnsafeCacheWarning (a UserWarning, not an error): the cache folder is writable by other users,
+    so structgen does not use it.
 
 Schema errors carry a JSON pointer (``pointer``) into the schema the user gave, so the message
 says *where* the problem is, not only what it is.
