@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import stat
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -344,3 +345,16 @@ def test_generate_refuses_a_regex_answer_its_constraint_let_through(info, tiny_m
         structgen.generate(lying, "Write a number.", model=tiny_model, max_tokens=8)
     results = structgen.generate_batch(lying, ["One.", "Two."], model=tiny_model, max_tokens=8)
     assert all(isinstance(result, structgen.OutputError) for result in results)
+
+
+def test_the_models_folder_is_private_and_one_others_can_write_is_not_used(tmp_path, monkeypatch):
+    from structgen.constraint.compiler import private_cache_folder
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("STRUCTGEN_CACHE", str(root))
+    folder = private_cache_folder("models", create=True)
+    assert folder == root / "models"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    root.chmod(0o777)
+    with pytest.warns(structgen.UnsafeCacheWarning, match="models cache"):
+        assert private_cache_folder("models") is None

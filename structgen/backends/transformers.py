@@ -10,6 +10,7 @@ without importing it (its ``__init__`` imports the ``llm`` CLI, which we do not 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from structgen.constraint.compiler import private_cache_folder
 from structgen.errors import GenerationError, ModelError, ModelNotFoundError, VocabularyError
 
 EMBEDDED_MODEL = "smollm2"
@@ -124,14 +126,16 @@ def embedded_gguf_path() -> Path:
 def _converted_gguf(gguf_path: Path) -> Path:
     """Convert a GGUF file to a safetensors directory once; return the cached directory."""
     from structgen._quiet import quiet_transformers
-    from structgen.constraint.compiler import cache_dir
 
     stat = gguf_path.stat()
     digest = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{digest.hexdigest()[:12]}"
+    folder = private_cache_folder("models", create=True)
+    if folder is None:  # a cache others can write could hand us planted weights: convert privately
+        folder = Path(tempfile.mkdtemp(prefix="structgen-models-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    target = folder / f"{gguf_path.stem}-{digest.hexdigest()[:12]}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     print(f"structgen: converting {gguf_path.name} once into {target} (about 20 s; later loads "
           "take about a second)", file=sys.stderr, flush=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))

@@ -78,11 +78,17 @@ _WARNED: set[str] = set()
 
 
 def constraints_dir(create: bool = False) -> Path | None:
-    """The constraint cache folder, or None where it must not be used: a folder (or its parent
-    cache folder) that another user can write may hold planted entries, so it is ignored with a
-    warning. structgen makes it 0700, and tightens one an older structgen left readable."""
+    """The constraint cache folder (``private_cache_folder``)."""
+    return private_cache_folder("constraints", create)
+
+
+def private_cache_folder(name: str, create: bool = False) -> Path | None:
+    """The cache folder ``name`` (compiled constraints, converted models), or None where it must
+    not be used: a folder (or the cache folder above it) that another user can write may hold
+    planted entries, so it is ignored with a warning. structgen makes it 0700, and tightens one an
+    older structgen left readable."""
     root = cache_dir()
-    folder = root / "constraints"
+    folder = root / name
     try:
         if create:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -93,7 +99,7 @@ def constraints_dir(create: bool = False) -> Path | None:
                 if str(path) not in _WARNED:
                     _WARNED.add(str(path))
                     warnings.warn(
-                        f"structgen ignores its constraint cache at {path}: other users can write "
+                        f"structgen ignores its {name} cache at {path}: other users can write "
                         f"there (mode {status.st_mode & 0o777:o}, owner uid {status.st_uid}), so an "
                         f"entry could be planted; make it private (chmod 700 {path}) or set "
                         "STRUCTGEN_CACHE to a private folder", UnsafeCacheWarning, stacklevel=3)
