@@ -43,12 +43,13 @@ baseline is what CI holds the engine to.
 Property tests (hypothesis-jsonschema)
 --------------------------------------
 Over ``PROPERTY_SCHEMAS``: (a) every instance ``hypothesis_jsonschema.from_schema`` generates is
-accepted compactly serialised (``separators=(",", ":")``) with ``whitespace="compact"``, and
-serialised with default separators and with ``indent=2`` with ``whitespace="flexible"``; (b)
-anything the engine accepts validates: random token walks (an index into
-``allowed_token_ids()`` drawn at each step, stopping at an accepting state when drawn to, under
-``matcher(max_tokens=WALK_TOKENS)`` so the walk always ends accepting) decode to JSON that
-validates with ``jsonschema`` and its format checker.
+accepted compactly serialised (``separators=(",", ":")``) with ``whitespace="compact"``, with
+default separators with ``"spaced"``, with ``indent=2`` with ``"indented"``, and both of the
+latter with ``"flexible"``; (b) anything the engine accepts validates: random token walks (an
+index into ``allowed_token_ids()`` drawn at each step, stopping at an accepting state when drawn
+to, under ``matcher(max_tokens=WALK_TOKENS)`` so the walk always ends accepting) decode to JSON
+that validates with ``jsonschema`` and its format checker, and in a bounded mode is laid out as
+json.dumps writes it there (``tests/layouts.py``).
 
 Restrictions of the strategies in (a), each a departure documented in docs/schema-support.md
 (the assertion itself is never weakened):
@@ -91,9 +92,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
+from layouts import BOUNDED, dumps, relaid
 
 import structgen
 from structgen.errors import StructgenError
+from structgen.schema import WHITESPACE_MODES
 
 # passing > validation error > compile error; an invalidation error always fails.
 RANK = {"passing": 2, "validation error": 1, "compile error": 0}
@@ -446,7 +449,7 @@ def texts_of(value, schema) -> dict[str, list[str]]:
     raw = json.dumps(value, ensure_ascii=False)
     escaped = not one_spelling(schema) and not any(ord(ch) > 0xFFFF for ch in raw)
     return {
-        "compact": [json.dumps(value, separators=(",", ":"), ensure_ascii=False)],
+        **{mode: [dumps(value, mode)] for mode in BOUNDED},
         "flexible": [json.dumps(value, ensure_ascii=escaped),
                      json.dumps(value, indent=2, ensure_ascii=False)],
     }
@@ -464,7 +467,7 @@ def test_generated_instances_are_accepted(name, data, tokenizer):
             assert accepts(constraint, tokenizer, text), f"{whitespace} rejected {text!r}"
 
 
-@pytest.mark.parametrize("whitespace", ["compact", "flexible"])
+@pytest.mark.parametrize("whitespace", WHITESPACE_MODES)
 @pytest.mark.parametrize("name", list(PROPERTY_SCHEMAS))
 @PROPERTY_SETTINGS
 @given(data=st.data())
@@ -497,3 +500,4 @@ def test_accepted_walks_validate(name, whitespace, data, tokenizer):
     value = json.loads(text)
     errors = [error.message for error in validator_of(PROPERTY_SCHEMAS[name]).iter_errors(value)]
     assert not errors, f"accepted {text!r}: {errors}"
+    assert whitespace == "flexible" or relaid(text, whitespace) == text, f"{whitespace}: {text!r}"

@@ -1,8 +1,9 @@
 """Tests of structgen.schema: JSON schema → regex.
 
 The oracle throughout is jsonschema (with format checks): every text a regex fully matches must
-parse and validate. Valid instances must match in both whitespace modes, invalid ones must not,
-every regex must compile in outlines-core, and its automaton must agree with Python's ``re``.
+parse and validate. Valid instances must match in every whitespace mode (laid out as json.dumps
+writes them in the bounded modes), invalid ones must not, every regex must compile in
+outlines-core, and its automaton must agree with Python's ``re``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema.validators import validator_for
+from layouts import BOUNDED, dumps, relaid
 from outlines_core import Index, Vocabulary
 from pydantic import AnyUrl, BaseModel, Field, TypeAdapter
 from typing_extensions import TypedDict
@@ -33,7 +35,7 @@ from structgen.errors import (
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
-from structgen.schema import WHITESPACE, normalize_schema, schema_to_regex
+from structgen.schema import WHITESPACE, WHITESPACE_MODES, normalize_schema, schema_to_regex
 from structgen.schema.to_regex import integer_range
 
 SAMPLES = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -123,10 +125,6 @@ def index_accepts(index: Index, text: str) -> bool:
         if state is None:
             return False
     return index.is_final_state(state)
-
-
-def compact(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def spaced(value) -> list[str]:
@@ -504,12 +502,14 @@ def test_corpus_instances(request, schema, valid, invalid):
     name = request.node.callspec.id
     for instance in valid:
         assert is_valid(schema, instance), f"test data: {instance!r} should be valid"
-        assert re.fullmatch(regex_of(name, "compact"), compact(instance)), compact(instance)
+        for mode in BOUNDED:
+            assert re.fullmatch(regex_of(name, mode), dumps(instance, mode)), (mode, instance)
         for text in spaced(instance):
             assert re.fullmatch(regex_of(name, "flexible"), text), text
     for instance in invalid:
         assert not is_valid(schema, instance), f"test data: {instance!r} should be invalid"
-        assert not re.fullmatch(regex_of(name, "compact"), compact(instance)), compact(instance)
+        for mode in BOUNDED:
+            assert not re.fullmatch(regex_of(name, mode), dumps(instance, mode)), (mode, instance)
         for text in spaced(instance):
             assert not re.fullmatch(regex_of(name, "flexible"), text), text
 
@@ -523,13 +523,13 @@ def test_rust_regex_dialect_agrees(request, schema, valid, invalid):
     this comparison.
     """
     name = request.node.callspec.id
-    compact_index = compile_index(f"<(?:{regex_of(name, 'compact')})>")
+    indexes = {mode: compile_index(f"<(?:{regex_of(name, mode)})>") for mode in BOUNDED}
     flexible_index = compile_index(f"<(?:{regex_of(name, 'flexible')})>")
     for instance in valid:
-        assert index_accepts(compact_index, f"<{compact(instance)}>")
+        assert all(index_accepts(indexes[mode], f"<{dumps(instance, mode)}>") for mode in BOUNDED)
         assert all(index_accepts(flexible_index, f"< {text}\n>") for text in spaced(instance))
     for instance in invalid:
-        assert not index_accepts(compact_index, f"<{compact(instance)}>")
+        assert not any(index_accepts(indexes[m], f"<{dumps(instance, m)}>") for m in BOUNDED)
         assert not any(index_accepts(flexible_index, f"<{text}>") for text in spaced(instance))
 
 
@@ -554,10 +554,13 @@ def test_top_level_numbers_reach_every_length(schema, texts):
 @settings(max_examples=20, **SAMPLES)
 @given(data=st.data())
 def test_every_match_validates(name, schema, data):
-    """The oracle: whatever the regex admits parses and validates."""
-    mode = data.draw(st.sampled_from(["compact", "flexible"]))
+    """The oracle: whatever the regex admits parses and validates; in a bounded mode it is laid
+    out exactly as json.dumps writes it in that mode."""
+    mode = data.draw(st.sampled_from(WHITESPACE_MODES))
     text = data.draw(st.from_regex(regex_of(name, mode), fullmatch=True))
     assert is_valid(schema, json.loads(text)), text
+    if mode != "flexible":
+        assert relaid(text, mode) == text, (mode, text)
 
 
 @pytest.mark.parametrize("name", list(PYDANTIC_TYPES))
@@ -602,11 +605,12 @@ EXTRA_SCHEMAS = [
 @settings(max_examples=15, **SAMPLES)
 @given(data=st.data())
 def test_more_schemas_compile_and_validate(schema, data):
-    for mode in ("compact", "flexible"):
+    for mode in WHITESPACE_MODES:
         regex = schema_to_regex(schema, whitespace=mode)
         compile_index(regex)
         text = data.draw(st.from_regex(regex, fullmatch=True))
         assert is_valid(schema, json.loads(text)), text
+        assert mode == "flexible" or relaid(text, mode) == text, (mode, text)
 
 
 # --- numbers ----------------------------------------------------------------------------------
@@ -726,6 +730,108 @@ def test_whitespace_constant_is_used_in_flexible_mode():
     flexible = schema_to_regex({"type": "null"}, whitespace="flexible")
     assert flexible == f"{WHITESPACE}null{WHITESPACE}"
     assert schema_to_regex({"type": "null"}) == "null"
+
+
+# --- bounded whitespace modes -----------------------------------------------------------------
+
+POINT = {"type": "object", "properties": {"x": {"type": "integer"}, "tags": {
+    "type": "array", "items": {"type": "string"}}}, "required": ["x", "tags"],
+    "additionalProperties": False}
+DEPTHS = {  # one definition, open values and literals written at several nesting levels
+    "$defs": {"point": POINT},
+    "type": "object", "additionalProperties": False,
+    "required": ["at", "path", "free", "fixed", "grid"],
+    "properties": {
+        "at": {"$ref": "#/$defs/point"},
+        "path": {"type": "array", "items": {"$ref": "#/$defs/point"}},
+        "free": {},
+        "fixed": {"const": {"k": [1, {"z": []}], "e": {}}},
+        "grid": {"type": "array", "items": {"type": "array", "items": {"$ref": "#/$defs/point"}}},
+    },
+}
+DEPTHS_VALUE = {
+    "at": {"x": 1, "tags": []},
+    "path": [{"x": 2, "tags": ["a", "b"]}, {"x": 3, "tags": []}],
+    "free": {"q": [1, "z"], "r": {}},
+    "fixed": {"k": [1, {"z": []}], "e": {}},
+    "grid": [[], [{"x": 4, "tags": ["c"]}]],
+}
+
+
+@pytest.mark.parametrize("mode", BOUNDED)
+def test_a_bounded_mode_admits_only_the_json_dumps_layout(mode):
+    regex = schema_to_regex(DEPTHS, whitespace=mode, max_any_depth=2)
+    assert re.fullmatch(regex, dumps(DEPTHS_VALUE, mode))
+    for other in BOUNDED:
+        if other != mode:
+            assert not re.fullmatch(regex, dumps(DEPTHS_VALUE, other)), other
+    text = dumps(DEPTHS_VALUE, mode)
+    for wrapped in (f" {text}", f"{text}\n", f"\n{text}"):  # nothing around the text
+        assert not re.fullmatch(regex, wrapped)
+    assert index_accepts(compile_index(regex), text)
+
+
+def test_indented_recursion_is_indented_at_every_unrolled_level():
+    tree = {"$defs": {"Node": {"type": "object", "properties": {
+        "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+        "required": ["v"]}}, "$ref": "#/$defs/Node"}
+    value = {"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}, {"v": 4, "kids": []}]}
+    for mode in BOUNDED:
+        regex = schema_to_regex(tree, whitespace=mode, max_recursion=2)
+        assert re.fullmatch(regex, dumps(value, mode)), mode
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-999_999, 999_999) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+)
+
+
+def _depth(value) -> int:
+    if isinstance(value, (list, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        return 1 + max(map(_depth, items), default=0)
+    return 0
+
+
+@functools.cache
+def any_value_regex(mode: str, level: int = 0) -> str:
+    return schema_to_regex({}, whitespace=mode, max_any_depth=3, level=level)
+
+
+@pytest.mark.parametrize("mode", BOUNDED)
+@settings(max_examples=150, **SAMPLES)
+@given(value=JSON_VALUES.filter(lambda v: _depth(v) <= 3), at=st.integers(0, 10_000))
+def test_any_value_has_exactly_one_layout(mode, value, at):
+    """json.dumps's layout matches at every nesting level; one more whitespace character at any
+    token boundary does not (so no whitespace can loop)."""
+    regex = any_value_regex(mode)
+    text = dumps(value, mode)
+    assert re.fullmatch(regex, text), text
+    boundaries = [m.end() for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[^"\s]', text)]
+    cut = boundaries[at % len(boundaries)]
+    for blank in " \n":
+        assert not re.fullmatch(regex, text[:cut] + blank + text[cut:]), (text, cut)
+
+
+@pytest.mark.parametrize("mode", BOUNDED)
+@settings(max_examples=60, **SAMPLES)
+@given(value=JSON_VALUES.filter(lambda v: _depth(v) <= 3))
+def test_a_value_one_level_in_is_laid_out_as_json_dumps_writes_it_there(mode, value):
+    """``level=1``: the value as it stands inside ``{"k": ...}`` (a tool call's arguments)."""
+    head, tail = dumps({"k": 0}, mode).split("0")
+    outer = dumps({"k": value}, mode)
+    inner = outer[len(head):len(outer) - len(tail)]
+    assert re.fullmatch(any_value_regex(mode, 1), inner), inner
+    if mode == "indented" and _depth(value) > 0 and value not in ([], {}):
+        assert not re.fullmatch(any_value_regex(mode, 1), dumps(value, mode))
+
+
+def test_bounded_modes_write_nothing_around_a_scalar():
+    for mode in BOUNDED:
+        assert schema_to_regex({"type": "null"}, whitespace=mode) == "null"
 
 
 def test_properties_keep_schema_order():
@@ -1017,10 +1123,14 @@ def test_errors_name_the_place(schema, error, pointer):
 
 
 def test_bad_options_are_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidSchemaError, match="'compact', 'spaced', 'indented', 'flexible'"):
         schema_to_regex({}, whitespace="pretty")
+    with pytest.raises(InvalidSchemaError, match="not None"):
+        schema_to_regex({}, whitespace=None)
     with pytest.raises(ValueError):
         schema_to_regex({}, max_digits=0)
+    with pytest.raises(ValueError):
+        schema_to_regex({}, level=-1)
 
 
 def test_keywords_outside_the_vocabulary_are_ignored_as_validators_do():

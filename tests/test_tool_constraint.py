@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import jsonschema
 import pytest
 from examples import get_current_temperature, get_stock_fundamentals
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layouts import BOUNDED, dumps, relaid
 
 import structgen
 from structgen.constraint.tool_calls import text_without, tool_turn_regex
 from structgen.parsing.tool_calls import parse_tool_calls
+from structgen.schema import WHITESPACE_MODES
 from structgen.schema.tools import as_tools
 
 ALPHABET = "<tool_call>/ x\n"
@@ -63,6 +66,48 @@ def test_flexible_whitespace_accepts_the_card_spelling():
     assert re.fullmatch(regex, text)
 
 
+PAYLOADS = [
+    {"name": "get_current_temperature", "arguments": {"location": "Paris, France", "unit": "celsius"}},
+    {"name": "get_stock_fundamentals", "arguments": {"symbol": "TSLA"}},
+]
+
+
+def blocks_of(payloads, mode: str) -> str:
+    return "\n".join(f"<tool_call>\n{dumps(p, mode)}\n</tool_call>" for p in payloads)
+
+
+@pytest.mark.parametrize("mode", BOUNDED)
+def test_a_bounded_mode_writes_the_payload_as_json_dumps_does(mode):
+    """spaced is the cards' one-line spelling (name first), indented json.dumps(indent=2)."""
+    regex = tool_turn_regex(TOOLS, tool_choice="required", whitespace=mode)
+    assert re.fullmatch(regex, blocks_of(PAYLOADS, mode))
+    for other in BOUNDED:
+        if other != mode:
+            assert not re.fullmatch(regex, blocks_of(PAYLOADS, other)), other
+    arguments_first = [{"arguments": p["arguments"], "name": p["name"]} for p in PAYLOADS]
+    assert not re.fullmatch(regex, blocks_of(arguments_first, mode))
+
+
+@pytest.mark.parametrize("mode", BOUNDED)
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_every_call_a_bounded_mode_admits_is_laid_out_as_json_dumps_writes_it(mode, data):
+    regex = tool_turn_regex(TOOLS, tool_choice="required", max_calls=2, whitespace=mode)
+    text = data.draw(st.from_regex(regex, fullmatch=True))
+    calls = parse_tool_calls(text, TOOLS)
+    payloads = re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, re.DOTALL)
+    assert len(payloads) == len(calls) >= 1
+    for payload, call in zip(payloads, calls):
+        assert relaid(payload, mode) == payload, payload
+        assert list(json.loads(payload)) == ["name", "arguments"] and call.parsed is not None
+
+
+def test_an_unknown_whitespace_mode_is_a_typed_error():
+    with pytest.raises(structgen.InvalidSchemaError, match="'spaced', 'indented'"):
+        tool_turn_regex(TOOLS, whitespace="pretty")
+
+
 def test_an_unknown_tool_choice_is_a_typed_error():
     with pytest.raises(structgen.ToolDefinitionError, match="get_current_temperature"):
         tool_turn_regex(TOOLS, tool_choice="get_weather")
@@ -73,11 +118,11 @@ def test_an_unknown_tool_choice_is_a_typed_error():
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**16), choice=st.sampled_from(["auto", "required", "none"]),
-       budget=st.integers(70, 160))
-def test_random_weights_produce_only_valid_calls(tiny_model, seed, choice, budget):
+       budget=st.integers(70, 160), mode=st.sampled_from(WHITESPACE_MODES))
+def test_random_weights_produce_only_valid_calls(tiny_model, seed, choice, budget, mode):
     turn = structgen.call_tools_with_details(TOOLS, "What's the temperature in Paris?",
                                              model=tiny_model, tool_choice=choice, temperature=1.0,
-                                             seed=seed, max_tokens=budget)
+                                             seed=seed, max_tokens=budget, whitespace=mode)
     assert turn.completion_tokens <= budget
     if choice == "none":
         assert turn.calls == [] and "<tool_call>" not in turn.text
@@ -87,6 +132,9 @@ def test_random_weights_produce_only_valid_calls(tiny_model, seed, choice, budge
     for call in turn.calls:
         jsonschema.validate(call.arguments, by_name[call.name].parameters)
     assert [c.name for c in parse_tool_calls(turn.text, TOOLS)] == [c.name for c in turn.calls]
+    if mode != "flexible":
+        for payload in re.findall(r"<tool_call>\n(.*?)\n</tool_call>", turn.text, re.DOTALL):
+            assert relaid(payload, mode) == payload, payload
 
 
 def test_a_single_special_token_tag_is_used(smollm2_tokenizer):

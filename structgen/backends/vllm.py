@@ -16,12 +16,12 @@ from typing import Any
 
 from structgen.errors import ModelError, StructgenError
 from structgen.prompts.hermes import as_messages, json_mode_messages, render_chat
-from structgen.schema import schema_to_regex
+from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
 from structgen.types import as_output_type
 
 
 def vllm_requests(output_type: Any, prompts: list, tokenizer, *,
-                  whitespace: str = "compact") -> tuple[list[str], dict]:
+                  whitespace: str = DEFAULT_WHITESPACE) -> tuple[list[str], dict]:
     """(prompt texts, structured-outputs parameters) for ``vllm.LLM.generate``."""
     spec = as_output_type(output_type)
     if spec.is_json:
@@ -34,7 +34,7 @@ def vllm_requests(output_type: Any, prompts: list, tokenizer, *,
 
 
 def generate_with_vllm(llm, output_type: Any, prompts: list, *, max_tokens: int = 512,
-                       temperature: float = 0.0, whitespace: str = "compact") -> list:
+                       temperature: float = 0.0, whitespace: str = DEFAULT_WHITESPACE) -> list:
     """Generate with a ``vllm.LLM`` (start it with ``structured_outputs_config={"backend": "outlines"}``).
 
     Returns one value per prompt, or the row's ``StructgenError`` in its place, as

@@ -40,6 +40,7 @@ from structgen.constraint.llguidance_backend import (
     GrammarConstraint,
     HybridConstraint,
     json_schema_grammar,
+    llguidance_writes_exactly,
     regex_grammar,
     settle,
 )
@@ -55,8 +56,9 @@ from structgen.errors import (
     UnsatisfiableSchemaError,
     UnsupportedSchemaError,
 )
-from structgen.schema import schema_to_regex
+from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
 from structgen.schema.normalize import normalize_check
+from structgen.schema.to_regex import check_whitespace
 from structgen.types import OutputType, as_output_type
 
 DEFAULT_TIMEOUT = 60.0
@@ -313,8 +315,8 @@ class ConstraintCompiler:
         """Start the compile worker now (it boots in the background while a model loads)."""
         self._worker.start()
 
-    def compile_regex(self, regex: str, tokenizer_info: TokenizerInfo, *, whitespace: str = "compact",
-                      output_type: OutputType | None = None,
+    def compile_regex(self, regex: str, tokenizer_info: TokenizerInfo, *,
+                      whitespace: str = DEFAULT_WHITESPACE, output_type: OutputType | None = None,
                       timeout: float | None = None) -> CompiledConstraint:
         if len(regex) > MAX_REGEX_CHARS:
             raise CompileTooLargeError(
@@ -334,7 +336,7 @@ class ConstraintCompiler:
                                             from_cache="none", **meta)
             return self._remember(key, constraint)
 
-    def lookup(self, regex: str, tokenizer_info: TokenizerInfo, *, whitespace: str = "compact",
+    def lookup(self, regex: str, tokenizer_info: TokenizerInfo, *, whitespace: str = DEFAULT_WHITESPACE,
                output_type: OutputType | None = None) -> CompiledConstraint | None:
         """The compiled constraint from the memory or disk cache, or None (never compiles)."""
         meta = _meta(regex, tokenizer_info, output_type, whitespace)
@@ -713,15 +715,16 @@ def default_compiler() -> ConstraintCompiler:
 ENGINES = ("auto", "outlines-core", "llguidance")
 
 
-def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "compact",
+def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DEFAULT_WHITESPACE,
                        timeout: float | None = None, engine: str = "auto",
                        wait: bool = True) -> Constraint:
     """Compile an output type (or JSON schema, or ``Regex``) for a tokenizer.
 
     ``tokenizer`` may be a transformers tokenizer, a ``TokenizerInfo`` or a loaded
-    ``structgen.Model``. ``whitespace="compact"`` allows no optional whitespace (no runaway
-    whitespace loops, fewest tokens); ``"flexible"`` allows any JSON whitespace (to check text
-    written elsewhere).
+    ``structgen.Model``. ``whitespace`` is one of ``WHITESPACE_MODES``: ``"compact"``,
+    ``"spaced"`` and ``"indented"`` admit exactly the layout ``json.dumps`` writes (no separator
+    spaces; its default ``", "``/``": "``; ``indent=2``), so no whitespace loop is possible;
+    ``"flexible"`` allows any JSON whitespace (to check text written elsewhere).
 
     ``engine="auto"`` (the default) gives the finite-state constraint (lookup masks, budget
     guarantee), compiled or loaded from cache, and falls back to llguidance when the schema is not
@@ -733,10 +736,7 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = "c
     index's departures from the schema applies to them. ``engine="outlines-core"`` or
     ``"llguidance"`` forces one engine.
     """
-    from structgen.errors import InvalidSchemaError
-
-    if whitespace not in ("compact", "flexible"):
-        raise InvalidSchemaError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
+    check_whitespace(whitespace)
     if engine not in ENGINES:
         raise ConstraintError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     spec = as_output_type(output_type)
@@ -907,8 +907,9 @@ def _landed(compiler: ConstraintCompiler, index: CompiledConstraint, spec: Outpu
             info: TokenizerInfo, whitespace: str, schema_key: str | None) -> Constraint:
     """``wait=False`` on a cached index: a hybrid that starts on the index, with llguidance's
     JSON grammar beside it (built in the background once an unbudgeted matcher wants it), as a
-    cold hybrid has after its switch. A regex has no JSON grammar: the index alone."""
-    if schema_key is None:
+    cold hybrid has after its switch. A regex has no JSON grammar, and llguidance's grammar
+    would widen a whitespace mode it cannot write exactly: the index alone then."""
+    if schema_key is None or not llguidance_writes_exactly(whitespace):
         return index
     return HybridConstraint.landed(
         index, functools.partial(_llguidance_json_head_start, spec, info, whitespace, check=False),
@@ -919,10 +920,13 @@ def _landed(compiler: ConstraintCompiler, index: CompiledConstraint, spec: Outpu
 def _llguidance_json_head_start(spec: OutputType, info: TokenizerInfo, whitespace: str,
                                 check: bool = True) -> GrammarConstraint | None:
     """llguidance's own JSON grammar for the first tokens (its masks are fastest), or None if it
-    refuses the schema. The schema is checked against its metaschema first (typed errors stay up
-    front), unless its index is cached (it passed then)."""
+    refuses the schema or cannot write the whitespace mode exactly (then the head start runs on
+    structgen's regex, the index's own language). The schema is checked against its metaschema
+    first (typed errors stay up front), unless its index is cached (it passed then)."""
     if check:
         normalize_check(spec.schema)
+    if not llguidance_writes_exactly(whitespace):
+        return None
     try:
         return _llguidance_json_grammar(spec, info, whitespace, reason=None)
     except (ConstraintError, UnsupportedSchemaError):

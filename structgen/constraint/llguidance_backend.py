@@ -37,6 +37,7 @@ import numpy as np
 from structgen.constraint.matcher import Cursor, unpack_bitmask, write_bitmask
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import ConstraintError, UnsupportedSchemaError
+from structgen.schema.to_regex import DEFAULT_WHITESPACE, INDENT, check_whitespace
 
 _TOKENIZERS: dict[str, Any] = {}
 _TOKENIZERS_LOCK = threading.Lock()
@@ -109,14 +110,34 @@ def regex_grammar(regex: str) -> str:
     return llguidance.LLMatcher.grammar_from_regex(regex)
 
 
+#: How deep ``indented`` mode may indent on llguidance's JSON grammar (see ``JSON_OPTIONS``).
+INDENT_LEVELS = 32
+
+#: llguidance's JSON-compiler options for each whitespace mode. Its separators are regexes, and
+#: its whitespace (``whitespace_pattern``) may stand once between any two tokens, never around
+#: the whole text. ``compact`` and ``spaced`` are exact. ``indented`` cannot be: llguidance has no
+#: notion of the nesting level, so between any two tokens it allows nothing or one newline with
+#: up to ``INDENT_LEVELS`` indentation steps (bounded, so it cannot loop; the json.dumps layout is
+#: one of the texts it admits). ``flexible`` admits any whitespace between tokens.
+JSON_OPTIONS: dict[str, dict] = {
+    "compact": {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"},
+    "spaced": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "},
+    "indented": {"whitespace_flexible": True, "item_separator": ",", "key_separator": ": ",
+                 "whitespace_pattern": rf"\n(?:{INDENT}){{0,{INDENT_LEVELS}}}"},
+    "flexible": {"whitespace_flexible": True},
+}
+
+
+def llguidance_writes_exactly(whitespace: str) -> bool:
+    """Whether llguidance's JSON grammar spells whitespace as the regex of this mode does."""
+    return whitespace != "indented"
+
+
 def json_schema_grammar(schema: Any, whitespace: str) -> str:
     """llguidance's own JSON-schema compiler, with structgen's whitespace modes."""
     import llguidance
 
-    if whitespace == "compact":
-        options = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
-    else:
-        options = {"whitespace_flexible": True}
+    options = JSON_OPTIONS[check_whitespace(whitespace)]
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=options)
     except ValueError as error:
@@ -129,7 +150,7 @@ class Constraint:
     engine = "?"
     regex: str | None = None
     output_type = None
-    whitespace = "compact"
+    whitespace = DEFAULT_WHITESPACE
     tokenizer_fingerprint = ""
     eos_token_id = -1
     vocab_size = 0

@@ -8,7 +8,9 @@ A turn is either plain text or one or more call blocks, never a mix (how Hermes 
 
 Each block is a union over the tools, not one merged schema: the name picks the tool and the
 arguments must validate against *that* tool's parameters. structgen writes ``name`` first, so
-the model commits to a tool before writing its arguments (the parser accepts both orders).
+the model commits to a tool before writing its arguments (the parser accepts both orders). The
+payload follows the whitespace mode as JSON mode does: ``spaced`` is the cards' spelling above,
+``indented`` is ``json.dumps(payload, indent=2)``, with the arguments one level in.
 
 The tags are matched as text, so a tokenizer that has ``<tool_call>`` as one token (Hermes) and
 one that spells it in several (SmolLM2) are both served by the same regex.
@@ -24,7 +26,8 @@ import json
 import re
 
 from structgen.errors import ToolDefinitionError
-from structgen.schema import WHITESPACE, schema_to_regex
+from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
+from structgen.schema.to_regex import Layout
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -33,13 +36,14 @@ TOOL_CHOICES = ("auto", "required", "none")
 
 
 def tool_turn_regex(tools, *, tool_choice: str = "auto", max_calls: int | None = None,
-                    whitespace: str = "compact") -> str:
+                    whitespace: str = DEFAULT_WHITESPACE) -> str:
     """Regex of an assistant turn for ``tools`` (a list of ``Tool``) under ``tool_choice``.
 
     ``tool_choice``: "auto" (text, or one or more calls), "required" (at least one call), "none"
     (text only), or a tool name (calls of exactly that tool). ``max_calls`` bounds the number of
     blocks (None: unbounded, the token budget still closes the last one).
     """
+    layout = Layout(whitespace)
     if max_calls is not None and (not isinstance(max_calls, int) or isinstance(max_calls, bool)):
         raise ToolDefinitionError(f"max_calls must be an int or None, not {max_calls!r}")
     if max_calls is not None and max_calls < 1:
@@ -55,25 +59,27 @@ def tool_turn_regex(tools, *, tool_choice: str = "auto", max_calls: int | None =
             raise ToolDefinitionError(
                 f"tool_choice must be one of {TOOL_CHOICES} or a tool name ({known}), "
                 f"not {tool_choice!r}")
-    calls = _calls(chosen, max_calls, whitespace)
+    calls = _calls(chosen, max_calls, layout)
     if tool_choice == "auto":
         return f"(?:{calls})|(?:{text_without(OPEN_TAG, RESPONSE_TAG)})"
     return calls
 
 
-def _calls(tools, max_calls: int | None, whitespace: str) -> str:
-    ws = WHITESPACE if whitespace == "flexible" else ""
-    blocks = "|".join(f"(?:{_call(tool, ws, whitespace)})" for tool in tools)
+def _calls(tools, max_calls: int | None, layout: Layout) -> str:
+    ws = layout.ws  # flexible only: whitespace around the payload
+    blocks = "|".join(f"(?:{_call(tool, layout)})" for tool in tools)
     block = f"{re.escape(OPEN_TAG)}\n{ws}(?:{blocks}){ws}\n{re.escape(CLOSE_TAG)}"
     more = "*" if max_calls is None else f"{{0,{max_calls - 1}}}"
     return f"{block}(?:\n{ws}{block}){more}"
 
 
-def _call(tool, ws: str, whitespace: str) -> str:
-    """``{"name": "<tool>", "arguments": <arguments of that tool>}``."""
-    arguments = schema_to_regex(tool.parameters, whitespace=whitespace)
+def _call(tool, layout: Layout) -> str:
+    """``{"name": "<tool>", "arguments": <arguments of that tool>}``, laid out as the whitespace
+    mode lays out any object (the arguments one level deeper)."""
+    arguments = schema_to_regex(tool.parameters, whitespace=layout.mode, level=1)
     name = re.escape(json.dumps(tool.name, ensure_ascii=False))
-    return (rf'\{{{ws}"name"{ws}:{ws}{name}{ws},{ws}"arguments"{ws}:{ws}(?:{arguments}){ws}\}}')
+    members = [f'"name"{layout.colon}{name}', f'"arguments"{layout.colon}(?:{arguments})']
+    return layout.enclose(r"\{", layout.comma(0).join(members), False, r"\}", 0)
 
 
 def text_without(*words: str) -> str:

@@ -22,6 +22,7 @@ also never steps from a complete text to an incomplete one, so a top-level ``1``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -57,6 +58,16 @@ except ImportError:  # pragma: no cover
 
 #: Whitespace allowed between JSON tokens in ``flexible`` mode.
 WHITESPACE = r"[ \t\n\r]*"
+
+#: The whitespace modes, in one place (docs/json-mode.md#whitespace): ``compact`` as
+#: ``json.dumps(v, separators=(",", ":"))``, ``spaced`` as ``json.dumps(v)``, ``indented`` as
+#: ``json.dumps(v, indent=2)``; each writes one layout per value, so none can loop on whitespace.
+#: ``flexible`` admits any JSON whitespace, to check text written elsewhere.
+WHITESPACE_MODES = ("compact", "spaced", "indented", "flexible")
+#: The mode every ``whitespace=`` argument defaults to.
+DEFAULT_WHITESPACE = "compact"
+#: One indentation step of ``indented`` mode (``json.dumps(indent=2)``).
+INDENT = "  "
 
 #: One character of a JSON string: a raw code point, a short escape, or a ``\uXXXX`` escape that
 #: is not a surrogate (so that one match is one code point, which makes lengths countable).
@@ -103,20 +114,70 @@ UNTYPED_MAX_DIGITS = 6
 MAX_REGEX_CHARS = 1 << 20
 
 
+def check_whitespace(whitespace: object) -> str:
+    """``whitespace`` if it names a mode, else an ``InvalidSchemaError`` listing the modes."""
+    if not isinstance(whitespace, str) or whitespace not in WHITESPACE_MODES:
+        allowed = ", ".join(map(repr, WHITESPACE_MODES))
+        raise InvalidSchemaError(f"whitespace must be one of {allowed}, not {whitespace!r}")
+    return whitespace
+
+
+class Layout:
+    """How one whitespace mode spells the space between JSON tokens, as regex fragments.
+
+    ``level`` is the nesting level of the container being written (0: the whole text), which
+    only ``indented`` needs: its lines are indented by ``INDENT`` per level.
+    """
+
+    def __init__(self, whitespace: str):
+        self.mode = check_whitespace(whitespace)
+        self.indented = whitespace == "indented"
+        #: Around the whole text and around every token: ``flexible`` only.
+        self.ws = WHITESPACE if whitespace == "flexible" else ""
+        separators = {"compact": (",", ":"), "spaced": (", ", ": "), "indented": (",", ": "),
+                      "flexible": (f"{self.ws},{self.ws}", f"{self.ws}:{self.ws}")}
+        self._comma, self.colon = separators[whitespace]  # indented adds its line after the comma
+
+    def _line(self, level: int) -> str:
+        return r"\n" + INDENT * level
+
+    def comma(self, level: int) -> str:
+        """Between two items or members of a container at ``level``."""
+        return self._comma + self._line(level + 1) if self.indented else self._comma
+
+    def enclose(self, open_: str, body: str | None, optional: bool, close: str, level: int) -> str:
+        """A container at ``level``: ``body`` (None: nothing) between its brackets, ``optional``
+        if the empty container is allowed too. Empty containers are ``[]``/``{}`` (as json.dumps
+        writes them) in every mode but ``flexible``."""
+        if body is None:
+            return f"{open_}{self.ws}{close}"
+        if self.indented:
+            inside = self._line(level + 1) + body + self._line(level)
+            return open_ + (_optional(inside) if optional else inside) + close
+        if optional:
+            return f"{open_}{self.ws}(?:{body}{self.ws})?{close}"
+        return f"{open_}{self.ws}{body}{self.ws}{close}"
+
+
 def schema_to_regex(
     schema: dict | bool,
     *,
-    whitespace: str = "compact",
+    whitespace: str = DEFAULT_WHITESPACE,
     max_digits: int = 12,
     max_any_depth: int = 1,
     max_recursion: int | None = None,
     timeout: float | None = None,
+    level: int = 0,
 ) -> str:
     """A regex whose full matches are JSON texts valid under ``schema``.
 
-    ``whitespace`` is ``"compact"`` (no whitespace between tokens) or ``"flexible"`` (any JSON
-    whitespace between tokens). ``max_digits`` caps the digits of an integer part or fraction
-    wherever the schema leaves a number unbounded; ``max_any_depth`` caps how deep arrays and
+    ``whitespace`` is one of ``WHITESPACE_MODES``: ``"compact"``, ``"spaced"`` and ``"indented"``
+    admit exactly the layout ``json.dumps`` writes with ``separators=(",", ":")``, with its
+    defaults, and with ``indent=2``; ``"flexible"`` any JSON whitespace between tokens and around
+    the text. ``level`` is the nesting level at which the value sits inside a larger JSON text
+    (a tool call's arguments: 1); ``indented`` indents its lines by that many more steps, and
+    ``flexible`` writes no whitespace around it. ``max_digits`` caps the digits of an integer
+    part or fraction wherever the schema leaves a number unbounded; ``max_any_depth`` caps how deep arrays and
     objects nest inside a value the schema leaves unconstrained (``{}``). A recursive ``$ref`` is
     refused (``RecursionLimitError``) unless ``max_recursion`` says how many times to unroll it
     inside itself; below that the regex stops nesting (``RecursionLimitError`` where the nesting
@@ -124,15 +185,14 @@ def schema_to_regex(
     past it): proving a many-branch ``oneOf`` exclusive is quadratic in its branches.
 
     Raises ``InvalidSchemaError``, ``UnsupportedSchemaError`` or ``UnsatisfiableSchemaError``, each
-    with the JSON pointer of the offending place in ``schema``.
+    with the JSON pointer of the offending place in ``schema`` (``InvalidSchemaError`` also for a
+    ``whitespace`` that is not a mode).
     """
-    if whitespace not in ("compact", "flexible"):
-        raise ValueError(f"whitespace must be 'compact' or 'flexible', not {whitespace!r}")
-    if max_digits < 1 or max_any_depth < 0:
-        raise ValueError("max_digits must be >= 1 and max_any_depth >= 0")
+    layout = Layout(whitespace)
+    if max_digits < 1 or max_any_depth < 0 or level < 0:
+        raise ValueError("max_digits must be >= 1, max_any_depth >= 0 and level >= 0")
     normalized = normalize(schema, max_recursion)
-    compiler = _Compiler(normalized.origins, whitespace == "flexible", max_digits, max_any_depth,
-                         timeout)
+    compiler = _Compiler(normalized.origins, layout, max_digits, max_any_depth, timeout, level)
     try:
         body = compiler.value(normalized.schema, "")
     except UnsatisfiableSchemaError as error:
@@ -142,20 +202,24 @@ def schema_to_regex(
         # UnsupportedSchemaError, so that compile_constraint tries llguidance).
         raise RecursionLimitError(f"{error.reason}, once {compiler.cut.reason}",
                                   error.pointer) from None
-    return f"{compiler.ws}{body}{compiler.ws}"
+    outer = layout.ws if level == 0 else ""
+    return f"{outer}{body}{outer}"
 
 
 class _Compiler:
     """Builds the regex of each schema node; one instance per ``schema_to_regex`` call."""
 
-    def __init__(self, origins: Origins, flexible: bool, max_digits: int, max_any_depth: int,
-                 timeout: float | None = None):
+    def __init__(self, origins: Origins, layout: Layout, max_digits: int, max_any_depth: int,
+                 timeout: float | None = None, level: int = 0):
         self.origins = origins
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.ws = WHITESPACE if flexible else ""
-        self.comma = f"{self.ws},{self.ws}"
-        self.colon = f"{self.ws}:{self.ws}"
+        self.layout = layout
+        self.colon = layout.colon
+        # Nesting level of the value being written. Containers write their separators at their
+        # own level and their children one level deeper (``_inside``), so a definition inlined
+        # at several depths is indented right at each.
+        self.level = level
         self.max_digits = max_digits
         self.max_any_depth = max_any_depth
         self.any_number = _number(max_digits)
@@ -163,7 +227,7 @@ class _Compiler:
         # inside open containers (measured on SmolLM2's vocabulary: `{}` at depth 1 takes 0.5 s
         # with 6 digits, 44 s with 12), so numbers the schema does not type get a smaller cap.
         self.untyped_number = _number(min(max_digits, UNTYPED_MAX_DIGITS))
-        self._any_values: dict[int, str] = {}
+        self._any_values: dict[tuple[int, int], str] = {}
         self.cut: RecursionLimitError | None = None  # the first recursion cut met, if any
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -415,20 +479,21 @@ class _Compiler:
         if "contains" in node:
             raise UnsupportedSchemaError("'contains' cannot be enforced", at("contains"))
         prefix, ended = [], False
-        for i, sub in enumerate(node.get("prefixItems", [])[:high]):
-            try:
-                prefix.append(self.value(sub, f"{at('prefixItems')}/{i}"))
-            except UnsatisfiableSchemaError:
-                if i < low:
-                    raise
-                ended = True  # no value fits position i, so arrays stop before it
-                break
-        if ended:
-            tail = None
-        elif "items" in node:
-            tail = self._optional_value(node["items"], at("items"))
-        else:
-            tail = self.open_value()
+        with self._inside():
+            for i, sub in enumerate(node.get("prefixItems", [])[:high]):
+                try:
+                    prefix.append(self.value(sub, f"{at('prefixItems')}/{i}"))
+                except UnsatisfiableSchemaError:
+                    if i < low:
+                        raise
+                    ended = True  # no value fits position i, so arrays stop before it
+                    break
+            if ended:
+                tail = None
+            elif "items" in node:
+                tail = self._optional_value(node["items"], at("items"))
+            else:
+                tail = self.open_value()
         longest = len(prefix) if tail is None else high
         if longest is not None and low > longest:
             raise UnsatisfiableSchemaError(
@@ -551,10 +616,11 @@ class _Compiler:
         if extra is None and not _trivial(node.get("unevaluatedProperties", True)):
             raise UnsupportedSchemaError(
                 "unevaluatedProperties cannot be enforced here", at("unevaluatedProperties"))
-        if extra in (None, True):
-            value = self.open_value()
-        else:
-            value = self._optional_value(extra, value_at or at("additionalProperties"))
+        with self._inside():
+            if extra in (None, True):
+                value = self.open_value()
+            else:
+                value = self._optional_value(extra, value_at or at("additionalProperties"))
         if value is None or high == 0:
             if low > 0:
                 raise UnsatisfiableSchemaError(
@@ -575,7 +641,8 @@ class _Compiler:
         members = []
         for name, sub in properties.items():
             try:
-                value = self.value(sub, f"{at('properties')}/{escape_token(name)}")
+                with self._inside():
+                    value = self.value(sub, f"{at('properties')}/{escape_token(name)}")
             except UnsatisfiableSchemaError:
                 if name in required:
                     raise
@@ -590,7 +657,10 @@ class _Compiler:
             raise UnsupportedSchemaError(
                 "unevaluatedProperties with required properties missing from properties",
                 at("unevaluatedProperties"))
-        members += [(self._key(n) + self.colon + self.open_value(), True) for n in undeclared]
+        if undeclared:
+            with self._inside():
+                open_value = self.open_value()
+            members += [(self._key(n) + self.colon + open_value, True) for n in undeclared]
         fewest, most = sum(req for _, req in members), len(members)
         if node.get("minProperties", 0) > fewest or node.get("maxProperties", most) < most:
             key = "minProperties" if node.get("minProperties", 0) > fewest else "maxProperties"
@@ -654,11 +724,20 @@ class _Compiler:
         )
 
     def _enclose(self, open_: str, body: str | None, optional: bool, close: str) -> str:
-        if body is None:
-            return f"{open_}{self.ws}{close}"
-        if optional:
-            return f"{open_}{self.ws}(?:{body}{self.ws})?{close}"
-        return f"{open_}{self.ws}{body}{self.ws}{close}"
+        return self.layout.enclose(open_, body, optional, close, self.level)
+
+    @property
+    def comma(self) -> str:
+        return self.layout.comma(self.level)
+
+    @contextlib.contextmanager
+    def _inside(self):
+        """Compile the children of the container at the current level."""
+        self.level += 1
+        try:
+            yield
+        finally:
+            self.level -= 1
 
     def _optional_value(self, node: dict | bool, where: str) -> str | None:
         """Regex of ``node``, or None if no value satisfies it (the slot then stays empty)."""
@@ -674,17 +753,19 @@ class _Compiler:
 
     def any_value(self, depth: int) -> str:
         """Any JSON value, with arrays and objects nested at most ``depth`` deep."""
-        if depth not in self._any_values:
+        key = (depth, self.level if self.layout.indented else 0)  # indentation varies by level
+        if key not in self._any_values:
             parts = [STRING, self.untyped_number, "true", "false", "null"]
             if depth > 0:
-                inner = self.any_value(depth - 1)
+                with self._inside():
+                    inner = self.any_value(depth - 1)
                 items = inner + _repeat(self.comma + inner, 0, None)
                 member = STRING + self.colon + inner
                 members = member + _repeat(self.comma + member, 0, None)
                 parts.append(self._enclose(r"\[", items, True, r"\]"))
                 parts.append(self._enclose(r"\{", members, True, r"\}"))
-            self._any_values[depth] = _alt(parts)
-        return self._any_values[depth]
+            self._any_values[key] = _alt(parts)
+        return self._any_values[key]
 
     def open_value(self) -> str:
         """A value inside a container the schema leaves open (no items/additionalProperties):
@@ -694,12 +775,14 @@ class _Compiler:
     def _literal(self, value: object, where: str) -> str:
         """Exactly one JSON value, in its canonical spelling (with the whitespace mode)."""
         if isinstance(value, dict):
-            members = [
-                self._key(k) + self.colon + self._literal(v, where) for k, v in value.items()
-            ]
+            with self._inside():
+                members = [
+                    self._key(k) + self.colon + self._literal(v, where) for k, v in value.items()
+                ]
             return self._enclose(r"\{", self.comma.join(members) or None, False, r"\}")
         if isinstance(value, list):
-            items = [self._literal(v, where) for v in value]
+            with self._inside():
+                items = [self._literal(v, where) for v in value]
             return self._enclose(r"\[", self.comma.join(items) or None, False, r"\]")
         if isinstance(value, str):
             return _escape(_json_string(value))
