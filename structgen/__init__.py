@@ -27,6 +27,7 @@ from structgen.errors import (
     PromptTooLongError,
     RecursionLimitError,
     RegexTooLargeError,
+    RetriesExhaustedError,
     SchemaError,
     StructgenError,
     TokenizerMismatchError,
@@ -45,6 +46,7 @@ from structgen.types import Regex
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attempt",
     "BatchInputError",
     "BatchLockedError",
     "BudgetTooSmallError",
@@ -66,6 +68,8 @@ __all__ = [
     "RecursionLimitError",
     "Regex",
     "RegexTooLargeError",
+    "Retry",
+    "RetriesExhaustedError",
     "SchemaError",
     "StructgenError",
     "TokenizerInfo",
@@ -115,6 +119,7 @@ _LAZY = {
     "generate_batch": "structgen.decoding.generate",
     "generate_batch_with_details": "structgen.decoding.generate",
     "Generation": "structgen.decoding.generate",
+    "Attempt": "structgen.decoding.retry",
     "load_model": "structgen.backends.transformers",
     "from_transformers": "structgen.backends.transformers",
     "Model": "structgen.backends.transformers",
@@ -129,6 +134,7 @@ _LAZY = {
     "ToolRun": "structgen.decoding.tools",
     "ToolTurn": "structgen.decoding.tools",
     "Partial": "structgen.decoding.streaming",
+    "Retry": "structgen.decoding.streaming",
     "stream": "structgen.decoding.streaming",
     "stream_text": "structgen.decoding.streaming",
     "stream_tools": "structgen.decoding.streaming",
@@ -148,8 +154,10 @@ if TYPE_CHECKING:
         generate_batch_with_details,
         generate_with_details,
     )
+    from structgen.decoding.retry import Attempt
     from structgen.decoding.streaming import (
         Partial,
+        Retry,
         astream,
         astream_tools,
         stream,

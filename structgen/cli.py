@@ -3,7 +3,8 @@
     structgen generate --schema pkg.module:Model|schema.json --prompt "..." [--stream]
     structgen batch --schema pkg.module:Model|schema.json --input rows.jsonl --output results.jsonl
                     [--prompt-field text | --prompt-template "...{field}..."] [--id-field id]
-                    [--model NAME] [--batch-size N] [--max-tokens N] [--engine local|ray]
+                    [--model NAME] [--batch-size N] [--max-tokens N] [--max-retries N]
+                    [--engine local|ray]
                     [--address ADDR] [--workers N] [--retry-failed] [--rerun-changed] [--dry-run]
 
 ``batch`` locks the output for the run (a second run on it exits 2 naming the holder), gives every
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="token budget of each answer (the answer still closes validly)")
     batch.add_argument("--whitespace", choices=["compact", "flexible"], default="compact",
                        help="whitespace the answers may hold (docs/json-mode.md)")
+    batch.add_argument("--max-retries", type=int, default=0,
+                       help="times a row is decoded again when a validator refuses its answer, "
+                            "with the error shown to the model")
     batch.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="decode on this machine, or on a Ray cluster")
     batch.add_argument("--address", help="Ray cluster address (with --engine ray; default: a local cluster)")
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="seed of the sampler, for a reproducible answer (default: none)")
     generate.add_argument("--whitespace", choices=["compact", "flexible"], default="compact",
                           help="whitespace the answer may hold (docs/json-mode.md)")
+    generate.add_argument("--max-retries", type=int, default=0,
+                          help="times the answer is decoded again when a validator refuses it, "
+                               "with the error shown to the model")
     generate.add_argument("--stream", action="store_true", help="show the object filling in")
     args = parser.parse_args(argv)
     try:
@@ -106,7 +113,7 @@ def _generate(args) -> int:
 
     output_type = load_output_type(args.schema)
     options = dict(model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
-                   seed=args.seed, whitespace=args.whitespace)
+                   seed=args.seed, whitespace=args.whitespace, max_retries=args.max_retries)
     if not args.stream:
         value = structgen.generate(output_type, args.prompt, **options)
         print(json.dumps(to_jsonable_python(value), ensure_ascii=False))
@@ -116,6 +123,9 @@ def _generate(args) -> int:
         if isinstance(item, structgen.Partial):
             shown = json.dumps(item.value, ensure_ascii=False)
             print(f"\r\x1b[2K{shown}" if live else shown, end="" if live else "\n", flush=True)
+        elif isinstance(item, structgen.Retry):
+            print(("\n" if live else "") + f"attempt {item.attempt} refused, retrying: {item.error.reason}",
+                  file=sys.stderr, flush=True)
         else:
             final = json.dumps(to_jsonable_python(item), ensure_ascii=False)
             print(f"\r\x1b[2K{final}" if live else final, flush=True)
@@ -128,7 +138,8 @@ def _batch(args) -> int:
 
     job = BatchJob(schema=args.schema, prompt_field=None if args.prompt_template else args.prompt_field,
                    prompt_template=args.prompt_template, id_field=args.id_field, model=args.model,
-                   batch_size=args.batch_size, max_tokens=args.max_tokens, whitespace=args.whitespace)
+                   batch_size=args.batch_size, max_tokens=args.max_tokens, whitespace=args.whitespace,
+                   max_retries=args.max_retries)
     if args.dry_run:
         report, status = _dry_run(job, args)
         print(report)
@@ -169,7 +180,7 @@ def _dry_run(job, args) -> tuple[str, int]:
         lines.append(f"{work.unchecked} rows stand on records without a fingerprint (older structgen)")
     if len(work.pending) > len(bad):
         lines.append(f"would run on model {job.model or 'smollm2 (embedded)'} in batches of "
-                     f"{job.batch_size}, max_tokens={job.max_tokens}")
+                     f"{job.batch_size}, max_tokens={job.max_tokens}, max_retries={job.max_retries}")
     else:
         lines.append("nothing to decode: the model would not be loaded")
     return "\n".join(lines), 1 if bad or work.kept_failed else 0

@@ -17,7 +17,9 @@
      │    ├── BudgetTooSmallError      max_tokens is below the fewest tokens any valid answer needs
      │    └── TokenizerMismatchError   constraint compiled for another tokenizer than the model's
      ├── OutputError                 model text that does not parse or validate (unconstrained text,
-     │                               or a constraint bug: it carries the raw text)
+     │    │                          a validator stricter than the schema, or a constraint bug: it
+     │    │                          carries the raw text)
+     │    └── RetriesExhaustedError    with max_retries, every attempt was refused (``attempts``)
      ├── ToolError                   function calling
      │    ├── ToolDefinitionError      a function / model / dict that cannot be described as a tool
      │    ├── ToolCallParseError       <tool_call> blocks that are malformed (one problem per block)
@@ -128,9 +130,17 @@ class EmptyPromptError(GenerationError):
 class PromptTooLongError(GenerationError):
     """The rendered prompt does not fit into the model's context window."""
 
-    def __init__(self, prompt_tokens: int, context_length: int):
+    def __init__(self, prompt_tokens: int, context_length: int, attempts: list | None = None):
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+        self.attempts = list(attempts or [])  # for a retry: the refused attempts before it
+        if self.attempts:
+            super().__init__(
+                f"retry {len(self.attempts)} does not fit: the conversation with the refused "
+                f"answers and their validation errors is {prompt_tokens} tokens, which leaves too "
+                f"little of the model's {context_length}-token context window for an answer; "
+                "lower max_retries or max_tokens (structgen never truncates silently)")
+            return
         super().__init__(
             f"the prompt is {prompt_tokens} tokens but the model's context window is "
             f"{context_length} tokens; shorten the prompt (structgen never truncates it silently)"
@@ -157,13 +167,38 @@ class TokenizerMismatchError(GenerationError):
 
 
 class OutputError(StructgenError):
-    """Model text that does not parse or validate; ``text`` is the raw output."""
+    """Model text that does not parse or validate; ``text`` is the raw output, ``problems`` one
+    short line per validation error where pydantic gave them (what a retry shows the model)."""
 
-    def __init__(self, reason: str, text: str):
+    def __init__(self, reason: str, text: str, problems: list[str] | None = None):
         self.reason = reason
         self.text = text
+        self.problems = list(problems or [])
         shown = text if len(text) <= 200 else text[:200] + "..."
         super().__init__(f"{reason}; model output was: {shown!r}")
+
+
+class RetriesExhaustedError(OutputError):
+    """Every attempt (the answer and ``max_retries`` retries) was refused by a validator.
+
+    ``attempts`` holds each attempt (``structgen.Attempt``: its text, its error, its tokens) in
+    order; ``text`` is the last one's, and ``__cause__`` the last one's error."""
+
+    def __init__(self, attempts: list):
+        self.attempts = list(attempts)
+        last = self.attempts[-1]
+        if isinstance(last.error, OutputError):
+            why = "; ".join(last.error.problems) or last.error.reason
+        else:
+            why = str(last.error)
+        super().__init__(f"{len(self.attempts)} attempts, none validates "
+                         f"(max_retries={len(self.attempts) - 1}); the last was refused: {why}",
+                         last.text)
+
+    @property
+    def errors(self) -> list:
+        """Each attempt's error, in order."""
+        return [attempt.error for attempt in self.attempts]
 
 
 # --- tools ------------------------------------------------------------------------------------

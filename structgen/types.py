@@ -38,8 +38,9 @@ class OutputType:
     def is_json(self) -> bool:
         return self.regex is None
 
-    def parse(self, text: str) -> Any:
-        """Turn the model's text into the requested value, or raise ``OutputError``."""
+    def parse(self, text: str, context: Any = None) -> Any:
+        """Turn the model's text into the requested value, or raise ``OutputError``; ``context``
+        is pydantic's validation context, handed to the type's validators."""
         from structgen.errors import OutputError
 
         if not self.is_json:  # re-checked, as JSON is: never trust the constraint alone
@@ -59,9 +60,9 @@ class OutputType:
 
         load_json(text)  # the same refusals as for a schema dict; pydantic then parses its own way
         try:
-            return _adapter(self.source).validate_json(text)
+            return _adapter(self.source).validate_json(text, context=context)
         except pydantic.ValidationError as error:
-            raise OutputError(f"does not validate: {error}", text) from None
+            raise OutputError(f"does not validate: {error}", text, _problems(error)) from None
 
 
 def load_json(text: str) -> Any:
@@ -76,6 +77,20 @@ def load_json(text: str) -> Any:
         raise OutputError("not JSON this parser can read: nested too deep", text) from None
     except ValueError as error:  # JSONDecodeError, a non-finite number, a too-long integer
         raise OutputError(f"not JSON: {error}", text) from None
+
+
+def _problems(error) -> list[str]:
+    """``location: message (input: value)`` per pydantic error, without the documentation links
+    and type codes of ``str(error)``: what a retry shows the model costs it tokens."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        where = ".".join(str(part) for part in problem.get("loc", ()))
+        if not where:  # the whole answer (a model_validator): the model has just written it
+            lines.append(problem["msg"])
+            continue
+        shown = repr(problem.get("input"))
+        lines.append(f"{where}: {problem['msg']}" + (f" (input: {shown})" if len(shown) <= 80 else ""))
+    return lines
 
 
 def _finite_float(spelling: str) -> float:

@@ -35,6 +35,7 @@ class BatchJob:
     batch_size: int = 8
     max_tokens: int = 512
     whitespace: str = "compact"
+    max_retries: int = 0
 
     def output_type(self) -> Any:
         return load_output_type(self.schema)
@@ -79,6 +80,9 @@ class BatchJob:
             raise BatchInputError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_tokens < 1:
             raise BatchInputError(f"--max-tokens must be at least 1, not {self.max_tokens}")
+        retries = self.max_retries
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise BatchInputError(f"--max-retries must be at least 0, not {self.max_retries}")
         if self.prompt_template is not None:
             try:
                 fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name]
@@ -216,9 +220,22 @@ def _pending_row(job: BatchJob, row: InputRow, owners: dict[str, int]) -> Pendin
         return PendingRow(row_id, row.line, row.sha256, error=error)
 
 
+_BRIEF = 300  # characters of each refused attempt's text and error kept in a failed record
+
+
 def error_record(row: PendingRow, error: BaseException) -> dict:
-    return {"id": row.id, "line": row.line, "sha256": row.sha256, "ok": False,
-            "error": {"type": type(error).__name__, "message": str(error)}}
+    """A failed row's record; a row whose retries ran out (or no longer fit) keeps each refused
+    attempt's error and text, cut to a few hundred characters."""
+    described = {"type": type(error).__name__, "message": str(error)}
+    attempts = getattr(error, "attempts", None)
+    if attempts:
+        described["attempts"] = [{"error": _brief(str(a.error)), "text": _brief(a.text)}
+                                 for a in attempts]
+    return {"id": row.id, "line": row.line, "sha256": row.sha256, "ok": False, "error": described}
+
+
+def _brief(text: str) -> str:
+    return text if len(text) <= _BRIEF else text[:_BRIEF] + "..."
 
 
 def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> list[dict]:
@@ -229,7 +246,8 @@ def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> 
     started = time.perf_counter()
     results = structgen.generate_batch_with_details(
         output_type, [row.prompt for row in runnable], model=model, batch_size=job.batch_size,
-        max_tokens=job.max_tokens, whitespace=job.whitespace) if runnable else []
+        max_tokens=job.max_tokens, whitespace=job.whitespace,
+        max_retries=job.max_retries) if runnable else []
     seconds = time.perf_counter() - started
     by_line = dict(zip((row.line for row in runnable), results))
     records = []
@@ -241,5 +259,5 @@ def process_batch(job: BatchJob, model, output_type, rows: list[PendingRow]) -> 
             records.append({"id": row.id, "line": row.line, "sha256": row.sha256, "ok": True,
                             "result": to_jsonable_python(result.value),
                             "tokens": result.completion_tokens, "stop": result.stop_reason,
-                            "batch_seconds": round(seconds, 3)})
+                            "attempts": len(result.attempts), "batch_seconds": round(seconds, 3)})
     return records

@@ -2,23 +2,27 @@
 
 The data path: output type -> compiled constraint (cached) -> Hermes JSON-mode prompt through the
 chat template -> ``model.generate`` with the constraint's logits processor and a token budget the
-constraint knows about -> the completion's exact bytes -> parsed and validated value.
+constraint knows about -> the completion's exact bytes -> parsed and validated value. An answer a
+validator refuses is decoded again with the error as a user turn, up to ``max_retries`` times
+(``structgen.decoding.retry``).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from structgen.backends.transformers import Model, as_model
 from structgen.constraint.compiler import Constraint, compile_constraint
 from structgen.decoding.loop import Row, Sampling, decode_rows
+from structgen.decoding.retry import Attempt, attempt_seed, check_max_retries, retry_messages
 from structgen.errors import (
     BudgetTooSmallError,
     GenerationError,
     OutputError,
     PromptTooLongError,
+    RetriesExhaustedError,
     StructgenError,
     TokenizerMismatchError,
 )
@@ -29,7 +33,11 @@ DEFAULT_MAX_TOKENS = 512
 
 @dataclass
 class Generation:
-    """One finished generation: the validated value and how it was produced."""
+    """One finished generation: the validated value and how it was produced.
+
+    The fields describe the answer that was kept; ``attempts`` lists every decoded answer in
+    order (one unless a validator refused some and ``max_retries`` allowed another), the kept
+    one last with ``error=None``."""
 
     value: Any
     text: str
@@ -38,6 +46,7 @@ class Generation:
     stop_reason: str  # "eos": the model ended its turn; "max_tokens": the budget ran out
     seconds: float
     compile_seconds: float
+    attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def ms_per_token(self) -> float:
@@ -110,9 +119,14 @@ class Decoded:
 
 
 def prepare_row(model: Model, constraint: Constraint, messages: list[dict],
-                max_tokens: int) -> Row:
-    """Tokenise the conversation and give it a matcher with its budget (typed errors if it can't)."""
+                max_tokens: int, attempts: list[Attempt] = ()) -> Row:
+    """Tokenise the conversation and give it a matcher with its budget (typed errors if it can't).
+
+    For a retry (``attempts``: the refused ones) the conversation has grown by them: when it
+    leaves no room for the shortest answer, ``PromptTooLongError`` says so and carries them."""
     ids = chat_ids(model, messages)
+    if attempts and len(ids) + constraint.min_tokens > model.context_length:
+        raise PromptTooLongError(len(ids), model.context_length, list(attempts))
     budget = token_budget(model, constraint, len(ids), max_tokens)
     return Row(prompt_ids=ids, matcher=constraint.matcher(max_tokens=budget))
 
@@ -127,39 +141,123 @@ def finish_row(model: Model, constraint: Constraint, row: Row, seconds: float) -
 
 def decode(model: Model, constraint: Constraint, messages: list[dict], *, max_tokens: int,
            temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
-           seed: int | None = None) -> Decoded:
+           seed: int | None = None, attempts: list[Attempt] = ()) -> Decoded:
     """Render ``messages``, decode one assistant turn under ``constraint``, return its exact text."""
-    row = prepare_row(model, constraint, messages, max_tokens)
+    row = prepare_row(model, constraint, messages, max_tokens, attempts)
     started = time.perf_counter()
     decode_rows(model, [row], Sampling(temperature, top_p, top_k, seed))
     return finish_row(model, constraint, row, time.perf_counter() - started)
 
 
-def generation_of(constraint: Constraint, decoded: Decoded, compile_seconds: float) -> Generation:
-    """Parse and validate the decoded text into the requested value (``OutputError`` if it can't)."""
-    value = constraint.output_type.parse(decoded.text) if constraint.output_type else decoded.text
+def attempt_of(decoded: Decoded, error: StructgenError | None) -> Attempt:
+    return Attempt(text=decoded.text, error=error, prompt_tokens=decoded.prompt_tokens,
+                   completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
+                   seconds=decoded.seconds)
+
+
+def generation_of(constraint: Constraint, decoded: Decoded, compile_seconds: float,
+                  context: Any = None, attempts: list[Attempt] = ()) -> Generation:
+    """Parse and validate the decoded text into the requested value (``OutputError`` if it can't);
+    ``attempts`` are the refused answers before this one."""
+    value = (constraint.output_type.parse(decoded.text, context=context) if constraint.output_type
+             else decoded.text)
     return Generation(value=value, text=decoded.text, prompt_tokens=decoded.prompt_tokens,
                       completion_tokens=decoded.completion_tokens, stop_reason=decoded.stop_reason,
-                      seconds=decoded.seconds, compile_seconds=compile_seconds)
+                      seconds=decoded.seconds, compile_seconds=compile_seconds,
+                      attempts=[*attempts, attempt_of(decoded, None)])
+
+
+def retries_for(constraint: Constraint) -> bool:
+    """JSON answers are retried; a Regex answer can only fail its check through a constraint
+    bug, which a retry would hide."""
+    return constraint.output_type is not None and constraint.output_type.is_json
+
+
+def refusal(attempts: list[Attempt], error: StructgenError) -> StructgenError:
+    """The error of a call whose last attempt was refused: the refusal itself when no retry was
+    allowed (as before ``max_retries``), else ``RetriesExhaustedError`` with every attempt."""
+    if len(attempts) == 1:
+        return error
+    exhausted = RetriesExhaustedError(attempts)
+    exhausted.__cause__ = error
+    return exhausted
+
+
+def decode_with_retries(model: Model, constraint: Constraint, prompts: list, *, batch_size: int,
+                        max_tokens: int, sampling: Sampling, max_retries: int, context: Any,
+                        compile_seconds: float) -> list:
+    """One result per prompt, in order: its ``Generation``, or its typed error in place.
+
+    Rows are decoded ``batch_size`` at a time; the rows a validator refused then go round again,
+    batched together, each with its own conversation grown by its refused answer and the error.
+    Round ``k`` samples with ``attempt_seed(seed + start, k)`` (``start``: the chunk's offset)."""
+    results: list = [None] * len(prompts)
+    attempts: list[list[Attempt]] = [[] for _ in prompts]
+    retry = retries_for(constraint)
+    pending: list[tuple[int, Any]] = list(enumerate(prompts))
+    round_ = 0
+    while pending:
+        ready: list[tuple[int, list[dict], Row]] = []
+        for index, conversation in pending:
+            try:
+                messages = messages_for(constraint, conversation) if round_ == 0 else conversation
+                ready.append((index, messages, prepare_row(model, constraint, messages, max_tokens,
+                                                           attempts[index])))
+            except StructgenError as error:
+                results[index] = error
+        # Similar lengths share a batch, so left padding wastes little; results keep input order.
+        ready.sort(key=lambda item: len(item[2].prompt_ids), reverse=True)
+        pending = []
+        for start in range(0, len(ready), batch_size):
+            chunk = ready[start:start + batch_size]
+            seed = None if sampling.seed is None else attempt_seed(sampling.seed + start, round_)
+            started = time.perf_counter()
+            decode_rows(model, [row for _, _, row in chunk], replace(sampling, seed=seed))
+            seconds = time.perf_counter() - started
+            for index, messages, row in chunk:
+                try:
+                    decoded = finish_row(model, constraint, row, seconds)
+                except StructgenError as error:  # a forbidden token: a bug, never retried
+                    results[index] = error
+                    continue
+                try:
+                    results[index] = generation_of(constraint, decoded, compile_seconds, context,
+                                                   attempts[index])
+                except OutputError as error:
+                    attempts[index].append(attempt_of(decoded, error))
+                    if not retry or len(attempts[index]) > max_retries:
+                        results[index] = refusal(attempts[index], error)
+                    else:
+                        pending.append((index, retry_messages(messages, decoded.text, [error])))
+        round_ += 1
+    return results
 
 
 def generate_with_details(output_type: Any, prompt, *, model: Model | str | None = None,
                           max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                           top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                          whitespace: str = "compact") -> Generation:
-    """Like ``generate``, but returns a ``Generation`` with the raw text, token counts and timings."""
+                          whitespace: str = "compact", max_retries: int = 0,
+                          validation_context: Any = None) -> Generation:
+    """Like ``generate``, but returns a ``Generation`` with the raw text, token counts, timings
+    and every attempt."""
+    check_max_retries(max_retries)
     model = resolve_model(model)
     compile_started = time.perf_counter()
     constraint = constraint_for(output_type, model, whitespace)
     compile_seconds = time.perf_counter() - compile_started
-    decoded = decode(model, constraint, messages_for(constraint, prompt), max_tokens=max_tokens,
-                     temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    return generation_of(constraint, decoded, compile_seconds)
+    (result,) = decode_with_retries(
+        model, constraint, [prompt], batch_size=1, max_tokens=max_tokens,
+        sampling=Sampling(temperature, top_p, top_k, seed), max_retries=max_retries,
+        context=validation_context, compile_seconds=compile_seconds)
+    if isinstance(result, StructgenError):
+        raise result
+    return result
 
 
 def generate(output_type: Any, prompt, *, model: Model | str | None = None,
              max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-             top_k: int | None = None, seed: int | None = None, whitespace: str = "compact") -> Any:
+             top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+             max_retries: int = 0, validation_context: Any = None) -> Any:
     """Generate a value of ``output_type`` from ``prompt``; it always parses and validates.
 
     ``output_type``: a pydantic model or any type pydantic can describe, a JSON-schema dict (returns
@@ -169,62 +267,54 @@ def generate(output_type: Any, prompt, *, model: Model | str | None = None,
     ``Transformers`` model, or None for the embedded SmolLM2. Greedy by default;
     ``temperature``/``top_p``/``top_k`` sample, ``seed`` makes it reproducible. The answer always
     fits in ``max_tokens``.
+
+    The constraint enforces the JSON schema; a validator stricter than it (``field_validator``,
+    ``model_validator``, ``AfterValidator``) that refuses the answer raises ``OutputError``, or,
+    with ``max_retries=N``, sends the error back to the model and decodes again, up to N times
+    (then ``RetriesExhaustedError``). ``validation_context`` is pydantic's ``context``.
     """
     return generate_with_details(output_type, prompt, model=model, max_tokens=max_tokens,
                                  temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                 whitespace=whitespace).value
+                                 whitespace=whitespace, max_retries=max_retries,
+                                 validation_context=validation_context).value
 
 
 def generate_batch_with_details(output_type: Any, prompts: list, *, model: Model | str | None = None,
                                 batch_size: int = 8, max_tokens: int = DEFAULT_MAX_TOKENS,
                                 temperature: float = 0.0, top_p: float = 1.0,
                                 top_k: int | None = None, seed: int | None = None,
-                                whitespace: str = "compact") -> list:
+                                whitespace: str = "compact", max_retries: int = 0,
+                                validation_context: Any = None) -> list:
     """Like ``generate_batch``, but each result is a ``Generation`` (or the row's error)."""
     if batch_size < 1:
         raise GenerationError(f"batch_size must be at least 1, not {batch_size}")
+    check_max_retries(max_retries)
     model = resolve_model(model)
     compile_started = time.perf_counter()
     constraint = constraint_for(output_type, model, whitespace)
     compile_seconds = time.perf_counter() - compile_started
-    results: list = [None] * len(prompts)
-    ready: list[tuple[int, Row]] = []
-    for index, prompt in enumerate(prompts):
-        try:
-            messages = messages_for(constraint, prompt)
-            ready.append((index, prepare_row(model, constraint, messages, max_tokens)))
-        except StructgenError as error:
-            results[index] = error
-    # Similar lengths share a batch, so left padding wastes little; results keep input order.
-    ready.sort(key=lambda item: len(item[1].prompt_ids), reverse=True)
-    for start in range(0, len(ready), batch_size):
-        chunk = ready[start:start + batch_size]
-        sampling = Sampling(temperature, top_p, top_k, None if seed is None else seed + start)
-        started = time.perf_counter()
-        decode_rows(model, [row for _, row in chunk], sampling)
-        seconds = time.perf_counter() - started
-        for index, row in chunk:
-            try:
-                results[index] = generation_of(constraint, finish_row(model, constraint, row, seconds),
-                                               compile_seconds)
-            except StructgenError as error:
-                results[index] = error
-    return results
+    return decode_with_retries(model, constraint, list(prompts), batch_size=batch_size,
+                               max_tokens=max_tokens, sampling=Sampling(temperature, top_p, top_k, seed),
+                               max_retries=max_retries, context=validation_context,
+                               compile_seconds=compile_seconds)
 
 
 def generate_batch(output_type: Any, prompts: list, *, model: Model | str | None = None,
                    batch_size: int = 8, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                    top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                   whitespace: str = "compact") -> list:
+                   whitespace: str = "compact", max_retries: int = 0,
+                   validation_context: Any = None) -> list:
     """Generate one value of ``output_type`` per prompt, decoding ``batch_size`` rows at a time.
 
     Results come back in input order. A row that fails (empty prompt, prompt too long, ...) gets
     its typed ``StructgenError`` in place of the value instead of failing the batch; every other
     row is guaranteed valid exactly as with ``generate``. A schema that cannot be compiled raises,
     since no row could succeed. In the details variant, a ``Generation``'s ``seconds`` is the wall
-    time of the batch it was decoded in.
+    time of the batch it was decoded in. With ``max_retries``, only the rows a validator refused
+    are decoded again (batched together); a row out of retries gets its ``RetriesExhaustedError``.
     """
     return [result if isinstance(result, StructgenError) else result.value
             for result in generate_batch_with_details(
                 output_type, prompts, model=model, batch_size=batch_size, max_tokens=max_tokens,
-                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)]
+                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace,
+                max_retries=max_retries, validation_context=validation_context)]

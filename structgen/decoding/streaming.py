@@ -3,7 +3,9 @@
 Decoding runs the same loop as ``generate`` in a worker thread; each token's bytes go through an
 incremental UTF-8 decoder into one incremental JSON parser (each character parsed once), and a
 ``Partial`` is yielded whenever the value grew. The last item is the validated value — the same
-value ``generate`` returns for the same arguments and seed, since it is the same decoding.
+value ``generate`` returns for the same arguments and seed, since it is the same decoding. With
+``max_retries``, a final answer a validator refuses is followed by a ``Retry`` item, and the
+next attempt streams from the start.
 
 Stopping early (closing the generator, or cancelling the async task) sets a flag the decoding
 loop checks at every token, so generation stops within one decoding step. At interpreter exit the
@@ -24,14 +26,19 @@ from structgen.backends.transformers import Model
 from structgen.constraint.tool_calls import CLOSE_TAG, OPEN_TAG
 from structgen.decoding.generate import (
     DEFAULT_MAX_TOKENS,
+    attempt_of,
     constraint_for,
     finish_row,
     messages_for,
     prepare_row,
+    refusal,
     resolve_model,
+    retries_for,
 )
 from structgen.decoding.loop import Sampling, decode_rows
+from structgen.decoding.retry import attempt_seed, check_max_retries, retry_messages
 from structgen.decoding.tools import tool_turn
+from structgen.errors import OutputError
 from structgen.parsing.partial_json import IncrementalJSONParser
 from structgen.parsing.tool_calls import read_tool_calls
 
@@ -60,6 +67,16 @@ class Partial:
     def is_complete(self, *path) -> bool:
         """Whether the string at ``path`` (e.g. ``"name"`` or ``"attacks", 0``) is finished."""
         return tuple(path) not in self.incomplete
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Attempt ``attempt`` (1 for the first answer) wrote ``text``, which a validator refused
+    with ``error``; the partials that follow belong to the next attempt, from its start."""
+
+    attempt: int
+    text: str
+    error: OutputError
 
 
 class _Cancelled(Exception):
@@ -109,15 +126,19 @@ def _stop_at_exit() -> None:
 
 
 def _token_stream(model: Model, constraint, messages: list[dict], max_tokens: int,
-                  sampling: Sampling, stop: threading.Event) -> Iterator[Any]:
-    """Yields each generated token id, then the finished ``Decoded``; decoding in a thread."""
-    row = prepare_row(model, constraint, messages, max_tokens)
+                  sampling: Sampling, stop: threading.Event, attempts: list = ()) -> Iterator[Any]:
+    """Yields each generated token id, then the finished ``Decoded``; decoding in a thread.
+
+    ``stop`` ends the whole stream (the consumer left, Python exits); ``left`` only this decode,
+    when its consumer stops reading, so a retry after it can start on the same ``stop``."""
+    row = prepare_row(model, constraint, messages, max_tokens, attempts)
     if stop.is_set():  # stopped before decoding began (the consumer left, or Python is exiting)
         return
     tokens: queue.Queue = queue.Queue()
+    left = threading.Event()
 
     def on_token(_row: int, token: int) -> None:
-        if stop.is_set():
+        if stop.is_set() or left.is_set():
             raise _Cancelled
         tokens.put(token)
 
@@ -142,16 +163,16 @@ def _token_stream(model: Model, constraint, messages: list[dict], max_tokens: in
         if not stop.is_set():  # cancelled: the consumer wants no final value
             yield finish_row(model, constraint, row, 0.0)
     finally:
-        stop.set()
+        left.set()
         worker.join()
 
 
 def _text_deltas(model: Model, constraint, messages: list[dict], max_tokens: int,
-                 sampling: Sampling, stop: threading.Event) -> Iterator[Any]:
+                 sampling: Sampling, stop: threading.Event, attempts: list = ()) -> Iterator[Any]:
     """Text deltas as they decode (multi-byte characters held until whole), then ``Decoded``."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     token_bytes = model.tokenizer_info.token_bytes
-    for item in _token_stream(model, constraint, messages, max_tokens, sampling, stop):
+    for item in _token_stream(model, constraint, messages, max_tokens, sampling, stop, attempts):
         if not isinstance(item, int):
             yield item
         elif item != constraint.eos_token_id:
@@ -163,23 +184,47 @@ def _text_deltas(model: Model, constraint, messages: list[dict], max_tokens: int
 def stream(output_type: Any, prompt, *, model: Model | str | None = None,
            max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
            top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+           max_retries: int = 0, validation_context: Any = None,
            _stop: threading.Event | None = None) -> Iterator[Any]:
-    """Yield ``Partial`` values as the answer is written, then the validated value last."""
+    """Yield ``Partial`` values as the answer is written, then the validated value last.
+
+    With ``max_retries``, a final answer a validator refuses yields ``Retry`` and the next
+    attempt streams from its start (as ``generate`` retries); out of retries,
+    ``RetriesExhaustedError`` is raised."""
+    check_max_retries(max_retries)
     model = resolve_model(model)
     constraint = constraint_for(output_type, model, whitespace)
-    parser = IncrementalJSONParser() if constraint.output_type.is_json else None
-    text = ""
-    for item in _text_deltas(model, constraint, messages_for(constraint, prompt), max_tokens,
-                             Sampling(temperature, top_p, top_k, seed), _stop or threading.Event()):
-        if not isinstance(item, str):
-            yield constraint.output_type.parse(item.text)
-            return
-        text += item
-        if parser is None:
-            yield Partial(value=text, incomplete=frozenset({()}), text=text)
-        elif parser.feed(item):
-            value, incomplete = parser.snapshot()
-            yield Partial(value=value, incomplete=incomplete, text=text)
+    stop = _stop or threading.Event()
+    messages = messages_for(constraint, prompt)
+    attempts: list = []
+    while True:
+        parser = IncrementalJSONParser() if constraint.output_type.is_json else None
+        text = ""
+        sampling = Sampling(temperature, top_p, top_k, attempt_seed(seed, len(attempts)))
+        for item in _text_deltas(model, constraint, messages, max_tokens, sampling, stop, attempts):
+            if isinstance(item, str):
+                text += item
+                if parser is None:
+                    yield Partial(value=text, incomplete=frozenset({()}), text=text)
+                elif parser.feed(item):
+                    value, incomplete = parser.snapshot()
+                    yield Partial(value=value, incomplete=incomplete, text=text)
+                continue
+            try:
+                value = constraint.output_type.parse(item.text, context=validation_context)
+            except OutputError as error:
+                attempts.append(attempt_of(item, error))
+                if not retries_for(constraint) or len(attempts) > max_retries:
+                    raise refusal(attempts, error)
+            else:
+                yield value
+                return
+            error = attempts[-1].error
+            yield Retry(len(attempts), item.text, error)
+            messages = retry_messages(messages, item.text, [error])
+            break
+        else:
+            return  # stopped: no final value
 
 
 def stream_text(output_type: Any, prompt, *, model: Model | str | None = None,

@@ -10,6 +10,8 @@ The constraint guarantees the schema, not a validator stricter than it: a call i
 is answered with the error while the turn's other calls run. A call repeated within a run is
 answered from its first result instead of running again, and a turn that only repeats calls
 ends the tool phase (the model is going round in circles): the next turn is the text answer.
+With ``max_retries``, a turn with a refused call is decoded again first, the refusals shown to the
+model as a user turn (``structgen.decoding.retry``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 from structgen.backends.transformers import Model
 from structgen.constraint.compiler import default_compiler
 from structgen.constraint.tool_calls import tool_turn_regex
-from structgen.decoding.generate import DEFAULT_MAX_TOKENS, decode, resolve_model
+from structgen.decoding.generate import DEFAULT_MAX_TOKENS, attempt_of, decode, refusal, resolve_model
+from structgen.decoding.retry import Attempt, attempt_seed, check_max_retries, retry_messages
 from structgen.errors import ToolArgumentsError, ToolDefinitionError, ToolInputError
 from structgen.parsing.tool_calls import ToolCall, read_tool_calls
 from structgen.prompts.hermes import as_messages, tool_messages
@@ -38,6 +41,8 @@ class ToolTurn:
 
     ``rejected`` holds the calls whose arguments fit the schema but that the tool refused (a
     stricter pydantic validator): each has ``error`` set; ``calls`` holds the valid ones.
+    The fields are the last attempt's; ``attempts`` lists every decoded turn (more than one with
+    ``max_retries``), each with its first refused call's error, or None.
     """
 
     text: str
@@ -48,6 +53,7 @@ class ToolTurn:
     seconds: float
     compile_seconds: float
     rejected: list[ToolCall] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 @dataclass
@@ -64,32 +70,47 @@ def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
                             tool_choice: str = "auto", max_calls: int | None = None,
                             parallel: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS,
                             temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
-                            seed: int | None = None, whitespace: str = "compact") -> ToolTurn:
-    """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings), and
-    the calls a tool refused in ``rejected`` instead of raising."""
+                            seed: int | None = None, whitespace: str = "compact",
+                            max_retries: int = 0) -> ToolTurn:
+    """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings,
+    attempts), and the calls a tool refused (after the retries) in ``rejected`` instead of
+    raising."""
     turn, _ = _decode_turn(tools, prompt, model=model, tool_choice=tool_choice, max_calls=max_calls,
                            parallel=parallel, max_tokens=max_tokens, temperature=temperature,
-                           top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)
+                           top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace,
+                           max_retries=max_retries)
     return turn
 
 
 def _decode_turn(tools, prompt, *, model, tool_choice, max_calls, parallel, max_tokens, temperature,
-                 top_p, top_k, seed, whitespace) -> tuple[ToolTurn, list[ToolCall]]:
-    """The turn, and all its calls in the order written (refused ones included)."""
+                 top_p, top_k, seed, whitespace, max_retries=0) -> tuple[ToolTurn, list[ToolCall]]:
+    """The turn, and all its calls in the order written (refused ones included).
+
+    A turn with a refused call is decoded again, up to ``max_retries`` times, with the refused
+    turn and the refusals appended to the conversation; the last attempt is the turn."""
+    check_max_retries(max_retries)
     model = resolve_model(model)
     compile_started = time.perf_counter()
     tool_list, constraint, messages = tool_turn(tools, prompt, model, tool_choice=tool_choice,
                                                 max_calls=max_calls, parallel=parallel,
                                                 whitespace=whitespace)
     compile_seconds = time.perf_counter() - compile_started
-    decoded = decode(model, constraint, messages, max_tokens=max_tokens, temperature=temperature,
-                     top_p=top_p, top_k=top_k, seed=seed)
-    calls = read_tool_calls(decoded.text, tool_list)
+    attempts: list[Attempt] = []
+    while True:
+        decoded = decode(model, constraint, messages, max_tokens=max_tokens, temperature=temperature,
+                         top_p=top_p, top_k=top_k, seed=attempt_seed(seed, len(attempts)),
+                         attempts=attempts)
+        calls = read_tool_calls(decoded.text, tool_list)
+        refused = [call.error for call in calls if call.error is not None]
+        attempts.append(attempt_of(decoded, refused[0] if refused else None))
+        if not refused or len(attempts) > max_retries:
+            break
+        messages = retry_messages(messages, decoded.text, refused, tools=True)
     turn = ToolTurn(text=decoded.text, calls=[c for c in calls if c.error is None],
                     prompt_tokens=decoded.prompt_tokens, completion_tokens=decoded.completion_tokens,
                     stop_reason=decoded.stop_reason, seconds=decoded.seconds,
                     compile_seconds=compile_seconds,
-                    rejected=[c for c in calls if c.error is not None])
+                    rejected=[c for c in calls if c.error is not None], attempts=attempts)
     return turn, calls
 
 
@@ -108,7 +129,7 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
                max_calls: int | None = None, parallel: bool = True,
                max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int | None = None, seed: int | None = None,
-               whitespace: str = "compact") -> list[ToolCall]:
+               whitespace: str = "compact", max_retries: int = 0) -> list[ToolCall]:
     """Let the model call ``tools`` for ``prompt``; returns the validated calls (``[]`` for text).
 
     ``tools``: Python functions, pydantic models or OpenAI-style tool dicts. ``tool_choice``:
@@ -116,14 +137,16 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
     ``max_calls`` bounds the calls in the turn; ``parallel=False`` means at most one. Every call
     names a real tool and its arguments validate against that tool's parameters; a call that a
     validator stricter than the schema refuses raises its ``ToolArgumentsError``
-    (``call_tools_with_details`` returns the turn with it in ``rejected`` instead).
+    (``call_tools_with_details`` returns the turn with it in ``rejected`` instead). With
+    ``max_retries=N`` the refusals go back to the model and the turn is decoded again, up to N
+    times; a turn still refused then raises ``RetriesExhaustedError`` with every attempt.
     """
     turn = call_tools_with_details(
         tools, prompt, model=model, tool_choice=tool_choice, max_calls=max_calls, parallel=parallel,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-        whitespace=whitespace)
+        whitespace=whitespace, max_retries=max_retries)
     if turn.rejected:
-        raise turn.rejected[0].error
+        raise refusal(turn.attempts, turn.rejected[0].error)
     return turn.calls
 
 
@@ -131,7 +154,7 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
               tool_choice: str = "auto", max_calls: int | None = None, parallel: bool = True,
               max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
               top_k: int | None = None, seed: int | None = None,
-              whitespace: str = "compact") -> ToolRun:
+              whitespace: str = "compact", max_retries: int = 0) -> ToolRun:
     """Answer ``prompt`` with the help of ``tools`` (callables), executing the calls the model makes.
 
     Up to ``max_iterations`` turns may call tools (under ``tool_choice``: "auto", "required" or a
@@ -141,6 +164,8 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
     same arguments) is answered with that result and not run again. When the iterations are
     spent, or a turn only repeated calls, one last turn is decoded with ``tool_choice="none"``,
     so the run always ends in text (which never holds a ``<tool_call>`` or ``<tool_response>``).
+    With ``max_retries``, a turn with a refused call is first decoded again (as in ``call_tools``);
+    only its last attempt enters ``messages``, and a call still refused is answered with the error.
     """
     if not isinstance(max_iterations, int) or isinstance(max_iterations, bool) or max_iterations < 0:
         raise ToolInputError(f"max_iterations must be an int of at least 0, not {max_iterations!r}")
@@ -152,8 +177,10 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
             raise ToolDefinitionError("run_tools needs a Python function to execute", tool=tool.name)
     messages = as_messages(prompt)
     run = ToolRun(answer="", messages=messages)
+    check_max_retries(max_retries)
     options = dict(model=model, max_calls=max_calls, parallel=parallel, max_tokens=max_tokens,
-                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace)
+                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, whitespace=whitespace,
+                   max_retries=max_retries)
     answered: dict[str, Any] = {}  # each distinct call of this run -> its response
     only_repeats = False
     while True:
