@@ -24,6 +24,7 @@ import sys
 
 from structgen import __version__
 from structgen.errors import StructgenError
+from structgen.schema import DEFAULT_WHITESPACE, WHITESPACE_MODES
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--batch-size", type=int, default=8, help="rows decoded together")
     batch.add_argument("--max-tokens", type=int, default=512,
                        help="token budget of each answer (the answer still closes validly)")
-    batch.add_argument("--whitespace", choices=["compact", "flexible"], default="compact",
+    batch.add_argument("--whitespace", choices=WHITESPACE_MODES, default=DEFAULT_WHITESPACE,
                        help="whitespace the answers may hold (docs/json-mode.md)")
     batch.add_argument("--max-retries", type=int, default=0,
                        help="times a row is decoded again when a validator refuses its answer, "
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="sampling temperature; 0 decodes greedily")
     generate.add_argument("--seed", type=int,
                           help="seed of the sampler, for a reproducible answer (default: none)")
-    generate.add_argument("--whitespace", choices=["compact", "flexible"], default="compact",
+    generate.add_argument("--whitespace", choices=WHITESPACE_MODES, default=DEFAULT_WHITESPACE,
                           help="whitespace the answer may hold (docs/json-mode.md)")
     generate.add_argument("--max-retries", type=int, default=0,
                           help="times the answer is decoded again when a validator refuses it, "

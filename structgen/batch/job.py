@@ -21,6 +21,7 @@ from typing import Any
 import structgen
 from structgen.batch.io import InputRow, OutputFile
 from structgen.errors import BatchInputError, StructgenError
+from structgen.schema import DEFAULT_WHITESPACE, WHITESPACE_MODES
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class BatchJob:
     model: str | None = None
     batch_size: int = 8
     max_tokens: int = 512
-    whitespace: str = "compact"
+    whitespace: str = DEFAULT_WHITESPACE
     max_retries: int = 0
 
     def output_type(self) -> Any:
@@ -83,6 +84,9 @@ class BatchJob:
         retries = self.max_retries
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise BatchInputError(f"--max-retries must be at least 0, not {self.max_retries}")
+        if self.whitespace not in WHITESPACE_MODES:
+            raise BatchInputError(f"--whitespace must be one of {', '.join(WHITESPACE_MODES)}, "
+                                  f"not {self.whitespace!r}")
         if self.prompt_template is not None:
             try:
                 fields = [name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name]

@@ -27,6 +27,7 @@ from structgen.errors import (
     TokenizerMismatchError,
 )
 from structgen.prompts.hermes import as_messages, json_mode_messages, render_chat
+from structgen.schema import DEFAULT_WHITESPACE
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -236,7 +237,7 @@ def decode_with_retries(model: Model, constraint: Constraint, prompts: list, *, 
 def generate_with_details(output_type: Any, prompt, *, model: Model | str | None = None,
                           max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                           top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                          whitespace: str = "compact", max_retries: int = 0,
+                          whitespace: str = DEFAULT_WHITESPACE, max_retries: int = 0,
                           validation_context: Any = None) -> Generation:
     """Like ``generate``, but returns a ``Generation`` with the raw text, token counts, timings
     and every attempt."""
@@ -256,7 +257,7 @@ def generate_with_details(output_type: Any, prompt, *, model: Model | str | None
 
 def generate(output_type: Any, prompt, *, model: Model | str | None = None,
              max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-             top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+             top_k: int | None = None, seed: int | None = None, whitespace: str = DEFAULT_WHITESPACE,
              max_retries: int = 0, validation_context: Any = None) -> Any:
     """Generate a value of ``output_type`` from ``prompt``; it always parses and validates.
 
@@ -283,7 +284,7 @@ def generate_batch_with_details(output_type: Any, prompts: list, *, model: Model
                                 batch_size: int = 8, max_tokens: int = DEFAULT_MAX_TOKENS,
                                 temperature: float = 0.0, top_p: float = 1.0,
                                 top_k: int | None = None, seed: int | None = None,
-                                whitespace: str = "compact", max_retries: int = 0,
+                                whitespace: str = DEFAULT_WHITESPACE, max_retries: int = 0,
                                 validation_context: Any = None) -> list:
     """Like ``generate_batch``, but each result is a ``Generation`` (or the row's error)."""
     if batch_size < 1:
@@ -302,7 +303,7 @@ def generate_batch_with_details(output_type: Any, prompts: list, *, model: Model
 def generate_batch(output_type: Any, prompts: list, *, model: Model | str | None = None,
                    batch_size: int = 8, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                    top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                   whitespace: str = "compact", max_retries: int = 0,
+                   whitespace: str = DEFAULT_WHITESPACE, max_retries: int = 0,
                    validation_context: Any = None) -> list:
     """Generate one value of ``output_type`` per prompt, decoding ``batch_size`` rows at a time.
 

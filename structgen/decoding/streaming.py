@@ -41,6 +41,7 @@ from structgen.decoding.tools import tool_turn
 from structgen.errors import OutputError
 from structgen.parsing.partial_json import IncrementalJSONParser
 from structgen.parsing.tool_calls import read_tool_calls
+from structgen.schema import DEFAULT_WHITESPACE
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def _text_deltas(model: Model, constraint, messages: list[dict], max_tokens: int
 
 def stream(output_type: Any, prompt, *, model: Model | str | None = None,
            max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-           top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+           top_k: int | None = None, seed: int | None = None, whitespace: str = DEFAULT_WHITESPACE,
            max_retries: int = 0, validation_context: Any = None,
            _stop: threading.Event | None = None) -> Iterator[Any]:
     """Yield ``Partial`` values as the answer is written, then the validated value last.
@@ -230,7 +231,7 @@ def stream(output_type: Any, prompt, *, model: Model | str | None = None,
 def stream_text(output_type: Any, prompt, *, model: Model | str | None = None,
                 max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
                 top_k: int | None = None, seed: int | None = None,
-                whitespace: str = "compact") -> Iterator[str]:
+                whitespace: str = DEFAULT_WHITESPACE) -> Iterator[str]:
     """Yield the raw text deltas of the constrained answer, for callers who render it themselves."""
     model = resolve_model(model)
     constraint = constraint_for(output_type, model, whitespace)
@@ -423,7 +424,7 @@ class ToolTurnEvents:
 def stream_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str = "auto",
                  max_calls: int | None = None, parallel: bool = True,
                  max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int | None = None, seed: int | None = None, whitespace: str = "compact",
+                 top_k: int | None = None, seed: int | None = None, whitespace: str = DEFAULT_WHITESPACE,
                  _stop: threading.Event | None = None) -> Iterator[Any]:
     """Yield ``TextDelta``, ``ToolCallStarted``, ``ArgumentsDelta``, ``ToolCallFinished`` and, last,
     ``TurnEnded`` events for one constrained assistant turn (arguments as in ``call_tools``)."""

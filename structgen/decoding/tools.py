@@ -32,6 +32,7 @@ from structgen.decoding.retry import Attempt, attempt_seed, check_max_retries, r
 from structgen.errors import ToolArgumentsError, ToolDefinitionError, ToolInputError
 from structgen.parsing.tool_calls import ToolCall, read_tool_calls
 from structgen.prompts.hermes import as_messages, tool_messages
+from structgen.schema import DEFAULT_WHITESPACE
 from structgen.schema.tools import Tool, as_tools, describe_exception
 
 
@@ -70,7 +71,7 @@ def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
                             tool_choice: str = "auto", max_calls: int | None = None,
                             parallel: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS,
                             temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
-                            seed: int | None = None, whitespace: str = "compact",
+                            seed: int | None = None, whitespace: str = DEFAULT_WHITESPACE,
                             max_retries: int = 0) -> ToolTurn:
     """Like ``call_tools``, but returns the whole ``ToolTurn`` (text, calls, tokens, timings,
     attempts), and the calls a tool refused (after the retries) in ``rejected`` instead of
@@ -129,7 +130,7 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
                max_calls: int | None = None, parallel: bool = True,
                max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int | None = None, seed: int | None = None,
-               whitespace: str = "compact", max_retries: int = 0) -> list[ToolCall]:
+               whitespace: str = DEFAULT_WHITESPACE, max_retries: int = 0) -> list[ToolCall]:
     """Let the model call ``tools`` for ``prompt``; returns the validated calls (``[]`` for text).
 
     ``tools``: Python functions, pydantic models or OpenAI-style tool dicts. ``tool_choice``:
@@ -154,7 +155,7 @@ def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations
               tool_choice: str = "auto", max_calls: int | None = None, parallel: bool = True,
               max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
               top_k: int | None = None, seed: int | None = None,
-              whitespace: str = "compact", max_retries: int = 0) -> ToolRun:
+              whitespace: str = DEFAULT_WHITESPACE, max_retries: int = 0) -> ToolRun:
     """Answer ``prompt`` with the help of ``tools`` (callables), executing the calls the model makes.
 
     Up to ``max_iterations`` turns may call tools (under ``tool_choice``: "auto", "required" or a
