@@ -58,15 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     prompt.add_argument("--prompt-field", default="text", help="field holding the prompt")
     prompt.add_argument("--prompt-template", help='prompt built from fields, e.g. "Extract: {body}"')
     batch.add_argument("--id-field", help="field holding a unique row id (default: the line number)")
-    batch.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
     batch.add_argument("--batch-size", type=int, default=8, help="rows decoded together")
-    batch.add_argument("--max-tokens", type=int, default=512,
-                       help="token budget of each answer (the answer still closes validly)")
-    batch.add_argument("--whitespace", choices=WHITESPACE_MODES, default=DEFAULT_WHITESPACE,
-                       help="whitespace the answers may hold (docs/json-mode.md)")
-    batch.add_argument("--max-retries", type=int, default=0,
-                       help="times a row is decoded again when a validator refuses its answer, "
-                            "with the error shown to the model")
+    _add_answer_options(batch, "each row's answer")
     batch.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="decode on this machine, or on a Ray cluster")
     batch.add_argument("--address", help="Ray cluster address (with --engine ray; default: a local cluster)")
@@ -83,18 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=_ShowDefaults)
     generate.add_argument("--schema", required=True, help="pkg.module:Model, or a JSON-schema file")
     generate.add_argument("--prompt", required=True, help="the user turn")
-    generate.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
-    generate.add_argument("--max-tokens", type=int, default=512,
-                          help="token budget of the answer (the answer still closes validly)")
+    _add_answer_options(generate, "the answer")
     generate.add_argument("--temperature", type=float, default=0.0,
                           help="sampling temperature; 0 decodes greedily")
     generate.add_argument("--seed", type=int,
                           help="seed of the sampler, for a reproducible answer (default: none)")
-    generate.add_argument("--whitespace", choices=WHITESPACE_MODES, default=DEFAULT_WHITESPACE,
-                          help="whitespace the answer may hold (docs/json-mode.md)")
-    generate.add_argument("--max-retries", type=int, default=0,
-                          help="times the answer is decoded again when a validator refuses it, "
-                               "with the error shown to the model")
     generate.add_argument("--stream", action="store_true", help="show the object filling in")
     args = parser.parse_args(argv)
     try:
@@ -102,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     except StructgenError as error:
         print(f"structgen: error: {error}", file=sys.stderr)
         return 2
+
+
+def _add_answer_options(command: argparse.ArgumentParser, answer: str) -> None:
+    """The options both commands share: what ``answer`` is decoded by and how it may look."""
+    command.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
+    command.add_argument("--max-tokens", type=int, default=512,
+                         help=f"token budget of {answer} (it still closes validly)")
+    command.add_argument("--whitespace", choices=WHITESPACE_MODES, default=DEFAULT_WHITESPACE,
+                         help=f"layout of {answer}'s JSON (docs/json-mode.md)")
+    command.add_argument("--max-retries", type=int, default=0,
+                         help=f"times {answer} is decoded again when a validator refuses it, with "
+                              "the error shown to the model")
 
 
 def _generate(args) -> int:
