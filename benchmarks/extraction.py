@@ -422,7 +422,7 @@ def plot(records: list[dict], rows: list[str], cases: list[dict], name: str) -> 
         return
     families = sorted({c["family"] for c in cases}, key=[c["family"] for c in cases].index)
     groups = ["all", *families]
-    figure, axis = plt.subplots(figsize=(11, 4.2))
+    figure, axis = plt.subplots(figsize=(11, 4.8))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         rates = []
@@ -434,7 +434,7 @@ def plot(records: list[dict], rows: list[str], cases: list[dict], name: str) -> 
     axis.set_ylabel("fields right, %")
     axis.set_ylim(0, 105)
     axis.set_title(f"Extraction accuracy, SmolLM2-135M, greedy ({len(cases)} cases)")
-    axis.legend(fontsize=8, ncol=3, loc="upper left")
+    axis.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     figure.tight_layout()
     figure.savefig(RESULTS / f"{name}.png", dpi=120)
 
