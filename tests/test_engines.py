@@ -73,14 +73,14 @@ def test_both_engines_write_the_same_language(info):
 
 
 def test_a_schema_the_regex_compiler_refuses_runs_on_llguidance(info, smollm2_tokenizer):
-    constraint = structgen.compile_constraint(NOT_REGULAR, info)
+    constraint = structgen.compile_constraint(NOT_REGULAR, info, whitespace="compact")
     assert isinstance(constraint, GrammarConstraint) and constraint.engine == "llguidance"
     assert "patternProperties" in constraint.fallback_reason
     assert accepts(constraint, ids_of(smollm2_tokenizer, {"x-a": 1, "x-b": 2}))
     assert not accepts(constraint, ids_of(smollm2_tokenizer, {"y": 1}))
     assert not accepts(constraint, ids_of(smollm2_tokenizer, {"x-a": "one"}))
     with pytest.raises(structgen.UnsupportedSchemaError):
-        structgen.compile_constraint(NOT_REGULAR, info, engine="outlines-core")
+        structgen.compile_constraint(NOT_REGULAR, info, engine="outlines-core", whitespace="compact")
 
 
 def test_what_neither_engine_can_enforce_stays_a_typed_error_with_its_pointer(info):
@@ -94,13 +94,13 @@ def test_what_neither_engine_can_enforce_stays_a_typed_error_with_its_pointer(in
 def test_recursion_goes_to_llguidance_or_is_unrolled_when_llguidance_refuses(info, smollm2_tokenizer):
     tree = {"type": "object", "required": ["v"],
             "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#"}}}}
-    exact = structgen.compile_constraint(tree, info)  # llguidance nests without bound
+    exact = structgen.compile_constraint(tree, info, whitespace="compact")  # llguidance nests without bound
     deep = {"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": [{"v": 4}]}]}]}
     assert exact.engine == "llguidance" and accepts(exact, ids_of(smollm2_tokenizer, deep))
     # llguidance refuses dependentRequired, which the regex enforces: the regex unrolls recursion.
     refused = {**tree, "properties": {**tree["properties"], "w": {"type": "integer"}},
                "dependentRequired": {"w": ["kids"]}}
-    unrolled = structgen.compile_constraint(refused, info)
+    unrolled = structgen.compile_constraint(refused, info, whitespace="compact")
     assert unrolled.engine == "outlines-core"
     assert accepts(unrolled, ids_of(smollm2_tokenizer, {"v": 1, "kids": [{"v": 2, "kids": []}]}))
     assert not accepts(unrolled, ids_of(smollm2_tokenizer, deep))  # deeper than the bound
@@ -124,11 +124,11 @@ def test_unrolling_goes_shallower_when_the_regex_would_be_too_large(info, smollm
             "properties": {"v": {"type": "integer"}, "w": {"type": "integer"},
                            "kids": {"type": "array", "items": {"$ref": "#"}}},
             "$comment": uuid.uuid4().hex}  # never compiled before: no cached regex for it
-    deep_regex = structgen.schema_to_regex(tree, max_recursion=2)
+    deep_regex = structgen.schema_to_regex(tree, max_recursion=2, whitespace="compact")
     monkeypatch.setattr(to_regex, "MAX_REGEX_CHARS", len(deep_regex) - 1)
-    shallow = structgen.compile_constraint(tree, info)
+    shallow = structgen.compile_constraint(tree, info, whitespace="compact")
     assert shallow.engine == "outlines-core"
-    assert shallow.regex == structgen.schema_to_regex(tree, max_recursion=1)
+    assert shallow.regex == structgen.schema_to_regex(tree, max_recursion=1, whitespace="compact")
     assert accepts(shallow, ids_of(smollm2_tokenizer, {"v": 1, "kids": [{"v": 2, "kids": []}]}))
 
 
@@ -142,8 +142,8 @@ def test_a_compile_over_its_time_budget_falls_back_to_llguidance(info, smollm2_t
 
 
 def test_a_hybrid_starts_on_llguidance_and_switches_mid_sequence(info, smollm2_tokenizer):
-    grammar = structgen.compile_constraint(PERSON, info, engine="llguidance")
-    fsm = structgen.compile_constraint(PERSON, info, engine="outlines-core")
+    grammar = structgen.compile_constraint(PERSON, info, engine="llguidance", whitespace="compact")
+    fsm = structgen.compile_constraint(PERSON, info, engine="outlines-core", whitespace="compact")
     pending: Future = Future()
     hybrid = HybridConstraint(grammar, pending)
     ids = ids_of(smollm2_tokenizer, {"name": "Zoë", "age": 41, "tags": ["bé"]})
@@ -167,15 +167,15 @@ def test_wait_false_returns_a_hybrid_that_lands_on_the_index(info):
 
     saved, module._default_compiler = module._default_compiler, compiler
     try:
-        constraint = structgen.compile_constraint(schema, info, wait=False)
+        constraint = structgen.compile_constraint(schema, info, wait=False, whitespace="compact")
         assert isinstance(constraint, HybridConstraint)
         assert constraint.fsm(wait=60).engine == "outlines-core"
         assert constraint.matcher().current().constraint.engine == "outlines-core"
-        again = structgen.compile_constraint(schema, info, wait=False)
+        again = structgen.compile_constraint(schema, info, wait=False, whitespace="compact")
         assert isinstance(again, HybridConstraint)  # the memory cache: no head start needed
         assert again.fsm().from_cache == "memory" and again.matcher().on_fsm
         assert again.covered is constraint.covered  # what was learnt about the schema is kept
-        assert structgen.compile_constraint(schema, info).engine == "outlines-core"
+        assert structgen.compile_constraint(schema, info, whitespace="compact").engine == "outlines-core"
     finally:
         module._default_compiler = saved
         compiler.close()
@@ -278,8 +278,8 @@ def test_a_cached_index_under_wait_false_builds_llguidance_only_when_asked(info,
     unbudgeted one builds it on its first mask and then admits undeclared properties too."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}},
               "$comment": uuid.uuid4().hex}
-    structgen.compile_constraint(schema, info)  # now cached
-    hybrid = structgen.compile_constraint(schema, info, wait=False)
+    structgen.compile_constraint(schema, info, whitespace="compact")  # now cached
+    hybrid = structgen.compile_constraint(schema, info, wait=False, whitespace="compact")
     extra_key = ids_of(smollm2_tokenizer, {"a": "x", "zz": 1})
     budgeted = hybrid.matcher(max_tokens=64)
     assert budgeted.on_fsm and not all(budgeted.advance(token) for token in extra_key)
@@ -301,8 +301,8 @@ def test_a_cache_hit_reads_its_first_mask(info, smollm2_tokenizer, tmp_path, mon
     try:
         for schema, adds_nothing in ((open_object, True), ({}, False)):
             module._default_compiler = ConstraintCompiler()
-            structgen.compile_constraint(schema, info)  # compiled: now on disk
-            hybrid = structgen.compile_constraint(schema, info, wait=False)
+            structgen.compile_constraint(schema, info, whitespace="compact")  # compiled: now on disk
+            hybrid = structgen.compile_constraint(schema, info, wait=False, whitespace="compact")
             assert hybrid.start_mask is None
             matcher = hybrid.matcher()
             union = matcher.mask()
@@ -312,7 +312,7 @@ def test_a_cache_hit_reads_its_first_mask(info, smollm2_tokenizer, tmp_path, mon
             module._default_compiler.close()
             module._default_compiler = ConstraintCompiler()  # a new process: memory caches empty
             module._COVERED.clear()
-            hybrid = structgen.compile_constraint(schema, info, wait=False)
+            hybrid = structgen.compile_constraint(schema, info, wait=False, whitespace="compact")
             assert hybrid.fsm().from_cache == "disk" and hybrid.start_covered is adds_nothing
             assert hybrid._build_grammar is not None  # llguidance not needed for the first mask
             matcher = hybrid.matcher()
@@ -326,7 +326,7 @@ def test_a_cache_hit_reads_its_first_mask(info, smollm2_tokenizer, tmp_path, mon
         assert not hybrid.fsm().mask(hybrid.fsm().initial_state)[nested[0]]
         module._default_compiler = ConstraintCompiler()
         module._COVERED.clear()
-        hybrid = structgen.compile_constraint(open_object, info, wait=False)
+        hybrid = structgen.compile_constraint(open_object, info, wait=False, whitespace="compact")
         assert hybrid.start_covered is True
         assert accepts_under_masks(hybrid, ids_of(smollm2_tokenizer, {"a": "x", "zz": 1}))
         for stale in tmp_path.glob("constraints/*.start"):  # made by other engine versions
@@ -334,7 +334,8 @@ def test_a_cache_hit_reads_its_first_mask(info, smollm2_tokenizer, tmp_path, mon
                               + stale.read_bytes().partition(b"\n")[2])
         module._default_compiler.close()
         module._default_compiler = ConstraintCompiler()
-        assert structgen.compile_constraint(open_object, info, wait=False).start_mask is None
+        constraint = structgen.compile_constraint(open_object, info, wait=False, whitespace="compact")
+        assert constraint.start_mask is None
     finally:
         module._default_compiler.close()
         module._default_compiler = saved

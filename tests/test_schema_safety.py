@@ -225,7 +225,7 @@ def test_a_lone_surrogate_is_a_typed_error_at_its_pointer(schema, pointer, tiny_
     {"$defs": {"loop": {"$ref": "#/$defs/loop", "title": "anything"}}, "$ref": "#/$defs/loop"},
 ])
 def test_an_endless_ref_chain_is_any_value(schema, tiny_model):
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     for text in ("1", '"x"', "null", "[true]", '{"a":1}'):  # {} nests one level: max_any_depth
         assert re.fullmatch(regex, text), text
         assert first_problem(validator(schema), json.loads(text)) is None

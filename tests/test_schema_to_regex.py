@@ -719,11 +719,12 @@ def test_strings_accept_escapes_but_not_surrogates():
 
 
 def test_untyped_values_nest_at_most_max_any_depth():
-    regex = schema_to_regex({}, max_any_depth=1)
+    regex = schema_to_regex({}, max_any_depth=1, whitespace="compact")
     assert re.fullmatch(regex, '[1,"x"]')
     assert not re.fullmatch(regex, '[1,{"a":"b"}]') and not re.fullmatch(regex, '{"a":[]}')
-    assert re.fullmatch(schema_to_regex({}, max_any_depth=2), '{"a":[]}')
-    assert not re.fullmatch(schema_to_regex({"type": "object"}, max_any_depth=2), '{"a":[[1]]}')
+    assert re.fullmatch(schema_to_regex({}, max_any_depth=2, whitespace="compact"), '{"a":[]}')
+    assert not re.fullmatch(schema_to_regex({"type": "object"}, max_any_depth=2, whitespace="compact"),
+                            '{"a":[[1]]}')
 
 
 def test_whitespace_constant_is_used_in_flexible_mode():
@@ -837,12 +838,13 @@ def test_bounded_modes_write_nothing_around_a_scalar():
 def test_properties_keep_schema_order():
     schema = {"properties": {"b": {"type": "integer"}, "a": {"type": "integer"}},
               "required": ["a", "b"]}
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     assert re.fullmatch(regex, '{"b":1,"a":2}') and not re.fullmatch(regex, '{"a":2,"b":1}')
 
 
 def test_required_names_outside_properties_get_any_value():
-    regex = schema_to_regex({"properties": {"a": {"type": "integer"}}, "required": ["z"]})
+    regex = schema_to_regex({"properties": {"a": {"type": "integer"}}, "required": ["z"]},
+                            whitespace="compact")
     assert re.fullmatch(regex, '{"a":1,"z":true}') and re.fullmatch(regex, '{"z":"s"}')
 
 
@@ -875,11 +877,11 @@ def test_one_of_writes_only_branches_that_exclude_the_others():
            "properties": {"kind": {"const": "cat"}, "lives": {"type": "integer"}}}
     # {"kind": "cat"} is valid under both branches: cat is not written, the other branch is.
     schema = {"oneOf": [cat, {"type": "object", "properties": {"lives": {}}}]}
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     assert re.fullmatch(regex, '{"lives":1}') and not re.fullmatch(regex, '{"kind":"cat"}')
     # 1 is an integer and a number: both branches are left out, the others stay.
     schema = {"oneOf": [{"type": "integer"}, {"type": "string"}, {"type": "number"}]}
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     assert re.fullmatch(regex, '"s"') and not re.fullmatch(regex, "1")
 
 
@@ -888,7 +890,7 @@ def test_one_of_exactly_one_of_two_properties():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"},
                                                "c": {"type": "integer"}},
               "oneOf": [{"required": ["a"]}, {"required": ["b"]}]}
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     for text, valid in (('{"a":1}', True), ('{"b":1,"c":2}', True), ('{"a":1,"b":2}', False),
                         ('{"c":1}', False)):
         assert bool(re.fullmatch(regex, text)) == valid, text
@@ -899,7 +901,7 @@ def test_one_of_narrowing_and_nested_proofs():
     # forbids.
     a = {"type": "object", "additionalProperties": False, "properties": {"foo": {"type": "string"}}}
     b = {"type": "object", "additionalProperties": False, "properties": {"bar": {"type": "string"}}}
-    regex = schema_to_regex({"oneOf": [a, b]})
+    regex = schema_to_regex({"oneOf": [a, b]}, whitespace="compact")
     assert re.fullmatch(regex, '{"foo":"x"}') and re.fullmatch(regex, '{"bar":"x"}')
     assert not re.fullmatch(regex, "{}")
     # Told apart one level down: a required property whose own required keys differ.
@@ -907,12 +909,12 @@ def test_one_of_narrowing_and_nested_proofs():
         "type": "object", "required": ["src"], "properties": {"src": {"type": "string"}}}}}
     picture = {"type": "object", "required": ["content"], "properties": {"content": {
         "type": "object", "required": ["bg"], "properties": {"bg": {"type": "string"}}}}}
-    regex = schema_to_regex({"oneOf": [picture, image]})
+    regex = schema_to_regex({"oneOf": [picture, image]}, whitespace="compact")
     assert re.fullmatch(regex, '{"content":{"src":"a"}}')
     # A nested union's types: the array branch excludes a string-or-object tool.
     tool = {"oneOf": [{"type": "string"},
                       {"type": "object", "required": ["v"], "properties": {"v": {}}}]}
-    regex = schema_to_regex({"oneOf": [{"type": "array", "items": tool}, tool]})
+    regex = schema_to_regex({"oneOf": [{"type": "array", "items": tool}, tool]}, whitespace="compact")
     assert re.fullmatch(regex, '["x",{"v":1}]') and re.fullmatch(regex, '"x"')
 
 
@@ -925,13 +927,13 @@ def test_schema_dependencies_narrow_the_object():
               "properties": {"kind": {"type": "string"}, "extra": {"type": "integer"}},
               "dependentSchemas": {"kind": {"required": ["n"], "properties": {"n": {"const": 1}}},
                                    "extra": {"required": ["m"]}}}
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     assert re.fullmatch(regex, '{"kind":"a","n":1}')
     assert not re.fullmatch(regex, '{"kind":"a"}') and not re.fullmatch(regex, '{"kind":"a","extra":1,"n":1}')
     impossible = {"type": "object", "required": ["a", "b"], "properties": {"a": {}, "b": {}},
                   "dependentSchemas": {"a": False, "b": {"required": ["c"]}}}
     with pytest.raises(UnsatisfiableSchemaError) as caught:
-        schema_to_regex(impossible)
+        schema_to_regex(impossible, whitespace="compact")
     assert caught.value.pointer == "/dependentSchemas"
 
 
@@ -940,15 +942,15 @@ def test_pattern_properties():
     Beside declared properties none of which it matches: the record alone."""
     closed = {"type": "object", "patternProperties": {"^[a-z_]+$": {"type": "integer"}},
               "additionalProperties": False}
-    regex = schema_to_regex(closed)
+    regex = schema_to_regex(closed, whitespace="compact")
     assert re.fullmatch(regex, '{"ab":1,"c_d":2}') and re.fullmatch(regex, "{}")
     assert not re.fullmatch(regex, '{"A":1}') and not re.fullmatch(regex, '{"ab":"x"}')
     beside = {"properties": {"A": {"type": "string"}}, "patternProperties": {"^[a-z]+$": {}}}
-    assert re.fullmatch(schema_to_regex(beside), '{"A":"x"}')
+    assert re.fullmatch(schema_to_regex(beside, whitespace="compact"), '{"A":"x"}')
     # A closed pattern map writes keys: it excludes no branch that requires one of them.
     other = {"type": "object", "required": ["ab"]}
     with pytest.raises(UnsupportedSchemaError):
-        schema_to_regex({"oneOf": [closed, other]})
+        schema_to_regex({"oneOf": [closed, other]}, whitespace="compact")
 
 
 def test_recursive_refs_unroll_to_a_bounded_depth():
@@ -957,24 +959,27 @@ def test_recursive_refs_unroll_to_a_bounded_depth():
     schema = {"$defs": {"Node": {**NODE, "properties": {**NODE["properties"],
                                                         "v": {"type": "integer"}}}},
               "$ref": "#/$defs/Node"}
-    regex = schema_to_regex(schema, max_recursion=2)
+    regex = schema_to_regex(schema, max_recursion=2, whitespace="compact")
     assert re.fullmatch(regex, '{"next":{"next":{"v":1}}}')
     assert not re.fullmatch(regex, '{"next":{"next":{"next":{}}}}')
-    assert re.fullmatch(schema_to_regex(schema, max_recursion=3), '{"next":{"next":{"next":{}}}}')
+    assert re.fullmatch(schema_to_regex(schema, max_recursion=3, whitespace="compact"),
+                        '{"next":{"next":{"next":{}}}}')
     # A cut branch is not read as `false` when proving oneOf branches apart.
     tree = {"oneOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}
-    regex = schema_to_regex(tree, max_recursion=2)
+    regex = schema_to_regex(tree, max_recursion=2, whitespace="compact")
     assert re.fullmatch(regex, "[1,[2,[]]]") and not re.fullmatch(regex, "[[[[1]]]]")
     # A required trigger whose dependent schema is cut: the object has no value there, it does
     # not turn into an any-key map.
     looped = {"$defs": {"N": {"type": "object", "required": ["k"], "properties": {"k": {}},
                               "dependentSchemas": {"k": {"$ref": "#/$defs/N"}}}},
               "anyOf": [{"$ref": "#/$defs/N"}, {"type": "null"}]}
-    assert schema_to_regex(looped, max_recursion=1) == "null"
+    assert schema_to_regex(looped, max_recursion=1, whitespace="compact") == "null"
     with pytest.raises(RecursionLimitError):
-        schema_to_regex(schema)  # by default recursion is refused (llguidance nests it freely)
+        # by default recursion is refused (llguidance nests it freely)
+        schema_to_regex(schema, whitespace="compact")
     with pytest.raises(RecursionLimitError) as caught:  # nesting required below the bound
-        schema_to_regex({"type": "array", "items": {"$ref": "#"}, "minItems": 1}, max_recursion=2)
+        schema_to_regex({"type": "array", "items": {"$ref": "#"}, "minItems": 1}, max_recursion=2,
+                        whitespace="compact")
     assert caught.value.pointer == "/minItems"
 
 
@@ -1149,7 +1154,7 @@ def test_property_dependencies_are_enforced_by_narrowing(keyword):
     schema = {"type": "object", "properties": {"card": {"type": "string"}, "zip": {"type": "string"},
                                                "note": {"type": "string"}},
               keyword: {"card": ["zip"], "ghost": ["note"]}}
-    regex = schema_to_regex(schema)
+    regex = schema_to_regex(schema, whitespace="compact")
     assert re.fullmatch(regex, '{"card":"1","zip":"2"}') and re.fullmatch(regex, '{"zip":"2"}')
     assert not re.fullmatch(regex, '{"card":"1"}')  # valid, but the narrowing never writes it
     for text in ['{"card":"1","zip":"2"}', '{"zip":"2","note":"n"}']:

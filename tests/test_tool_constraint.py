@@ -49,12 +49,12 @@ OTHER = '<tool_call>\n{"name":"get_stock_fundamentals","arguments":{"symbol":"TS
     ("get_stock_fundamentals", CALL, False),
 ])
 def test_what_each_tool_choice_accepts(choice, text, accepted):
-    regex = tool_turn_regex(TOOLS, tool_choice=choice)
+    regex = tool_turn_regex(TOOLS, tool_choice=choice, whitespace="compact")
     assert (re.fullmatch(regex, text) is not None) == accepted
 
 
 def test_max_calls_bounds_the_blocks():
-    regex = tool_turn_regex(TOOLS, tool_choice="required", max_calls=1)
+    regex = tool_turn_regex(TOOLS, tool_choice="required", max_calls=1, whitespace="compact")
     assert re.fullmatch(regex, CALL)
     assert not re.fullmatch(regex, CALL + "\n" + OTHER)
 
@@ -148,7 +148,8 @@ def test_a_single_special_token_tag_is_used(smollm2_tokenizer):
     info = TokenizerInfo.from_huggingface(tokenizer)
     open_id = tokenizer.convert_tokens_to_ids("<tool_call>")
     constraint = structgen.compile_constraint(
-        structgen.Regex(tool_turn_regex(TOOLS, tool_choice="required")), info)
+        structgen.Regex(tool_turn_regex(TOOLS, tool_choice="required", whitespace="compact")), info,
+        whitespace="compact")
     matcher = constraint.matcher()
     assert open_id in matcher.allowed_token_ids()
     ids = tokenizer(OTHER, add_special_tokens=False)["input_ids"]
