@@ -29,6 +29,7 @@ from structgen.schema.validation import (
     SUBSCHEMA,
     SUBSCHEMA_LISTS,
     SUBSCHEMA_MAPS,
+    base_uri,
     check_schema,
     escape_token,
     without_ref_cycles,
@@ -179,7 +180,7 @@ class _Inliner:
         self.root = root
         self.max_recursion = max_recursion
         self._level = 0  # how many recursive $refs the current path has followed
-        self.base_uri = str(root.get("$id", "")).partition("#")[0]
+        self.base_uri = base_uri(root)
         self.draft3 = _is_draft3(root)
         self.origins = Origins()
         # (pointer, level) -> normalized node, so each is built once per unrolling level

@@ -123,7 +123,7 @@ def check_document(schema: Any) -> None:
     deeper than ``MAX_DEPTH``, a string or name with a lone surrogate, a ``$schema`` that is not a
     known draft, a ``$ref`` that is not local. One iterative walk, each node visited once, so it
     cannot overflow the stack it protects."""
-    base = _base_uri(schema)
+    base = base_uri(schema)
     for node, pointer, depth, kind in _walk(schema):
         if isinstance(node, str):
             _check_text(node, pointer, "string")
@@ -147,7 +147,7 @@ def without_ref_cycles(schema: Any) -> Any:
     pure = {pointer: node["$ref"] for node, pointer, _, kind in _walk(schema)
             if kind == _SCHEMA and isinstance(node, dict) and isinstance(node.get("$ref"), str)
             and all(k == "$ref" or k in ANNOTATIONS or k in DEFINITIONS for k in node)}
-    base = _base_uri(schema)
+    base = base_uri(schema)
     endless = set()
     for start in pure:
         chain, at = [], start
@@ -156,7 +156,7 @@ def without_ref_cycles(schema: Any) -> Any:
             uri, _, fragment = pure[at].partition("#")
             if (uri and uri != base) or (fragment and not fragment.startswith("/")):
                 break  # refused elsewhere (not local), or an anchor: not followed here
-            at = _canonical_pointer(fragment)
+            at = unquote(fragment)  # as _walk spells pointers
         else:
             if at in chain or at in endless:
                 endless.update(chain)
@@ -168,13 +168,9 @@ def without_ref_cycles(schema: Any) -> Any:
     return copied
 
 
-def _base_uri(schema: Any) -> str:
+def base_uri(schema: Any) -> str:
+    """The root's ``$id`` without its fragment: a ``$ref`` to it is local."""
     return str(schema.get("$id", "")).partition("#")[0] if isinstance(schema, dict) else ""
-
-
-def _canonical_pointer(fragment: str) -> str:
-    """A ``$ref`` fragment as ``_walk`` spells pointers (percent-decoded)."""
-    return unquote(fragment)
 
 
 def _node_at(document: Any, pointer: str) -> Any:
