@@ -62,10 +62,11 @@ JOBS = [
     ("regex", structgen.Regex(r"\+[0-9]{1,3} [0-9]{3} [0-9]{3} [0-9]{4}"),
      "Extract the phone number from this text: Call me at +44 207 946 0018 after six.", 32, None,
      "+44 207 946 0018"),
-    # Written one item per line, this model names all eight planets, then loops on them; the
-    # budget guarantee closes the list inside 60 tokens, still valid. (In compact JSON it answers [].)
+    # Written one item per line (the default), this model names all eight planets, then loops on
+    # them; the budget guarantee closes the list inside 60 tokens, still valid. (In compact JSON it
+    # answers [].)
     ("a looping list closed by the budget", list[str], "List the planets of the solar system.", 60,
-     "indented", PLANETS),
+     None, PLANETS),
 ]
 
 

@@ -27,7 +27,7 @@ from structgen.constraint.compiler import (
 )
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import UnsafeCacheWarning
-from structgen.schema import schema_to_regex
+from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
 
 DIGITS = "[0-9]{3}"
 PROSE = "[a-z ]{1,40}"  # over 1 MiB of tables for SmolLM2: its file is memory-mapped on a hit
@@ -202,7 +202,7 @@ SCHEMA_B = {"type": "object", "properties": {"s": {"type": "string"}}, "required
 
 
 def alias_path(cache, schema, info, kind="regex") -> Path:
-    return cache / "constraints" / f"schema-{_schema_key(schema, 'compact', info)}.{kind}"
+    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULT_WHITESPACE, info)}.{kind}"
 
 
 def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
@@ -213,7 +213,7 @@ def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_bytes)
     b.write_bytes(a_bytes)
-    key_a = _schema_key(SCHEMA_A, "compact", info)
+    key_a = _schema_key(SCHEMA_A, DEFAULT_WHITESPACE, info)
     with compiler() as fresh:
         assert fresh.regex_of_schema(key_a) is None and not a.exists()
     with compiler():
@@ -231,7 +231,7 @@ def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
 
 def test_swapped_or_damaged_first_masks_are_removed_and_learnt_afresh(cache, info):
     words = (info.vocab_size + 31) // 32
-    key_a, key_b = (_schema_key(schema, "compact", info) for schema in (SCHEMA_A, SCHEMA_B))
+    key_a, key_b = (_schema_key(schema, DEFAULT_WHITESPACE, info) for schema in (SCHEMA_A, SCHEMA_B))
     bits_a, bits_b = np.arange(words, dtype=np.int32), np.ones(words, dtype=np.int32)
     with compiler() as first:
         first.remember_start(key_a, bits_a, True)

@@ -232,7 +232,8 @@ def _landed_hybrid(schema: dict, info) -> HybridConstraint:
     head_start = GrammarConstraint(json_schema_grammar(schema, "compact"), info, regex=None,
                                    output_type=None, whitespace="compact")
     landed: Future = Future()
-    landed.set_result(structgen.compile_constraint(schema, info, engine="outlines-core"))
+    landed.set_result(structgen.compile_constraint(schema, info, engine="outlines-core",
+                                                   whitespace="compact"))
     return HybridConstraint(head_start, landed)
 
 

@@ -55,7 +55,9 @@ Never = Annotated[int, pydantic.AfterValidator(_never)]
 
 
 def test_a_field_validator_that_refuses_the_first_answer_is_satisfied_by_a_retry(tiny_model):
-    plain = structgen.generate_with_details(list[str], "Words?", model=tiny_model, max_tokens=20)
+    accepted_at_once = {"seen": ["an earlier answer"]}  # so the validator accepts the first it sees
+    plain = structgen.generate_with_details(Words, "Words?", model=tiny_model, max_tokens=20,
+                                            validation_context=accepted_at_once)
     context = {"seen": []}
     result = structgen.generate_with_details(Words, "Words?", model=tiny_model, max_tokens=20,
                                              max_retries=2, validation_context=context)
@@ -65,7 +67,7 @@ def test_a_field_validator_that_refuses_the_first_answer_is_satisfied_by_a_retry
     assert last.error is None and last.text == result.text
     assert last.prompt_tokens > first.prompt_tokens  # the refused answer and its error went in
     assert result.completion_tokens == last.completion_tokens
-    assert json.loads(first.text)["words"] == json.loads(plain.text)  # the answer without retries
+    assert first.text == plain.text  # the first attempt is the answer a call without retries gets
 
 
 def test_without_retries_a_refusal_is_the_output_error_it_always_was(tiny_model):
@@ -301,7 +303,7 @@ def never_level(level: Never) -> int:
     return level
 
 
-TOOL_OPTIONS = dict(tool_choice="required", parallel=False, max_tokens=30)
+TOOL_OPTIONS = dict(tool_choice="required", parallel=False, max_tokens=48)
 
 
 def test_a_call_its_validator_refuses_is_retried_with_the_refusal_as_a_user_turn(tiny_model, monkeypatch):

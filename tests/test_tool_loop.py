@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import pydantic
 import pytest
+from layouts import dumps
 
 import structgen
 from structgen.constraint.tool_calls import tool_turn_regex
@@ -17,6 +18,7 @@ from structgen.decoding.generate import Decoded
 from structgen.decoding.tools import execute
 from structgen.parsing.tool_calls import ToolCall
 from structgen.prompts import render_chat, tool_messages
+from structgen.schema import DEFAULT_WHITESPACE
 from structgen.schema.tools import as_tool, as_tools
 
 EXECUTED: list[tuple] = []
@@ -163,8 +165,9 @@ SCRIPTED_TOOLS = [get_current_temperature, set_thermostat, unprintable]
 
 
 def _block(name, arguments):
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}, separators=(",", ":")) + \
-        "\n</tool_call>"
+    """A call block as the constraint of the default whitespace mode lets the model write it."""
+    return f'<tool_call>\n{dumps({"name": name, "arguments": arguments}, DEFAULT_WHITESPACE)}\n</tool_call>'
+
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ WHITESPACE = r"[ \t\n\r]*"
 #: ``flexible`` admits any JSON whitespace, to check text written elsewhere.
 WHITESPACE_MODES = ("compact", "spaced", "indented", "flexible")
 #: The mode every ``whitespace=`` argument defaults to.
-DEFAULT_WHITESPACE = "compact"
+DEFAULT_WHITESPACE = "indented"
 #: One indentation step of ``indented`` mode (``json.dumps(indent=2)``).
 INDENT = "  "
 
