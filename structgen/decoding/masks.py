@@ -13,10 +13,14 @@ import torch
 
 
 class MaskCache:
-    """``forbidden(matcher, width, device)``: boolean tensor of the tokens a matcher may not take."""
+    """``forbidden(matcher, width, device)``: boolean tensor of the tokens a matcher may not take.
 
-    def __init__(self):
+    ``max_entries`` bounds it for a cache that outlives calls (a server's batch, which would
+    otherwise keep one mask per state ever visited): when full it starts again empty."""
+
+    def __init__(self, max_entries: int | None = None):
         self._cache: dict[tuple, torch.Tensor] = {}
+        self.max_entries = max_entries
 
     def forbidden(self, matcher, width: int, device) -> torch.Tensor:
         if hasattr(matcher, "current"):  # a hybrid: llguidance until the finite-state index lands
@@ -39,6 +43,8 @@ class MaskCache:
         cached = self._cache.get(key)
         if cached is None:
             cached = _to_device(~constraint.mask(matcher.state), width, device)
+            if self.max_entries is not None and len(self._cache) >= self.max_entries:
+                self._cache.clear()
             self._cache[key] = cached
         return cached
 
