@@ -1,7 +1,8 @@
 """Output types: what the user asks for, as a JSON schema or a regex, and how to parse the answer.
 
 Anything pydantic can describe is accepted (BaseModel, dataclass, TypedDict, ``list[str]``,
-``Literal[...]``, ...); a ``dict`` is taken as a raw JSON schema; ``Regex`` asks for plain text
+``Literal[...]``, ...); a ``dict`` is taken as a raw JSON schema, or as the schema an OpenAI
+``response_format`` dict asks for (``json_schema``, ``json_object``); ``Regex`` asks for plain text
 matching a pattern. outlines 1.x output types are taken as what they stand for (``JsonSchema`` as its
 schema, ``Regex`` as ``Regex``, ``Choice`` as an enum). Each becomes an ``OutputType`` that knows its
 constraint source and parses the final text back into the value the user asked for.
@@ -119,6 +120,8 @@ def as_output_type(output_type: Any) -> OutputType:
     if isinstance(output_type, Regex):
         _check_user_regex(output_type.pattern)
         return OutputType(source=output_type, regex=output_type.pattern)
+    if isinstance(output_type, dict) and output_type.get("type") in RESPONSE_FORMATS:
+        return as_output_type(_from_response_format(output_type))
     translated = _from_outlines(output_type)
     if translated is not None:  # the same checks as the schema dict or Regex it stands for
         return as_output_type(translated)
@@ -146,6 +149,28 @@ def as_output_type(output_type: Any) -> OutputType:
         raise InvalidSchemaError(f"{output_type!r} is not a type: {error}") from None
     check_document(schema)  # pydantic's schemas are local, but may hold what no UTF-8 text can
     return OutputType(source=output_type, schema=schema)
+
+
+# OpenAI's response_format types; none is a JSON-schema type, so such a dict is never a schema.
+RESPONSE_FORMATS = ("json_schema", "json_object", "text")
+
+
+def _from_response_format(response_format: dict) -> dict | bool:
+    """The schema an OpenAI ``response_format`` asks for: ``json_schema``'s ``schema``, or any JSON
+    object for ``json_object``; ``text`` asks for no structure, which no output type is."""
+    from structgen.errors import InvalidSchemaError
+
+    kind = response_format["type"]
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "text":
+        raise InvalidSchemaError('response_format {"type": "text"} asks for free text, not an output '
+                                 "type: pass a JSON schema, a Python type or structgen.Regex")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+        raise InvalidSchemaError('response_format {"type": "json_schema"} needs "json_schema": '
+                                 '{"name": ..., "schema": {...}}')
+    return spec["schema"]
 
 
 def _from_outlines(output_type: Any) -> dict | bool | Regex | None:

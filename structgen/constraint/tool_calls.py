@@ -40,10 +40,12 @@ def tool_turn_regex(tools, *, tool_choice: str = "auto", max_calls: int | None =
     """Regex of an assistant turn for ``tools`` (a list of ``Tool``) under ``tool_choice``.
 
     ``tool_choice``: "auto" (text, or one or more calls), "required" (at least one call), "none"
-    (text only), or a tool name (calls of exactly that tool). ``max_calls`` bounds the number of
+    (text only), or a tool name (calls of exactly that tool), also in OpenAI's object form
+    ``{"type": "function", "function": {"name": ...}}``. ``max_calls`` bounds the number of
     blocks (None: unbounded, the token budget still closes the last one).
     """
     layout = Layout(whitespace)
+    tool_choice = tool_choice_name(tool_choice)
     if max_calls is not None and (not isinstance(max_calls, int) or isinstance(max_calls, bool)):
         raise ToolDefinitionError(f"max_calls must be an int or None, not {max_calls!r}")
     if max_calls is not None and max_calls < 1:
@@ -63,6 +65,21 @@ def tool_turn_regex(tools, *, tool_choice: str = "auto", max_calls: int | None =
     if tool_choice == "auto":
         return f"(?:{calls})|(?:{text_without(OPEN_TAG, RESPONSE_TAG)})"
     return calls
+
+
+def tool_choice_name(tool_choice) -> str:
+    """``tool_choice`` as a string: OpenAI's ``{"type": "function", "function": {"name": N}}`` is N."""
+    if isinstance(tool_choice, str):
+        return tool_choice
+    name = None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        function = tool_choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise ToolDefinitionError(f"tool_choice must be one of {TOOL_CHOICES}, a tool name, or "
+                                  '{"type": "function", "function": {"name": ...}}, '
+                                  f"not {tool_choice!r}")
+    return name
 
 
 def _calls(tools, max_calls: int | None, layout: Layout) -> str:

@@ -421,7 +421,7 @@ class ToolTurnEvents:
         return ToolCallFinished(self.index, call)
 
 
-def stream_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str = "auto",
+def stream_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str | dict = "auto",
                  max_calls: int | None = None, parallel: bool = True,
                  max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
                  top_k: int | None = None, seed: int | None = None, whitespace: str = DEFAULT_WHITESPACE,

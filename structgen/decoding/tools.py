@@ -68,7 +68,7 @@ class ToolRun:
 
 
 def call_tools_with_details(tools, prompt, *, model: Model | str | None = None,
-                            tool_choice: str = "auto", max_calls: int | None = None,
+                            tool_choice: str | dict = "auto", max_calls: int | None = None,
                             parallel: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS,
                             temperature: float = 0.0, top_p: float = 1.0, top_k: int | None = None,
                             seed: int | None = None, whitespace: str = DEFAULT_WHITESPACE,
@@ -115,7 +115,7 @@ def _decode_turn(tools, prompt, *, model, tool_choice, max_calls, parallel, max_
     return turn, calls
 
 
-def tool_turn(tools, prompt, model: Model, *, tool_choice: str, max_calls: int | None,
+def tool_turn(tools, prompt, model: Model, *, tool_choice: str | dict, max_calls: int | None,
               parallel: bool, whitespace: str):
     """(tools, compiled tool-turn constraint, Hermes tool conversation) for one assistant turn."""
     tool_list = as_tools(tools)
@@ -126,7 +126,7 @@ def tool_turn(tools, prompt, model: Model, *, tool_choice: str, max_calls: int |
     return tool_list, constraint, tool_messages(prompt, [tool.signature() for tool in tool_list])
 
 
-def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str = "auto",
+def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: str | dict = "auto",
                max_calls: int | None = None, parallel: bool = True,
                max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
                top_k: int | None = None, seed: int | None = None,
@@ -134,7 +134,8 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
     """Let the model call ``tools`` for ``prompt``; returns the validated calls (``[]`` for text).
 
     ``tools``: Python functions, pydantic models or OpenAI-style tool dicts. ``tool_choice``:
-    "auto" (text or calls), "required" (at least one call), "none" (text only) or a tool name.
+    "auto" (text or calls), "required" (at least one call), "none" (text only) or a tool name
+    (also as OpenAI's ``{"type": "function", "function": {"name": ...}}``).
     ``max_calls`` bounds the calls in the turn; ``parallel=False`` means at most one. Every call
     names a real tool and its arguments validate against that tool's parameters; a call that a
     validator stricter than the schema refuses raises its ``ToolArgumentsError``
@@ -152,7 +153,7 @@ def call_tools(tools, prompt, *, model: Model | str | None = None, tool_choice: 
 
 
 def run_tools(tools, prompt, *, model: Model | str | None = None, max_iterations: int = 5,
-              tool_choice: str = "auto", max_calls: int | None = None, parallel: bool = True,
+              tool_choice: str | dict = "auto", max_calls: int | None = None, parallel: bool = True,
               max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0, top_p: float = 1.0,
               top_k: int | None = None, seed: int | None = None,
               whitespace: str = DEFAULT_WHITESPACE, max_retries: int = 0) -> ToolRun:

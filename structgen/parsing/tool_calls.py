@@ -57,6 +57,11 @@ class ToolCall:
     parsed: Any = None
     error: ToolArgumentsError | None = field(default=None, compare=False)
 
+    def to_openai(self) -> dict:
+        """The call as OpenAI's ``tool_calls`` entry (``arguments`` a JSON string)."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+
 
 def parse_tool_calls(text: str, tools: Any) -> list[ToolCall]:
     """Every ``<tool_call>`` block of ``text``, validated against ``tools`` (whatever ``as_tools``
