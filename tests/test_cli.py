@@ -22,7 +22,7 @@ def test_version_and_python_m_are_the_same_command():
         assert out.returncode == 0 and out.stdout.strip() == f"structgen {structgen.__version__}"
 
 
-@pytest.mark.parametrize("command", ["batch", "generate"])
+@pytest.mark.parametrize("command", ["batch", "generate", "serve"])
 def test_every_option_with_a_value_says_its_default(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
