@@ -358,3 +358,35 @@ def test_the_models_folder_is_private_and_one_others_can_write_is_not_used(tmp_p
     root.chmod(0o777)
     with pytest.warns(structgen.UnsafeCacheWarning, match="models cache"):
         assert private_cache_folder("models") is None
+
+
+def test_a_background_and_a_foreground_compile_never_read_each_others_tables(info):
+    """The worker's pipe carries one exchange at a time: a hybrid's background schema compile and a
+    foreground regex compile in flight together each get the tables of what they asked for (they
+    once read each other's replies: a TypeError, or another regex's tables)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from structgen.constraint._worker import CompileWorker
+
+    regexes = [f"[a-z]{{1,{n}}}" for n in range(2, 8)]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    worker = CompileWorker(memory_limit=0)
+    try:
+        alone = {regex: worker.compile(regex, info, 60)[1]["offsets"].shape for regex in regexes}
+        schema_regex = worker.compile_schema(schema, "indented", info, 60)[1][0]
+
+        def foreground():
+            return [(regex, worker.compile(regex, info, 60)) for regex in regexes * 3]
+
+        def background():
+            return [worker.compile_schema(schema, "indented", info, 60) for _ in range(6)]
+
+        with ThreadPoolExecutor(2) as pool:
+            regex_replies, schema_replies = pool.submit(foreground), pool.submit(background)
+            for regex, (status, tables) in regex_replies.result():
+                assert status == "ok" and isinstance(tables, dict)
+                assert tables["offsets"].shape == alone[regex]
+            for status, (regex, tables) in schema_replies.result():
+                assert status == "ok" and regex == schema_regex and isinstance(tables, dict)
+    finally:
+        worker.stop()

@@ -18,6 +18,7 @@ import select
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -288,6 +289,9 @@ class CompileWorker:
         self.niceness = niceness
         self._process: subprocess.Popen | None = None
         self._vocabularies: set[str] = set()
+        # One exchange at a time on the pipe: a background compile (a hybrid's index) and a
+        # foreground one (a repair, another schema) would otherwise read each other's replies.
+        self._exchange = threading.Lock()
 
     def _start(self) -> None:
         self._process = subprocess.Popen(
@@ -320,16 +324,17 @@ class CompileWorker:
                              tokenizer_info, timeout)
 
     def _compile(self, message, tokenizer_info, timeout: float):
-        self.start()
         deadline = time.monotonic() + timeout
-        if tokenizer_info.fingerprint not in self._vocabularies:
-            status = self._request(("vocabulary", tokenizer_info.fingerprint,
-                                    tokenizer_info.eos_token_id, tokenizer_info.bytes_to_ids(),
-                                    tokenizer_info.vocab_size), deadline)
-            if status[0] != "ok":
-                return status
-            self._vocabularies.add(tokenizer_info.fingerprint)
-        return self._request(message, deadline)
+        with self._exchange:  # the wait for the lock counts against this compile's budget
+            self.start()
+            if tokenizer_info.fingerprint not in self._vocabularies:
+                status = self._request(("vocabulary", tokenizer_info.fingerprint,
+                                        tokenizer_info.eos_token_id, tokenizer_info.bytes_to_ids(),
+                                        tokenizer_info.vocab_size), deadline)
+                if status[0] != "ok":
+                    return status
+                self._vocabularies.add(tokenizer_info.fingerprint)
+            return self._request(message, deadline)
 
     def _request(self, message, deadline: float):
         try:
