@@ -11,7 +11,9 @@ embedded model with tool_choice="required" and max_calls=1 through
 ``structgen.call_tools_with_details(..., whitespace=<mode>)`` (every argument but the mode at
 call_tools' defaults), then checked independently with jsonschema against the chosen tool's
 parameters. "Arguments as asked" means the right tool with arguments equal to the test data's;
-"argument values right" counts the test data's arguments one by one. The modes run interleaved
+"argument values right" counts the test data's arguments one by one. A call the parser refuses
+after decoding (a key written twice inside an object the parameters leave free, which the regex
+cannot rule out) counts as refused. The modes run interleaved
 (each tool set in every mode before the next set). Writes benchmarks/results/tool_calls.md/.jsonl/.png.
 """
 
@@ -76,6 +78,13 @@ def run(files: list[Path], max_tokens: int, modes: list[str]) -> list[dict]:
             except structgen.StructgenError as error:
                 record.update(status=type(error).__name__, message=str(error)[:300])
             else:
+                if not turn.calls:  # decoded, then refused by the parser (a key written twice)
+                    record.update(status="refused after decoding", tokens=turn.completion_tokens,
+                                  message="; ".join(str(call.error) for call in turn.rejected)[:300])
+                    record["seconds"] = time.perf_counter() - started
+                    records.append(record)
+                    print(f"[{number}/{len(files)}] {path.name} {mode}: {record['message']}", flush=True)
+                    continue
                 call = turn.calls[0]
                 parameters = next(t["function"]["parameters"] for t in tools
                                   if t["function"]["name"] == call.name)
@@ -111,6 +120,7 @@ def values_right(record: dict) -> tuple[int, int]:
 def report(records: list[dict], command: str, modes: list[str], default: str) -> str:
     columns = [f"**{m}** (default)" if m == default else m for m in modes]
     rows = {name: [] for name in ("constrained turns decoded", "typed errors before decoding",
+                                  "calls refused after decoding (a key written twice)",
                                   "calls whose arguments validate (jsonschema)",
                                   "right tool picked, all sets", "right tool picked, sets with 2+ tools",
                                   "calls with the arguments as asked", "argument values right",
@@ -122,8 +132,11 @@ def report(records: list[dict], command: str, modes: list[str], default: str) ->
         errors = Counter(r["status"] for r in mine if r["status"] != "called")
         tokens = [r["tokens"] for r in called]
         right_values = [values_right(r) for r in mine]
-        rows["constrained turns decoded"].append(f"{len(called)} / {len(mine)}")
+        rows["constrained turns decoded"].append(
+            f"{sum(r['status'] in ('called', 'refused after decoding') for r in mine)} / {len(mine)}")
+        refused = errors.pop("refused after decoding", 0)
         rows["typed errors before decoding"].append(f"{sum(errors.values())} ({_counts(errors)})")
+        rows["calls refused after decoding (a key written twice)"].append(f"{refused} / {len(mine)}")
         rows["calls whose arguments validate (jsonschema)"].append(
             f"{sum(r['valid'] for r in called)} / {len(called)}")
         rows["right tool picked, all sets"].append(
