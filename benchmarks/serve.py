@@ -20,6 +20,7 @@ import os
 import platform
 import queue
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +29,15 @@ from pathlib import Path
 from _plotting import pyplot
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def code_commit() -> str:
+    """The commit measured, and whether structgen/ differed from it."""
+    here = Path(__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=here).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "../structgen"], cwd=here).returncode
+    return commit + (" plus uncommitted changes to structgen/" if dirty else "")
 ROOT = Path(__file__).parent.parent
 NAMES = ["Alice Martin", "Bob Chen", "Carla Diaz", "Deepak Rao", "Emma Novak", "Farid Haddad",
          "Greta Olsen", "Hiro Tanaka", "Ines Costa", "Jonas Weber"]
@@ -176,7 +186,8 @@ def main() -> None:
         f"# structgen serve: concurrent clients on the {'tiny random' if args.tiny else 'embedded'} model "
         f"({model.name}, CPU, greedy)",
         "",
-        f"Command: `{' '.join(['python benchmarks/serve.py', *sys.argv[1:]])}`",
+        f"Command: `{' '.join(['python benchmarks/serve.py', *sys.argv[1:]])}`  ",
+        f"Code: structgen commit {code_commit()}.",
         "",
         f"{len(texts)} extraction prompts, one JSON schema (4 fields), max_tokens={args.max_tokens}; each "
         "run sends every prompt once; 1 client = the requests one at a time. Versions: structgen "
