@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from structgen.errors import InvalidSchemaError, OutputError, UnsupportedSchemaError
+
 
 @dataclass(frozen=True)
 class Regex:
@@ -42,8 +44,6 @@ class OutputType:
     def parse(self, text: str, context: Any = None) -> Any:
         """Turn the model's text into the requested value, or raise ``OutputError``; ``context``
         is pydantic's validation context, handed to the type's validators."""
-        from structgen.errors import OutputError
-
         if not self.is_json:  # re-checked, as JSON is: never trust the constraint alone
             if not _full_match(self.regex, text):
                 raise OutputError(f"does not match the regex {self.regex!r}", text)
@@ -70,8 +70,6 @@ def load_json(text: str) -> Any:
     """``text`` as a JSON value, or ``OutputError``: also for what ``json.loads`` would let through
     that JSON cannot hold (``1e999`` as inf, ``NaN``, ``Infinity``) or that it cannot read (an
     integer of more than 4,300 digits, nesting past the recursion limit)."""
-    from structgen.errors import OutputError
-
     try:
         return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
     except RecursionError:
@@ -113,8 +111,6 @@ def _adapter(output_type):
 
 def as_output_type(output_type: Any) -> OutputType:
     """Normalise anything a user may pass as an output type; bad types raise ``SchemaError``."""
-    from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
-
     if isinstance(output_type, OutputType):
         return output_type
     if isinstance(output_type, Regex):
@@ -158,8 +154,6 @@ RESPONSE_FORMATS = ("json_schema", "json_object", "text")
 def _from_response_format(response_format: dict) -> dict | bool:
     """The schema an OpenAI ``response_format`` asks for: ``json_schema``'s ``schema``, or any JSON
     object for ``json_object``; ``text`` asks for no structure, which no output type is."""
-    from structgen.errors import InvalidSchemaError
-
     kind = response_format["type"]
     if kind == "json_object":
         return {"type": "object"}
@@ -181,8 +175,6 @@ def _from_outlines(output_type: Any) -> dict | bool | Regex | None:
     outlines' regex DSL (``String``, ``Sequence``, ``either``, ...) -> the regex outlines writes
     for it. ``CFG`` is refused. outlines is never imported here: an outlines object exists only
     once outlines is imported, so its module is looked up in ``sys.modules``."""
-    from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
-
     dsl = sys.modules.get("outlines.types.dsl")
     if dsl is None or not isinstance(output_type, dsl.Term):
         return None
@@ -223,8 +215,6 @@ def _is_json_scalar(value: Any) -> bool:
 def _check_user_regex(pattern: str) -> None:
     """Reject what a finite-state compiler cannot do (lookarounds, backreferences) up front."""
     import re._parser as sre_parse
-
-    from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
 
     if not isinstance(pattern, str) or not pattern:
         raise InvalidSchemaError("Regex pattern must be a non-empty string")
