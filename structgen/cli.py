@@ -163,9 +163,6 @@ def _serve(args) -> int:
         print(f"structgen: error: structgen serve needs {error.name}: pip install 'structgen[serve]'",
               file=sys.stderr)
         return 2
-    if args.max_batch < 1 or args.max_queue < 0:
-        print("structgen: error: --max-batch must be at least 1 and --max-queue at least 0", file=sys.stderr)
-        return 2
     serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch,
           max_queue=args.max_queue, api_key=args.api_key, whitespace=args.whitespace,
           max_tokens=args.max_tokens)

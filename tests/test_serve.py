@@ -24,6 +24,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import structgen
+from structgen.cli import main
 from structgen.decoding.generate import constraint_for, messages_for, prepare_row
 from structgen.decoding.loop import Sampling
 from structgen.serve.app import create_app
@@ -423,6 +424,13 @@ def test_the_serve_command_binds_to_loopback_and_answers(tmp_path, smollm2_token
         _, err = process.communicate(timeout=60)
     assert f"http://127.0.0.1:{port}/v1 (loopback only" in err
     assert "Traceback" not in err
+
+
+def test_limits_that_admit_no_request_are_a_typed_error_before_any_model_loads(tiny_model, capsys):
+    assert main(["serve", "--model", "/nonexistent/model", "--max-batch", "0"]) == 2
+    assert "--max-batch" in capsys.readouterr().err  # refused before the model (which is absent)
+    with pytest.raises(structgen.GenerationError, match="max_queue"):
+        Scheduler(tiny_model, max_batch=2, max_queue=-1)
 
 
 # --- the embedded model, and the docs page as written ---------------------------------------------

@@ -114,21 +114,19 @@ def prepare(model: Model, request: ChatRequest, *, whitespace: str, max_tokens: 
 
 def api_error(error: Exception, param: str) -> APIError:
     """A structgen error as a 400 naming ``param``; schema errors say their JSON pointer."""
-    if isinstance(error, PromptTooLongError):
-        code = "context_length_exceeded"
-    elif isinstance(error, BudgetTooSmallError):
-        code = "budget_too_small"
-    elif isinstance(error, UnsupportedSchemaError):
-        code = "unsupported_schema"
-    elif isinstance(error, UnsatisfiableSchemaError):
-        code = "unsatisfiable_schema"
-    elif isinstance(error, SchemaError):
-        code = "invalid_schema"
-    elif isinstance(error, ConstraintError):
-        code = "schema_too_complex"
-    else:
-        code = "invalid_value"
+    code = next((code for kind, code in _ERROR_CODES if isinstance(error, kind)), "invalid_value")
     return APIError(400, f"{param}: {error}", param=param, code=code)
+
+
+#: OpenAI ``code`` of a structgen error, the first class that matches (subclasses before bases).
+_ERROR_CODES = (
+    (PromptTooLongError, "context_length_exceeded"),
+    (BudgetTooSmallError, "budget_too_small"),
+    (UnsupportedSchemaError, "unsupported_schema"),
+    (UnsatisfiableSchemaError, "unsatisfiable_schema"),
+    (SchemaError, "invalid_schema"),
+    (ConstraintError, "schema_too_complex"),
+)
 
 
 def conversation(messages: list[Message]) -> list[dict]:

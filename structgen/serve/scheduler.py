@@ -21,12 +21,20 @@ import torch
 
 from structgen.backends.transformers import Model
 from structgen.decoding.loop import Batch, Row, Sampling, sample
-from structgen.errors import ServerBusyError
+from structgen.errors import GenerationError, ServerBusyError
 
 log = logging.getLogger("structgen.serve")
 # Masks kept by the long-lived batch: one per constraint state, a vocabulary's bits each (48 KiB for
 # SmolLM2), so about 100 MiB at most; unbounded, a server's memory would grow with every new state.
 MASK_ENTRIES = 2048
+
+
+def check_limits(max_batch: int, max_queue: int) -> None:
+    """``GenerationError`` unless at least one row may decode and no fewer than none wait; checked
+    before a server loads its model, so a bad flag costs no load."""
+    if max_batch < 1 or max_queue < 0:
+        raise GenerationError(f"max_batch (--max-batch) must be at least 1 and max_queue (--max-queue) "
+                              f"at least 0, not {max_batch} and {max_queue}")
 
 
 @dataclass(eq=False)
@@ -57,8 +65,7 @@ class Scheduler:
     """Runs jobs on ``model``, at most ``max_batch`` at a time, ``max_queue`` more waiting."""
 
     def __init__(self, model: Model, *, max_batch: int = 8, max_queue: int = 64, merge: bool = True):
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, not {max_batch}, {max_queue}")
+        check_limits(max_batch, max_queue)
         self.model, self.max_batch, self.max_queue, self.merge = model, max_batch, max_queue, merge
         self.stats = collections.Counter()  # submitted, refused, admitted, finished, cancelled, failed, steps
         self.live = 0

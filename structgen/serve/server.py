@@ -13,11 +13,13 @@ import uvicorn
 
 from structgen.backends.transformers import as_model
 from structgen.serve.app import create_app
+from structgen.serve.scheduler import check_limits
 
 
 def serve(model=None, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_queue: int = 64, api_key: str | None = None, **options) -> None:
     """Serve ``model`` (a ``Model``, a name or path, None: the embedded SmolLM2) until Ctrl-C."""
+    check_limits(max_batch, max_queue)
     model = as_model(model)
     app = create_app(model, max_batch=max_batch, max_queue=max_queue, api_key=api_key, **options)
     where = f"http://{host}:{port}/v1"
