@@ -57,8 +57,6 @@ def default_whitespace() -> str:
 
 
 def run(files: list[Path], max_tokens: int, modes: list[str]) -> list[dict]:
-    import jsonschema
-
     import structgen
 
     model = structgen.load_model()
@@ -78,28 +76,31 @@ def run(files: list[Path], max_tokens: int, modes: list[str]) -> list[dict]:
             except structgen.StructgenError as error:
                 record.update(status=type(error).__name__, message=str(error)[:300])
             else:
-                if not turn.calls:  # decoded, then refused by the parser (a key written twice)
-                    record.update(status="refused after decoding", tokens=turn.completion_tokens,
-                                  message="; ".join(str(call.error) for call in turn.rejected)[:300])
-                    record["seconds"] = time.perf_counter() - started
-                    records.append(record)
-                    print(f"[{number}/{len(files)}] {path.name} {mode}: {record['message']}", flush=True)
-                    continue
-                call = turn.calls[0]
-                parameters = next(t["function"]["parameters"] for t in tools
-                                  if t["function"]["name"] == call.name)
-                record.update(status="called", name=call.name, arguments=call.arguments,
-                              valid=jsonschema.Draft202012Validator(parameters).is_valid(call.arguments),
-                              tokens=turn.completion_tokens, compile_seconds=turn.compile_seconds,
-                              decode_seconds=turn.seconds)
+                record.update(_called(turn, tools))
             record["seconds"] = time.perf_counter() - started
             records.append(record)
-            shown = record["status"] if record["status"] != "called" else (
+            shown = record.get("message", record["status"]) if record["status"] != "called" else (
                 f"{record['name']} ({'valid' if record['valid'] else 'INVALID'}, "
                 f"{'right' if record['name'] == expected_name else 'other'} tool, "
                 f"{'as asked' if as_asked(record) else 'other arguments'})")
             print(f"[{number}/{len(files)}] {path.name} {mode}: {shown}", flush=True)
     return records
+
+
+def _called(turn, tools: list[dict]) -> dict:
+    """A decoded turn's fields of the record: its call, checked independently with jsonschema, or
+    the parser's refusal of the one call it wrote (a key written twice)."""
+    import jsonschema
+
+    if not turn.calls:
+        return dict(status="refused after decoding", tokens=turn.completion_tokens,
+                    message="; ".join(str(call.error) for call in turn.rejected)[:300])
+    call = turn.calls[0]
+    parameters = next(t["function"]["parameters"] for t in tools if t["function"]["name"] == call.name)
+    return dict(status="called", name=call.name, arguments=call.arguments,
+                valid=jsonschema.Draft202012Validator(parameters).is_valid(call.arguments),
+                tokens=turn.completion_tokens, compile_seconds=turn.compile_seconds,
+                decode_seconds=turn.seconds)
 
 
 def as_asked(record: dict) -> bool:
