@@ -452,7 +452,7 @@ def test_the_docs_page_examples_run_against_the_embedded_model(embedded_server):
     page = ROOT / "docs" / "serve.md"
     documented = "http://127.0.0.1:8000"
     here = embedded_server.url.removesuffix("/v1")
-    blocks = fenced(page, "python")
+    blocks = [block for block in fenced(page, "python") if "BackgroundServer" not in block]
     assert len(blocks) >= 3 and all(documented in block for block in blocks)
     for block in blocks:
         exec(compile(block.replace(documented, here), str(page), "exec", dont_inherit=True),
@@ -470,6 +470,15 @@ def test_the_docs_page_examples_run_against_the_embedded_model(embedded_server):
                              headers={"content-type": "application/json"}).text
         reply = json.loads(out)
         assert reply["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.integration
+def test_the_docs_page_example_from_python_starts_its_own_server(embedded_model, capsys):
+    """docs/serve.md, "From Python": create_app + BackgroundServer on a free port, as written."""
+    page = ROOT / "docs" / "serve.md"
+    [block] = [block for block in fenced(page, "python") if "BackgroundServer" in block]
+    exec(compile(block, str(page), "exec", dont_inherit=True), {"__name__": "docs_example"})
+    assert isinstance(json.loads(capsys.readouterr().out), dict)
 
 
 @pytest.mark.integration
