@@ -113,7 +113,7 @@ __all__ = [
 # Names resolved on first use, so `import structgen` does not import torch, transformers or numpy.
 _LAZY = {
     "compile_constraint": "structgen.constraint.compiler",
-    "CompiledConstraint": "structgen.constraint.compiler",
+    "CompiledConstraint": "structgen.constraint.compiled",
     "Matcher": "structgen.constraint.matcher",
     "TokenizerInfo": "structgen.constraint.vocabulary",
     "generate": "structgen.decoding.generate",
@@ -146,7 +146,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from structgen.backends.transformers import Model, from_transformers, load_model
-    from structgen.constraint.compiler import CompiledConstraint, compile_constraint
+    from structgen.constraint.compiled import CompiledConstraint
+    from structgen.constraint.compiler import compile_constraint
     from structgen.constraint.matcher import Matcher
     from structgen.constraint.vocabulary import TokenizerInfo
     from structgen.decoding.generate import (

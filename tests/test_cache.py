@@ -3,10 +3,16 @@ is removed and computed afresh; the folder is private, and ignored where others 
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import mmap
+import os
 import re
 import shutil
 import stat
+import tempfile
+import types
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -16,21 +22,17 @@ import numpy as np
 import pytest
 
 import structgen
+import structgen.constraint.cache as cache_module
 import structgen.constraint.compiler as compiler_module
-from structgen.constraint.compiler import (
-    _TABLES_MAGIC,
-    ConstraintCompiler,
-    _cache_key,
-    _schema_key,
-    _tables_data_start,
-    read_tables,
-)
+from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
+from structgen.constraint.cache import _TABLES_MAGIC, _tables_data_start, read_tables, write_tables
+from structgen.constraint.compiler import ConstraintCompiler, _schema_key, automaton_key
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import UnsafeCacheWarning
 from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
 
 DIGITS = "[0-9]{3}"
-PROSE = "[a-z ]{1,40}"  # over 1 MiB of tables for SmolLM2: its file is memory-mapped on a hit
+PROSE = "[a-z ]{1,40}"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,26 @@ def cache(tmp_path, monkeypatch):
     return root
 
 
+@pytest.fixture(params=["read whole", "memory-mapped"])
+def read_path(request, monkeypatch):
+    """Both ways ``read_tables`` reads a file: whole (under 1 MiB, as every file here is), and
+    memory-mapped (over 1 MiB; here every file, and the test checks a mapping was made)."""
+    if request.param == "read whole":
+        yield
+        return
+    maps = []
+
+    def counted(*args, **kwargs):
+        maps.append(args)
+        return mmap.mmap(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_MAP_ABOVE_BYTES", 0)
+    monkeypatch.setattr(cache_module, "mmap", types.SimpleNamespace(
+        mmap=counted, ACCESS_READ=mmap.ACCESS_READ))
+    yield
+    assert maps, "no tables file was memory-mapped"
+
+
 @contextmanager
 def compiler():
     """A compiler with an empty memory cache, as a new process has; also the default one."""
@@ -57,8 +79,9 @@ def compiler():
         fresh.close()
 
 
-def tables_path(cache: Path, regex: str, info) -> Path:
-    return cache / "constraints" / f"{_cache_key(regex, info.fingerprint)}.tables"
+def tables_path(cache: Path, regex: str) -> Path:
+    """The regex's entry: one per regex, whatever the tokenizer."""
+    return cache / "constraints" / f"{automaton_key(regex)}.tables"
 
 
 def writes(constraint, text: str, tokenizer) -> bool:
@@ -74,17 +97,19 @@ def assert_compiled_afresh(cache, info, tokenizer, regex=DIGITS, good="123", bad
         constraint = fresh.compile_regex(regex, info)
     assert constraint.from_cache == "none"
     assert writes(constraint, good, tokenizer) and not writes(constraint, bad, tokenizer)
-    path = tables_path(cache, regex, info)
-    read_tables(path, key=path.stem, regex=regex)  # the entry written anew proves itself
+    path = tables_path(cache, regex)
+    assert read_tables(path, key=path.stem, regex=regex).keys() == set(ARRAY_NAMES)  # whole anew
     with compiler() as fresh:
-        assert fresh.compile_regex(regex, info).from_cache == "disk"
+        again = fresh.compile_regex(regex, info)
+    assert again.from_cache == "disk"
+    assert writes(again, good, tokenizer) and not writes(again, bad, tokenizer)
 
 
 def cached(cache, info, *regexes):
     with compiler() as first:
         for regex in regexes:
             first.compile_regex(regex, info)
-    return [tables_path(cache, regex, info) for regex in regexes]
+    return [tables_path(cache, regex) for regex in regexes]
 
 
 def rewrite_header(path: Path, change) -> None:
@@ -101,17 +126,25 @@ def rewrite_header(path: Path, change) -> None:
                      + zlib.crc32(encoded).to_bytes(4, "little") + encoded + padding + arrays)
 
 
-def flip_byte_of(path: Path, name: str, at: int = 0) -> None:
+def flip_bits_of(path: Path, name: str, element: int, bits: int) -> None:
+    """XOR the lowest byte of element ``element`` (C order) of array ``name`` with ``bits``."""
     data = bytearray(path.read_bytes())
     prefix = len(_TABLES_MAGIC) + 12
     length = int.from_bytes(data[len(_TABLES_MAGIC):prefix - 4], "little")
-    offset = json.loads(data[prefix:prefix + length])["arrays"][name][2]
-    data[_tables_data_start(length) + offset + at] ^= 0x10
+    dtype, _, offset, _ = json.loads(data[prefix:prefix + length])["arrays"][name]
+    data[_tables_data_start(length) + offset + element * np.dtype(dtype).itemsize] ^= bits
     path.write_bytes(bytes(data))
 
 
+def with_array(header: dict, name: str, **change) -> dict:
+    """``header`` with one field ([dtype, shape, offset, crc]) of array ``name``'s entry changed."""
+    entry = dict(zip(("dtype", "shape", "offset", "crc"), header["arrays"][name]))
+    entry.update(change)
+    return {**header, "arrays": {**header["arrays"], name: list(entry.values())}}
+
+
 def test_another_regexs_file_copied_over_a_key_is_removed_and_compiled_afresh(
-        cache, info, smollm2_tokenizer, tiny_model):
+        cache, info, smollm2_tokenizer, tiny_model, read_path):
     digits, prose = cached(cache, info, DIGITS, PROSE)
     shutil.copyfile(prose, digits)
     with compiler():  # generate goes through compile_constraint and the default compiler
@@ -126,22 +159,28 @@ def test_another_regexs_file_copied_over_a_key_is_removed_and_compiled_afresh(
 @pytest.mark.parametrize("damage", {
     "header is a list": lambda header: list(header["arrays"].items()),
     "arrays are a list": lambda header: {**header, "arrays": list(header["arrays"].values())},
-    "unknown dtype": lambda header: {**header, "arrays": {
-        **header["arrays"], "distance": ["<q9", *header["arrays"]["distance"][1:]]}},
-    "object dtype": lambda header: {**header, "arrays": {
-        **header["arrays"], "distance": ["|O", *header["arrays"]["distance"][1:]]}},
+    "an entry is no list": lambda header: {**header, "arrays": {
+        **header["arrays"], "table": dict(enumerate(header["arrays"]["table"]))}},
+    "unknown dtype": lambda header: with_array(header, "table", dtype="<q9"),
+    "object dtype": lambda header: with_array(header, "table", dtype="|O"),
+    "another byte order": lambda header: with_array(header, "table", dtype=">i4"),
+    "a bool is read as bytes": lambda header: with_array(header, "is_final", dtype="|u1"),
     "missing key": lambda header: {name: value for name, value in header.items() if name != "key"},
     "missing array": lambda header: {**header, "arrays": {
-        name: value for name, value in header["arrays"].items() if name != "worst"}},
-    "shape of strings": lambda header: {**header, "arrays": {
-        **header["arrays"], "offsets": [header["arrays"]["offsets"][0], ["x"],
-                                        *header["arrays"]["offsets"][2:]]}},
+        name: value for name, value in header["arrays"].items() if name != "is_final"}},
+    "shape of strings": lambda header: with_array(header, "table", shape=["x"]),
+    "shape of bools": lambda header: with_array(
+        header, "table", shape=[True] * len(header["arrays"]["table"][1])),
+    "negative offset": lambda header: with_array(header, "byte_class", offset=-64),
+    "offset past the end": lambda header: with_array(header, "byte_class", offset=1 << 40),
+    "a crc that is no int": lambda header: with_array(header, "table", crc="0"),
     "another key": lambda header: {**header, "key": "0" * 32},
     "another regex": lambda header: {**header, "regex": PROSE},
     "nested too deep": lambda header: b"[" * 100_000 + b"]" * 100_000,
     "not JSON": lambda header: b"\xff{",
 }.items(), ids=lambda item: item[0])
-def test_a_header_that_lies_is_removed_and_compiled_afresh(cache, info, smollm2_tokenizer, damage):
+def test_a_header_that_lies_is_removed_and_compiled_afresh(
+        cache, info, smollm2_tokenizer, damage, read_path):
     (path,) = cached(cache, info, DIGITS)
     rewrite_header(path, damage[1])
     assert_compiled_afresh(cache, info, smollm2_tokenizer)
@@ -150,59 +189,118 @@ def test_a_header_that_lies_is_removed_and_compiled_afresh(cache, info, smollm2_
 @pytest.mark.parametrize("damage", {
     "flipped header byte": lambda data: data[:30] + bytes([data[30] ^ 1]) + data[31:],
     "truncated": lambda data: data[:len(data) // 2],
+    "last byte cut": lambda data: data[:-1],
     "cut in the header": lambda data: data[:40],
+    "cut in the prefix": lambda data: data[:12],
     "empty": lambda data: b"",
     "an older format": lambda data: b"SGTABLES" + data[20:],
+    "not a tables file": lambda data: b"\x93NUMPY" + data[6:],
 }.items(), ids=lambda item: item[0])
-def test_a_damaged_file_is_removed_and_compiled_afresh(cache, info, smollm2_tokenizer, damage):
+def test_a_damaged_file_is_removed_and_compiled_afresh(
+        cache, info, smollm2_tokenizer, damage, read_path):
     (path,) = cached(cache, info, DIGITS)
     path.write_bytes(damage[1](path.read_bytes()))
     assert_compiled_afresh(cache, info, smollm2_tokenizer)
 
 
-def test_a_flipped_byte_in_a_per_state_table_is_found_on_load(cache, info, smollm2_tokenizer):
+def a_quiet_lie(arrays: dict, name: str) -> tuple[int, int]:
+    """An element of array ``name`` and bits to flip in it that leave a well-formed automaton
+    (``ByteAutomaton.from_arrays`` takes it) which accepts other texts: damage only a CRC finds."""
+    states = len(arrays["table"])
+
+    def another_state(state: int) -> int:
+        return next(bit for bit in (1, 2, 4, 8, 16, 32, 64) if 0 < state ^ bit < states)
+
+    initial, one = int(arrays["initial"]), int(arrays["byte_class"][ord("1")])
+    return {
+        "table": lambda: (initial * arrays["table"].shape[1] + one,
+                          another_state(int(arrays["table"][initial, one]))),
+        "byte_class": lambda: (ord("a"), 1),  # "a" steps as a digit does
+        "is_final": lambda: (initial, 1),  # the empty text is accepted
+        "initial": lambda: (0, another_state(initial)),
+    }[name]()
+
+
+@pytest.mark.parametrize("array", ARRAY_NAMES)
+def test_a_flipped_byte_in_any_array_is_found_on_load(
+        cache, info, smollm2_tokenizer, array, read_path):
+    """Every array is CRC-checked when the file is read: a flipped byte anywhere is never used,
+    even one that leaves arrays which look like a sound automaton."""
     (path,) = cached(cache, info, DIGITS)
-    flip_byte_of(path, "distance")
+    pristine = {name: np.array(value) for name, value in
+                read_tables(path, key=path.stem, regex=DIGITS).items()}
+    element, bits = a_quiet_lie(pristine, array)
+    lie = {name: value.copy() for name, value in pristine.items()}
+    lie[array].reshape(-1).view(np.uint8)[element * lie[array].itemsize] ^= bits
+    honest, lying = ByteAutomaton.from_arrays(pristine), ByteAutomaton.from_arrays(lie)
+    assert any(honest.is_final[honest.step(honest.initial, text)]
+               != lying.is_final[lying.step(lying.initial, text)]
+               for text in (b"", b"1", b"12", b"123", b"1234", b"a23", b"12a"))
+    flip_bits_of(path, array, element, bits)
     assert_compiled_afresh(cache, info, smollm2_tokenizer)
 
 
-@pytest.mark.parametrize("array", ["tokens", "next", "masks"])
-def test_a_flipped_byte_in_transitions_or_mask_rows_is_repaired_before_it_is_used(
-        cache, info, smollm2_tokenizer, array):
-    (path,) = cached(cache, info, PROSE)
-    with compiler() as first:
-        pristine = first.compile_regex(PROSE, info)
-        initial = pristine.initial_state
-        expected = (pristine.bitmask(initial).copy(),
-                    *(part.copy() for part in pristine.transitions(initial)))
-        if array == "masks":  # a byte inside the start state's piece
-            at = 4 * len(expected[0]) * int(pristine._mask_of_state[initial]) + 8
-        else:
-            at = 4 * (int(pristine._offsets[initial]) + len(expected[1]) // 2)
-    flip_byte_of(path, array, at=at)
+@pytest.mark.parametrize("lie", {
+    "a state past the table": lambda arrays: {**arrays, "table": np.where(
+        arrays["table"] == arrays["table"].max(), len(arrays["table"]), arrays["table"])},
+    "a negative state": lambda arrays: {**arrays, "table": -arrays["table"]},
+    "starts in the dead state": lambda arrays: {**arrays, "initial": np.int64(0)},
+    "starts past the table": lambda arrays: {**arrays, "initial": np.int64(len(arrays["table"]))},
+    "a byte class past the table": lambda arrays: {
+        **arrays, "byte_class": np.full(256, arrays["table"].shape[1], dtype=np.uint8)},
+    "too few byte classes": lambda arrays: {**arrays, "byte_class": arrays["byte_class"][:255]},
+    "is_final as bytes": lambda arrays: {**arrays, "is_final": arrays["is_final"].astype(np.uint8)},
+    "is_final too short": lambda arrays: {**arrays, "is_final": arrays["is_final"][:-1]},
+    "a table of int64": lambda arrays: {**arrays, "table": arrays["table"].astype(np.int64)},
+    "a flat table": lambda arrays: {**arrays, "table": arrays["table"].reshape(-1)},
+    "an extra array": lambda arrays: {**arrays, "masks": np.zeros(4, dtype=np.int32)},
+    "a missing array": lambda arrays: {
+        name: value for name, value in arrays.items() if name != "is_final"},
+}.items(), ids=lambda item: item[0])
+def test_a_whole_file_of_arrays_that_are_no_automaton_is_removed_and_compiled_afresh(
+        cache, info, smollm2_tokenizer, lie):
+    """A file that proves its key, regex and CRCs but whose arrays do not form a byte automaton
+    (stepping it would index out of bounds, or read bytes as bools) is never used."""
+    (path,) = cached(cache, info, DIGITS)
+    arrays = {name: np.array(value) for name, value in
+              read_tables(path, key=path.stem, regex=DIGITS).items()}
+    write_tables(path, lie[1](arrays), key=path.stem, regex=DIGITS)
+    read_tables(path, key=path.stem, regex=DIGITS)  # the file itself is whole: only its meaning lies
+    assert_compiled_afresh(cache, info, smollm2_tokenizer)
+
+
+def test_one_entry_serves_every_tokenizer_and_each_gets_its_own_masks(cache, info):
+    """The automaton on disk does not depend on the tokenizer, but a constraint (its masks) does:
+    one tokenizer's constraint is never handed to another from the memory cache."""
+    one = next(token for token, value in info.token_bytes.items() if value == b"1")
+    other = dataclasses.replace(info, fingerprint="", token_bytes={
+        token: value for token, value in info.token_bytes.items() if token != one})
+    assert other.fingerprint != info.fingerprint
+    (path,) = cached(cache, info, DIGITS)
     with compiler() as fresh:
-        constraint = fresh.compile_regex(PROSE, info)
-        assert constraint.from_cache == "disk"  # checked piece by piece, when first read
-        matcher = constraint.matcher()
-        packed = np.zeros_like(expected[0])
-        matcher.fill_bitmask(packed)
-        tokens, nexts = constraint.transitions(initial)
-        assert np.array_equal(packed, expected[0])
-        assert np.array_equal(tokens, expected[1]) and np.array_equal(nexts, expected[2])
-        assert writes(constraint, "hello world", smollm2_tokenizer)
-    read_tables(path, key=path.stem, regex=PROSE)  # removed, compiled afresh and stored anew, whole
-    with compiler() as fresh:
-        again = fresh.compile_regex(PROSE, info)
-        assert again.from_cache == "disk" and writes(again, "hello world", smollm2_tokenizer)
-        assert not writes(again, "Hello", smollm2_tokenizer)
+        theirs = fresh.compile_regex(DIGITS, other)
+        assert theirs.from_cache == "disk"
+        ours = fresh.compile_regex(DIGITS, info)
+        again = fresh.compile_regex(DIGITS, other)
+        assert again.from_cache == "memory"
+        assert ours.mask(ours.initial_state)[one]
+        assert not theirs.mask(theirs.initial_state)[one]
+        assert not again.mask(again.initial_state)[one]
+        assert fresh.compile_regex(DIGITS, info).mask(ours.initial_state)[one]
+    assert [entry.name for entry in (cache / "constraints").iterdir()] == [path.name]
 
 
 SCHEMA_A = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 SCHEMA_B = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
 
 
-def alias_path(cache, schema, info, kind="regex") -> Path:
-    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULT_WHITESPACE, info)}.{kind}"
+def alias_path(cache, schema, info) -> Path:
+    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULT_WHITESPACE, info)}.regex"
+
+
+def entry_with(name: str, body: bytes) -> bytes:
+    """An alias file that proves to be ``name``'s and whole, whatever its body."""
+    return json.dumps({"entry": name, "crc": zlib.crc32(body)}).encode() + b"\n" + body
 
 
 def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
@@ -222,41 +320,17 @@ def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
     with compiler() as fresh:
         assert structgen.compile_constraint(SCHEMA_A, info).regex == schema_to_regex(SCHEMA_A)
     assert a.read_bytes() == a_bytes  # stored anew
+    with compiler() as fresh:
+        assert fresh.regex_of_schema(key_a) == schema_to_regex(SCHEMA_A)  # and read back
+    (tables,) = cached(cache, info, DIGITS)
     for damage in (a_bytes[:-1], a_bytes[:-1] + bytes([a_bytes[-1] ^ 1]), b"[" * 100_000,
-                   schema_to_regex(SCHEMA_A).encode()):  # cut, flipped, not JSON, an older format
+                   schema_to_regex(SCHEMA_A).encode(),  # cut, flipped, not JSON, an older format
+                   b"[]\n" + a_bytes.partition(b"\n")[2],  # a header that is no object
+                   entry_with(a.name, b""), entry_with(a.name, b"\xff\xfe"),  # empty, not UTF-8
+                   tables.read_bytes()):  # a tables file where the schema's regex should be
         a.write_bytes(damage)
         with compiler() as fresh:
             assert fresh.regex_of_schema(key_a) is None and not a.exists()
-
-
-def test_swapped_or_damaged_first_masks_are_removed_and_learnt_afresh(cache, info):
-    words = (info.vocab_size + 31) // 32
-    key_a, key_b = (_schema_key(schema, DEFAULT_WHITESPACE, info) for schema in (SCHEMA_A, SCHEMA_B))
-    bits_a, bits_b = np.arange(words, dtype=np.int32), np.ones(words, dtype=np.int32)
-    with compiler() as first:
-        first.remember_start(key_a, bits_a, True)
-        first.remember_start(key_b, bits_b, False)
-        first.remember_schema(key_a, DIGITS)
-    with compiler() as fresh:
-        known = fresh.known_start(key_a, info.vocab_size)
-        assert np.array_equal(known[0], bits_a) and known[1] is True
-    a, b = alias_path(cache, SCHEMA_A, info, "start"), alias_path(cache, SCHEMA_B, info, "start")
-    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
-    a.write_bytes(b_bytes)
-    with compiler() as fresh:
-        assert fresh.known_start(key_a, info.vocab_size) is None and not a.exists()
-        assert fresh.known_start(key_b, info.vocab_size)[1] is False
-    regex_file = alias_path(cache, SCHEMA_A, info, "regex")
-    shutil.copyfile(b, regex_file)  # a first mask where the schema's regex should be
-    with compiler() as fresh:
-        assert fresh.regex_of_schema(key_a) is None and not regex_file.exists()
-    line, _, body = a_bytes.partition(b"\n")
-    for damage in (a_bytes[:-4], line + b"\n" + bytes([body[0] ^ 1]) + body[1:],
-                   line.replace(b"true", b"1") + b"\n" + body,  # the flag is not a bool
-                   line.replace(b"outlines-core=", b"outlines-core=0.0.") + b"\n" + body):
-        a.write_bytes(damage)
-        with compiler() as fresh:
-            assert fresh.known_start(key_a, info.vocab_size) is None and not a.exists()
 
 
 def test_cache_files_are_private_to_the_user(cache, info):
@@ -275,21 +349,125 @@ def test_cache_files_are_private_to_the_user(cache, info):
 
 
 @pytest.mark.parametrize("open_folder", ["cache", "constraints"])
-def test_a_cache_folder_others_can_write_is_ignored_with_a_warning(cache, info, open_folder):
-    (path,) = cached(cache, info, DIGITS)
+def test_a_cache_folder_others_can_write_is_ignored_with_a_warning(
+        cache, info, smollm2_tokenizer, open_folder):
+    digits, prose = cached(cache, info, DIGITS, PROSE)
+    # A planted entry that proves itself (key, regex, CRCs): only the folder's privacy keeps it out.
+    planted = read_tables(prose, key=prose.stem, regex=PROSE)
+    write_tables(digits, planted, key=digits.stem, regex=DIGITS)
+    files = sorted(path.name for path in (cache / "constraints").iterdir())
     target = cache if open_folder == "cache" else cache / "constraints"
     target.chmod(0o777)
     with pytest.warns(UnsafeCacheWarning, match="other users can write") as caught:
         with compiler() as fresh:
-            assert fresh.compile_regex(DIGITS, info).from_cache == "none"  # the entry is not read
+            constraint = fresh.compile_regex(DIGITS, info)  # the entry is not read
+            assert constraint.from_cache == "none"
+            assert writes(constraint, "123", smollm2_tokenizer)
+            assert not writes(constraint, "abc", smollm2_tokenizer)
             structgen.compile_constraint(SCHEMA_A, info)  # nor is anything written
+            fresh.compile_regex("[0-9]{4}", info)
         with compiler() as fresh:
             assert fresh.compile_regex(DIGITS, info).from_cache == "none"
     assert len(caught) == 1  # once per folder and process
-    assert sorted(p.suffix for p in (cache / "constraints").iterdir()) == [".tables"]
+    assert sorted(path.name for path in (cache / "constraints").iterdir()) == files
+    assert read_tables(digits, key=digits.stem, regex=DIGITS)["table"].shape == planted["table"].shape
     target.chmod(0o700)
+    with compiler() as fresh:  # what the warning kept out: private again, the plant is believed
+        believed = fresh.compile_regex(DIGITS, info)
+        assert believed.from_cache == "disk" and writes(believed, "abc", smollm2_tokenizer)
+
+
+def make_read_only(monkeypatch, root: Path) -> list:
+    """Refuse every change under ``root`` as a read-only file system does (EROFS); the tests run
+    as root, whom ``chmod`` does not stop. Returns the list of refused calls."""
+    refused = []
+    real_mkstemp, real_replace = tempfile.mkstemp, os.replace
+    real_unlink, real_chmod, real_mkdir = Path.unlink, Path.chmod, Path.mkdir
+
+    def inside(path) -> bool:
+        if Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+            refused.append(str(path))
+            return True
+        return False
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and inside(dir):
+            refuse(dir)
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def replace(source, target, **kwargs):
+        if inside(target):
+            refuse(target)
+        return real_replace(source, target, **kwargs)
+
+    def unlink(self, missing_ok=False):
+        if inside(self) and (self.exists() or not missing_ok):
+            refuse(self)
+        return real_unlink(self, missing_ok=missing_ok)
+
+    def chmod(self, mode, **kwargs):
+        if inside(self):
+            refuse(self)
+        return real_chmod(self, mode, **kwargs)
+
+    def mkdir(self, mode=0o777, parents=False, exist_ok=False):
+        if inside(self) and not (exist_ok and self.is_dir()):
+            if self.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(self))
+            refuse(self)
+        return real_mkdir(self, mode, parents, exist_ok)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(Path, "chmod", chmod)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    return refused
+
+
+def snapshot(folder: Path) -> dict:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_a_read_only_cache_is_no_error(cache, info, smollm2_tokenizer, monkeypatch):
+    cached(cache, info, DIGITS)
+    with compiler():
+        structgen.compile_constraint(SCHEMA_A, info)
+    before = snapshot(cache / "constraints")
+    refused = make_read_only(monkeypatch, cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with compiler() as fresh:
+            assert fresh.compile_regex(DIGITS, info).from_cache == "disk"  # still read
+            assert structgen.compile_constraint(SCHEMA_A, info).regex == schema_to_regex(SCHEMA_A)
+            prose = fresh.compile_regex(PROSE, info)  # not stored, and no error
+            assert prose.from_cache == "none" and writes(prose, "hello world", smollm2_tokenizer)
+            assert structgen.compile_constraint(SCHEMA_B, info).regex == schema_to_regex(SCHEMA_B)
+        with compiler() as fresh:
+            assert fresh.compile_regex(PROSE, info).from_cache == "none"
+            assert fresh.regex_of_schema(_schema_key(SCHEMA_B, DEFAULT_WHITESPACE, info)) is None
+    assert refused  # the stores were tried, and refused
+    assert snapshot(cache / "constraints") == before
+
+
+@pytest.mark.parametrize("entry", ["tables", "schema alias"])
+def test_a_damaged_entry_in_a_read_only_cache_is_compiled_afresh_not_an_error(
+        cache, info, smollm2_tokenizer, monkeypatch, entry):
+    (path,) = cached(cache, info, DIGITS)
+    with compiler():
+        structgen.compile_constraint(SCHEMA_A, info)
+    damaged = path if entry == "tables" else alias_path(cache, SCHEMA_A, info)
+    damaged.write_bytes(damaged.read_bytes()[:-1])
+    make_read_only(monkeypatch, cache)
     with compiler() as fresh:
-        assert fresh.compile_regex(DIGITS, info).from_cache == "disk"
+        constraint = fresh.compile_regex(DIGITS, info)
+        assert constraint.from_cache == ("none" if entry == "tables" else "disk")
+        assert writes(constraint, "123", smollm2_tokenizer)
+        assert structgen.compile_constraint(SCHEMA_A, info).regex == schema_to_regex(SCHEMA_A)
+    assert damaged.exists()  # it could not be removed: it is ignored again next time
 
 
 def test_a_normal_run_warns_nothing(cache, info, smollm2_tokenizer):
@@ -315,8 +493,9 @@ def test_a_regex_answer_is_checked_against_its_regex():
     ("[a-z&&[^aeiou]]", "b"),  # class intersection
     (r"\S", "\x1c"),  # not White_Space in Unicode, whitespace to re
 ])
-def test_the_check_reads_the_regex_as_the_constraint_does(info, smollm2_tokenizer, pattern, text):
-    with warnings.catch_warnings():
+def test_the_check_reads_the_regex_as_the_constraint_does(
+        cache, info, smollm2_tokenizer, pattern, text):
+    with warnings.catch_warnings(), compiler():
         warnings.simplefilter("ignore", FutureWarning)  # re's own warning about "[[" and "&&"
         assert re.fullmatch(pattern, text) is None  # so re would refuse what the constraint wrote
         constraint = structgen.compile_constraint(structgen.Regex(pattern), info)
@@ -335,12 +514,11 @@ def test_the_check_refuses_what_the_dialect_refuses():
             spec.parse(text)
 
 
-def test_generate_refuses_a_regex_answer_its_constraint_let_through(info, tiny_model):
-    lying = structgen.compile_constraint(structgen.Regex("[a-z]{3}"), tiny_model.tokenizer_info)
-    lying = compiler_module._with_meta(lying, dict(
-        compiler_module._meta("[a-z]{3}", tiny_model.tokenizer_info,
-                              structgen.types.as_output_type(structgen.Regex(DIGITS)), "compact")),
-        "memory")
+def test_generate_refuses_a_regex_answer_its_constraint_let_through(cache, tiny_model):
+    with compiler():
+        lying = structgen.compile_constraint(structgen.Regex("[a-z]{3}"), tiny_model.tokenizer_info)
+    lying = lying.with_request(output_type=structgen.types.as_output_type(structgen.Regex(DIGITS)),
+                               whitespace="compact", from_cache="memory")
     with pytest.raises(structgen.OutputError, match="does not match the regex"):
         structgen.generate(lying, "Write a number.", model=tiny_model, max_tokens=8)
     results = structgen.generate_batch(lying, ["One.", "Two."], model=tiny_model, max_tokens=8)
@@ -348,7 +526,7 @@ def test_generate_refuses_a_regex_answer_its_constraint_let_through(info, tiny_m
 
 
 def test_the_models_folder_is_private_and_one_others_can_write_is_not_used(tmp_path, monkeypatch):
-    from structgen.constraint.compiler import private_cache_folder
+    from structgen.constraint.cache import private_cache_folder
 
     root = tmp_path / "cache"
     monkeypatch.setenv("STRUCTGEN_CACHE", str(root))
@@ -360,33 +538,35 @@ def test_the_models_folder_is_private_and_one_others_can_write_is_not_used(tmp_p
         assert private_cache_folder("models") is None
 
 
-def test_a_background_and_a_foreground_compile_never_read_each_others_tables(info):
-    """The worker's pipe carries one exchange at a time: a hybrid's background schema compile and a
-    foreground regex compile in flight together each get the tables of what they asked for (they
-    once read each other's replies: a TypeError, or another regex's tables)."""
+def test_two_compiles_in_flight_together_never_read_each_others_automaton():
+    """The worker's pipe carries one exchange at a time: two threads compiling at once (a server
+    preparing two requests) each get the automaton of what they asked for (they once read each
+    other's replies)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from structgen.constraint._worker import CompileWorker
 
-    regexes = [f"[a-z]{{1,{n}}}" for n in range(2, 8)]
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    letters = [f"[a-z]{{1,{n}}}" for n in range(2, 8)]
+    digits = [f"[0-9]{{{n}}}" for n in range(2, 8)]
     worker = CompileWorker(memory_limit=0)
     try:
-        alone = {regex: worker.compile(regex, info, 60)[1]["offsets"].shape for regex in regexes}
-        schema_regex = worker.compile_schema(schema, "indented", info, 60)[1][0]
+        alone = {}
+        for regex in letters + digits:
+            status, arrays = worker.compile(regex, 60)
+            assert status == "ok", arrays
+            alone[regex] = arrays
+        assert len({alone[regex]["is_final"].tobytes() + alone[regex]["byte_class"].tobytes()
+                    for regex in alone}) == len(alone)  # every reply tells which regex it is
 
-        def foreground():
-            return [(regex, worker.compile(regex, info, 60)) for regex in regexes * 3]
-
-        def background():
-            return [worker.compile_schema(schema, "indented", info, 60) for _ in range(6)]
+        def compile_all(regexes):
+            return [(regex, worker.compile(regex, 60)) for regex in regexes * 3]
 
         with ThreadPoolExecutor(2) as pool:
-            regex_replies, schema_replies = pool.submit(foreground), pool.submit(background)
-            for regex, (status, tables) in regex_replies.result():
-                assert status == "ok" and isinstance(tables, dict)
-                assert tables["offsets"].shape == alone[regex]
-            for status, (regex, tables) in schema_replies.result():
-                assert status == "ok" and regex == schema_regex and isinstance(tables, dict)
+            replies = [pool.submit(compile_all, letters), pool.submit(compile_all, digits)]
+            for reply in replies:
+                for regex, (status, arrays) in reply.result():
+                    assert status == "ok" and isinstance(arrays, dict)
+                    assert all(np.array_equal(arrays[name], alone[regex][name])
+                               for name in ARRAY_NAMES), regex
     finally:
         worker.stop()

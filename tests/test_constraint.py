@@ -128,7 +128,7 @@ def test_compiles_are_cached_in_memory_and_on_disk(info, tmp_path, monkeypatch):
 
 
 def test_cached_tables_read_back_bit_for_bit(tmp_path):
-    from structgen.constraint.compiler import read_tables, write_tables
+    from structgen.constraint.cache import read_tables, write_tables
 
     tables = {"offsets": np.arange(7, dtype=np.int64), "masks": np.ones((3, 5), dtype=np.int32),
               "is_final": np.array([True, False, True]), "initial": np.int64(4),

@@ -1,5 +1,5 @@
-"""The whitespace modes end to end: compile_constraint, the llguidance fallback, the hybrid head
-start, and decoding on the tiny random model.
+"""The whitespace modes end to end: compile_constraint, the llguidance fallback, and decoding on
+the tiny random model.
 
 ``compact``, ``spaced`` and ``indented`` admit exactly the layout json.dumps writes (no loop is
 possible, and the budget guarantee holds); on llguidance's JSON grammar ``indented`` is the one
@@ -20,7 +20,6 @@ import structgen
 from structgen.constraint.llguidance_backend import (
     INDENT_LEVELS,
     GrammarConstraint,
-    HybridConstraint,
     json_schema_grammar,
 )
 from structgen.constraint.vocabulary import TokenizerInfo
@@ -119,27 +118,6 @@ def test_a_schema_only_llguidance_takes_runs_in_every_mode(mode, info, smollm2_t
     texts = [dumps(NOT_REGULAR_VALUE, mode)] if mode != "flexible" else [
         json.dumps(NOT_REGULAR_VALUE), json.dumps(NOT_REGULAR_VALUE, indent=2)]
     assert all(accepts(constraint, smollm2_tokenizer, text) for text in texts)
-
-
-def test_an_indented_head_start_runs_on_the_regex(info, smollm2_tokenizer):
-    """llguidance's JSON grammar cannot indent by level, so wait=False starts on structgen's
-    regex instead (the index's own language): the head start admits the indented layout only."""
-    schema = {**SCHEMA, "title": "indented head start"}  # not cached by the tests above
-    constraint = structgen.compile_constraint(schema, info, whitespace="indented", wait=False)
-    if isinstance(constraint, HybridConstraint):
-        assert not constraint.exact and constraint.grammar.regex is not None
-    value = VALUES[0]
-    assert accepts(constraint, smollm2_tokenizer, dumps(value, "indented"))
-    assert not accepts(constraint, smollm2_tokenizer, dumps(value, "indented").replace("\n  ", "\n", 1))
-    assert not accepts(constraint, smollm2_tokenizer, dumps(value, "spaced"))
-    landed = structgen.compile_constraint(schema, info, whitespace="indented", wait=False)
-    assert not accepts(landed, smollm2_tokenizer, dumps(value, "spaced"))
-
-
-def test_a_spaced_head_start_keeps_llguidance_exact(info):
-    schema = {**SCHEMA, "title": "spaced head start"}
-    constraint = structgen.compile_constraint(schema, info, whitespace="spaced", wait=False)
-    assert isinstance(constraint, HybridConstraint) and constraint.exact
 
 
 # --- decoding on the tiny random model: whatever the weights, the layout is json.dumps's ------

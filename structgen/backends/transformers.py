@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from structgen.constraint.compiler import private_cache_folder
+from structgen.constraint.cache import private_cache_folder
 from structgen.errors import GenerationError, ModelError, ModelNotFoundError, VocabularyError
 
 EMBEDDED_MODEL = "smollm2"

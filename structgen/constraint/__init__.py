@@ -1,11 +1,10 @@
-"""Constraint layer: TokenizerInfo -> compile_constraint -> CompiledConstraint -> Matcher."""
+"""Constraint layer: TokenizerInfo -> compile_constraint -> CompiledConstraint -> Matcher.
 
-from structgen.constraint.compiler import (
-    CompiledConstraint,
-    ConstraintCompiler,
-    compile_constraint,
-)
-from structgen.constraint.matcher import Matcher
-from structgen.constraint.vocabulary import TokenizerInfo
+Modules follow the data: ``automaton`` (regex -> byte DFA, built by outlines-core in ``_worker``),
+``token_masks`` (a state's allowed tokens, computed lazily), ``compiled`` (the frozen constraint),
+``matcher`` (the per-sequence cursor), ``cache`` (the cache folder and its file format),
+``compiler`` (the pipeline and its caches), ``llguidance_backend`` (non-regular schemas).
 
-__all__ = ["CompiledConstraint", "ConstraintCompiler", "Matcher", "TokenizerInfo", "compile_constraint"]
+Nothing is imported here, so the compile worker (``_worker``, which needs only ``automaton`` and
+numpy) starts without the schema compiler; the public names are ``structgen``'s own.
+"""

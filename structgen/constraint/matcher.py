@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from structgen.constraint.token_masks import pack_bitmask
+from structgen.errors import BudgetTooSmallError
+
 
 def write_bitmask(buffer, row: int, packed: np.ndarray) -> None:
     """Copy ``packed`` into ``buffer`` (numpy or torch, 1-D or 2-D with ``row``), zeros after it."""
@@ -57,14 +60,18 @@ class Cursor:
     def allowed_token_ids(self) -> list[int]:
         return np.flatnonzero(self.mask()).tolist()
 
+    def mask_key(self):
+        """A key under which this step's mask may be cached by the decoding loop (it depends on
+        nothing but the key), or None when it must be read afresh (llguidance, whose state has no
+        number, or the last tokens of a budget, where the mask depends on the tokens left)."""
+        return None
+
 
 class Matcher(Cursor):
     """Per-sequence state: ``allowed_token_ids``, ``fill_bitmask``, ``advance``, ``is_accepting``."""
 
     def __init__(self, constraint, max_tokens: int | None = None):
         if max_tokens is not None and max_tokens < constraint.min_tokens:
-            from structgen.errors import BudgetTooSmallError
-
             raise BudgetTooSmallError(max_tokens, constraint.min_tokens)
         self.constraint = constraint
         self.state = constraint.initial_state
@@ -89,12 +96,19 @@ class Matcher(Cursor):
         write_bitmask(buffer, row, self.packed_bitmask())
 
     def packed_bitmask(self) -> np.ndarray:
-        """The bitmask ``fill_bitmask`` writes (the cached array itself when no budget is in force)."""
-        from structgen.constraint.compiler import pack_bitmask
-
-        if self.finished or self.tokens_left is not None:
+        """The bitmask ``fill_bitmask`` writes: the state's cached array itself unless the budget
+        changes it (the last tokens of a budget, or a finished matcher)."""
+        if self.mask_key() is None:
             return pack_bitmask(self.mask())
         return self.constraint.bitmask(self.state)
+
+    def mask_key(self):
+        if self.finished or self.tokens_left == 0:
+            return None
+        budgeted = self.max_tokens is not None
+        if budgeted and self.constraint.needs_budget_mask(self.state, self.tokens_left - 1):
+            return None
+        return (self.constraint.masks, self.state)
 
     def advance(self, token_id: int) -> bool:
         """Take ``token_id``; returns False and changes nothing if it is not allowed."""

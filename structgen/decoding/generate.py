@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from structgen.backends.transformers import Model, as_model
-from structgen.constraint.compiler import Constraint, compile_constraint
+from structgen.constraint.base import Constraint
+from structgen.constraint.compiler import compile_constraint
 from structgen.decoding.loop import Row, Sampling, decode_rows
 from structgen.decoding.retry import Attempt, attempt_seed, check_max_retries, retry_messages
 from structgen.errors import (

@@ -23,26 +23,20 @@ class MaskCache:
         self.max_entries = max_entries
 
     def forbidden(self, matcher, width: int, device) -> torch.Tensor:
-        if hasattr(matcher, "current"):  # a hybrid: llguidance until the finite-state index lands
-            matcher = matcher.current()
         constraint = matcher.constraint
         if constraint is None:  # unconstrained decoding (benchmark baselines)
             return self._nothing(width, device)
-        if not hasattr(matcher, "state"):  # llguidance computes each mask: one copy per step
-            if matcher.is_finished():
-                return self._eos_only(constraint.eos_token_id, width, device)
-            return _to_device(~matcher.mask(), width, device)
         if matcher.is_finished():
             # A finished row may still be sampled for (transformers writes padding after it):
             # leave it one finite logit, since all -inf would turn sampling into NaNs.
             return self._eos_only(constraint.eos_token_id, width, device)
-        tokens_left = matcher.tokens_left
-        if tokens_left is not None and constraint.needs_budget_mask(matcher.state, tokens_left - 1):
-            return _to_device(~constraint.mask(matcher.state, tokens_left - 1), width, device)
-        key = (id(constraint), matcher.state, width, device)
+        key = matcher.mask_key()
+        if key is None:  # a mask of this step only (llguidance, the last tokens of a budget)
+            return _to_device(~matcher.mask(), width, device)
+        key = (key, width, device)
         cached = self._cache.get(key)
         if cached is None:
-            cached = _to_device(~constraint.mask(matcher.state), width, device)
+            cached = _to_device(~matcher.mask(), width, device)
             if self.max_entries is not None and len(self._cache) >= self.max_entries:
                 self._cache.clear()
             self._cache[key] = cached

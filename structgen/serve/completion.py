@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 
 from structgen.backends.transformers import Model
-from structgen.constraint.compiler import Constraint
+from structgen.constraint.base import Constraint
 from structgen.decoding.generate import chat_ids, constraint_for, messages_for, prepare_row, token_budget
 from structgen.decoding.loop import Row, Sampling, Unconstrained
 from structgen.decoding.tools import tool_turn

@@ -1,0 +1,133 @@
+"""Lazy token masks equal a brute-force walk of the byte automaton, for several tokenizers.
+
+For random reachable states of real schemas' automata, ``CompiledConstraint.mask`` (the
+vectorised ``Walker``, cached in the ``MaskStore``) must allow exactly the tokens whose bytes,
+stepped one by one through ``ByteAutomaton.step``, end in a live state (plus EOS where the state
+accepts), and ``next_state`` must agree with that walk. The budgeted mask must allow exactly the
+tokens after which the single-byte distance to acceptance fits in the tokens left.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import structgen
+from structgen.constraint.automaton import UNREACHABLE
+from structgen.constraint.vocabulary import TokenizerInfo
+
+SCHEMAS = {
+    "person": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "items": {"enum": ["x", "yé", "z z"]}, "maxItems": 3}},
+        "required": ["name", "age"]},
+    "numbers": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4},
+    "free": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[a-z]+$"}},
+}
+
+
+def byte_tokenizer_info() -> TokenizerInfo:
+    """A vocabulary of the 256 single bytes and a few multi-byte tokens (what llguidance's and
+    xgrammar's tests use: no real tokenizer needed), EOS id 300."""
+    tokens = {b: bytes([b]) for b in range(256)}
+    for i, text in enumerate(['{"', '":', '",', "name", " \"", "é", "\n  ", "12", "é\""]):
+        tokens[256 + i] = text.encode()
+    return TokenizerInfo(token_bytes=tokens, eos_token_id=300, vocab_size=301)
+
+
+@pytest.fixture(scope="module", params=["smollm2", "llama3", "bytes"])
+def info(request):
+    if request.param == "bytes":
+        return byte_tokenizer_info()
+    tokenizer = request.getfixturevalue(f"{request.param}_tokenizer")
+    return TokenizerInfo.from_huggingface(tokenizer)
+
+
+def brute_force(constraint, info: TokenizerInfo, state: int) -> tuple[np.ndarray, dict[int, int]]:
+    automaton = constraint.automaton
+    allowed = np.zeros(info.vocab_size, dtype=bool)
+    following = {}
+    for token_id, data in info.token_bytes.items():
+        if token_id == info.eos_token_id or not data:
+            continue
+        after = automaton.step(state, data)
+        if after:
+            allowed[token_id] = True
+            following[token_id] = after
+    if automaton.is_final[state]:
+        allowed[info.eos_token_id] = True
+    return allowed, following
+
+
+def reachable_state(constraint, info: TokenizerInfo, choices: list[int]) -> int:
+    """Follow allowed tokens chosen by ``choices`` (indexes into each mask) from the start."""
+    state = constraint.initial_state
+    for choice in choices:
+        ids = [i for i in np.flatnonzero(constraint.mask(state)) if i != constraint.eos_token_id]
+        if not ids:
+            break
+        state = constraint.next_state(state, int(ids[choice % len(ids)]))
+    return state
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(SCHEMAS)), whitespace=st.sampled_from(["indented", "flexible"]),
+       choices=st.lists(st.integers(0, 2**20), max_size=12), tokens_left=st.integers(0, 40))
+def test_lazy_masks_equal_a_brute_force_walk(info, name, whitespace, choices, tokens_left):
+    constraint = structgen.compile_constraint(SCHEMAS[name], info, whitespace=whitespace)
+    state = reachable_state(constraint, info, choices)
+    expected, following = brute_force(constraint, info, state)
+    assert np.array_equal(constraint.mask(state), expected)
+    for token_id, after in list(following.items())[:200]:
+        assert constraint.next_state(state, token_id) == after
+    budgeted = expected.copy()
+    for token_id, after in following.items():
+        budgeted[token_id] = constraint.distance(after) <= tokens_left
+    assert np.array_equal(constraint.mask(state, tokens_left), budgeted)
+
+
+def test_distances_are_exact_in_bytes_for_a_byte_vocabulary():
+    """With every byte a token, a state's distance is the length of its shortest completion:
+    following the byte that lowers it reaches acceptance in exactly that many steps."""
+    info = TokenizerInfo(token_bytes={b: bytes([b]) for b in range(256)}, eos_token_id=256,
+                         vocab_size=257)
+    constraint = structgen.compile_constraint(SCHEMAS["person"], info, whitespace="compact")
+    state, written = constraint.initial_state, b""
+    assert constraint.distance(state) < UNREACHABLE
+    while not constraint.is_final(state):
+        distance = constraint.distance(state)
+        state, byte = min((constraint.next_state(state, b), b) for b in range(256)
+                          if constraint.next_state(state, b) is not None
+                          and constraint.distance(constraint.next_state(state, b)) == distance - 1)
+        written += bytes([byte])
+    assert len(written) == constraint.min_tokens
+    json.loads(written)
+
+
+def test_multi_byte_tokens_shorten_the_distance_soundly(smollm2_tokenizer):
+    """With a real vocabulary the bound counts the tokens of the shortest answer, not its bytes,
+    and stays sound: a budget of exactly ``min_tokens`` (+1 for EOS) still ends accepting."""
+    info = TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    constraint = structgen.compile_constraint(SCHEMAS["person"], info, whitespace="indented")
+    in_bytes = constraint.automaton.distances(constraint._tokens.single_bytes)
+    assert constraint.min_tokens < in_bytes[constraint.initial_state]
+    matcher = constraint.matcher(max_tokens=constraint.min_tokens + 1)
+    while not matcher.is_finished():
+        allowed = matcher.allowed_token_ids()
+        assert allowed, "the budget rule left no token"
+        assert matcher.advance(allowed[-1])  # the highest id: rarely the shortest path's own
+    assert matcher.is_accepting()  # with EOS taken, or at the last token of the budget
+
+
+def test_masks_are_shared_by_matchers_and_bounded(info):
+    constraint = structgen.compile_constraint(SCHEMAS["person"], info, whitespace="indented")
+    first, second = constraint.matcher(), constraint.matcher()
+    first.mask()
+    walks = constraint.masks.walks
+    second.mask()  # the same state: read from the store, not walked again
+    assert constraint.masks.walks == walks
+    assert constraint.masks.max_entries * ((info.vocab_size + 31) // 32) * 4 <= 64 << 20
