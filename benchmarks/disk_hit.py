@@ -53,7 +53,7 @@ for name in names:
     cold = cc.compile_constraint(schema, info, whitespace="flexible", timeout=120)
     cold_s = time.perf_counter() - t0
     path = next(p for p in (Path(os.environ["STRUCTGEN_CACHE"]) / "constraints").glob("*.tables")
-                if cc._cache_key(cold.regex, info.fingerprint) in p.name)
+                if cc.automaton_key(cold.regex) in p.name)
     ttfm, walk, again = [], [], []
     buf = np.zeros(words, dtype=np.int32)
     for _ in range(HITS):
