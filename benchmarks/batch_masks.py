@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from _plotting import pyplot
 from batch_throughput import CITIES, JOBS, NAMES, Person
-from maskbench import load_tokenizer
+from maskbench import load_tokenizer, percentiles
 
 RESULTS = Path(__file__).parent / "results"
 WARM_AFTER = 10
@@ -37,12 +37,6 @@ def rows_of(count: int, seed: int) -> list[str]:
     return [json.dumps({"name": rng.choice(NAMES), "age": rng.randint(0, 120),
                         "job": rng.choice(JOBS), "city": rng.choice(CITIES)}, indent=2)
             for _ in range(count)]
-
-
-def percentiles(values: list[int]) -> dict[str, float]:
-    array = np.asarray(values, dtype=np.float64) / 1000.0  # µs
-    return {"p50": float(np.percentile(array, 50)), "p99": float(np.percentile(array, 99)),
-            "avg": float(array.mean()), "max": float(array.max()), "steps": len(array)}
 
 
 def walk_structgen(constraint, token_rows: list[list[int]]) -> list[list[int]]:
@@ -110,8 +104,9 @@ def main() -> None:
 
     table = {}
     for name, times in (("structgen", structgen_times), ("llguidance", ll_times)):
-        table[(name, "first")] = percentiles([t for row in times[:WARM_AFTER] for t in row])
-        table[(name, "after")] = percentiles([t for row in times[WARM_AFTER:] for t in row])
+        for part, rows in (("first", times[:WARM_AFTER]), ("after", times[WARM_AFTER:])):
+            steps = [t for row in rows for t in row]
+            table[(name, part)] = dict(percentiles(steps), steps=len(steps))  # µs
     ratio = table[("llguidance", "after")]["p50"] / table[("structgen", "after")]["p50"]
     lines = [
         f"# Token masks in a batch job over one schema ({args.rows} rows, `{args.tokenizer}`)", "",

@@ -138,10 +138,6 @@ class ByteAutomaton:
             raise ValueError("the arrays do not form a byte automaton")
         return cls(table, byte_class, is_final, initial)
 
-    def arrays(self) -> dict:
-        return {"table": self.table, "byte_class": self.byte_class, "is_final": self.is_final,
-                "initial": np.int64(self.initial)}
-
     @property
     def num_states(self) -> int:
         return len(self.table) - 1

@@ -1,7 +1,7 @@
 """CompiledConstraint: a byte automaton joined to one tokenizer's vocabulary, frozen and shared.
 
 It holds the ``ByteAutomaton`` (shared by every tokenizer), the tokenizer's ``TokenBytes``, each
-state's distance to acceptance in that tokenizer's single-byte tokens, and the ``MaskStore`` that
+state's distance to acceptance in that tokenizer's tokens (``token_distances``), and the ``MaskStore`` that
 computes token masks on first visit. Nothing in it changes after construction but the mask
 store's contents, which are a pure function of the state; per-sequence state lives in the cheap
 ``Matcher`` it hands out.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from structgen.constraint.automaton import UNREACHABLE, ByteAutomaton
+from structgen.constraint.automaton import ByteAutomaton
 from structgen.constraint.base import Constraint
 from structgen.constraint.matcher import Matcher, unpack_bitmask
 from structgen.constraint.token_masks import DEFAULT_MASK_BYTES, MaskStore, TokenBytes
@@ -39,9 +39,9 @@ class CompiledConstraint(Constraint):
 
     ``mask``/``bitmask`` of a state are computed once and kept (``MaskStore``, at most
     ``mask_bytes`` of packed masks, least recently used evicted); ``next_state`` walks a token's
-    bytes through the automaton; ``distance`` is the fewest single-byte tokens to acceptance,
-    which is what the budget rule and ``min_tokens`` count (a bound: an answer may need fewer
-    tokens when longer tokens spell it, never more).
+    bytes through the automaton; ``distance`` is ``token_distances``' bound on the tokens to
+    acceptance, which is what the budget rule and ``min_tokens`` count (an answer may need fewer
+    tokens when other tokens spell it, never more).
     """
 
     engine = "outlines-core"
@@ -61,9 +61,9 @@ class CompiledConstraint(Constraint):
         self.from_cache = from_cache  # "none", "memory" or "disk"
         self.initial_state = automaton.initial
         if masks is None:
-            distance = token_distances(automaton, tokens)
             if not automaton.table[automaton.initial].any() and not automaton.is_final[automaton.initial]:
                 raise UnsatisfiableSchemaError("no text satisfies this constraint")
+            distance = token_distances(automaton, tokens)
             masks = MaskStore(automaton, tokens, distance, eos_token_id, max_bytes=mask_bytes)
         self.masks = masks
         self._tokens = tokens
@@ -84,8 +84,9 @@ class CompiledConstraint(Constraint):
 
     @property
     def min_tokens(self) -> int:
-        """Fewest tokens of any accepted answer, counted in single-byte tokens (EOS not counted);
-        ``UNREACHABLE`` when this tokenizer lacks a single-byte token every answer needs."""
+        """Fewest tokens of any accepted answer as the budget counts them (``token_distances``; EOS
+        not counted); ``automaton.UNREACHABLE`` when this tokenizer lacks a single-byte token
+        every answer needs."""
         return int(self._distance[self.initial_state])
 
     def matcher(self, max_tokens: int | None = None) -> Matcher:
@@ -132,4 +133,4 @@ class CompiledConstraint(Constraint):
                 f"compile_seconds={self.compile_seconds:.3f}, from_cache={self.from_cache!r})")
 
 
-__all__ = ["UNREACHABLE", "CompiledConstraint"]
+__all__ = ["CompiledConstraint", "token_distances"]

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from structgen.constraint.automaton import UNREACHABLE, ByteAutomaton
+from structgen.constraint.automaton import ByteAutomaton
 
 DEFAULT_MASK_BYTES = 64 << 20
 
@@ -151,10 +151,11 @@ class MaskStore:
 
     def entry(self, state: int) -> tuple[np.ndarray, int]:
         """(packed bitmask, worst distance after any allowed token) of ``state``."""
-        entry = self._entries.get(state)
-        if entry is not None:
-            self._entries.move_to_end(state)
-            return entry
+        with self._lock:  # an eviction between get and move_to_end would raise KeyError
+            entry = self._entries.get(state)
+            if entry is not None:
+                self._entries.move_to_end(state)
+                return entry
         ids, following = self._walk(state)
         bits = np.zeros(self.vocab_size, dtype=bool)
         bits[ids] = True
@@ -192,4 +193,4 @@ class MaskStore:
         return len(self._entries)
 
 
-__all__ = ["DEFAULT_MASK_BYTES", "MaskStore", "TokenBytes", "UNREACHABLE", "Walker", "pack_bitmask"]
+__all__ = ["DEFAULT_MASK_BYTES", "MaskStore", "TokenBytes", "Walker", "pack_bitmask"]

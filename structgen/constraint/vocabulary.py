@@ -157,13 +157,6 @@ class TokenizerInfo:
             encode=_Encode(tokenizer),
         )
 
-    def bytes_to_ids(self) -> dict[bytes, list[int]]:
-        """The map outlines-core's ``Vocabulary`` is built from (several ids may share bytes)."""
-        grouped: dict[bytes, list[int]] = {}
-        for token_id, value in self.token_bytes.items():
-            grouped.setdefault(value, []).append(token_id)
-        return grouped
-
 
 class _Encode:
     """``tokenizer.encode`` without special tokens, for UTF-8 bytes (picklable, unlike a lambda)."""
