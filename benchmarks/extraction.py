@@ -10,7 +10,7 @@ turn, rendered by the tokenizer's chat template), greedy, with the same ``--max-
 
 - ``structgen whitespace=<mode>``: ``structgen.generate_with_details(Model, prompt,
   max_tokens=N, whitespace=<mode>)``, one row per whitespace mode structgen has
-  (``structgen.schema.to_regex.WHITESPACE_MODES``, else compact and flexible; ``--modes`` picks);
+  (``structgen.schema.WHITESPACE_MODES``, else compact and flexible; ``--modes`` picks);
 - ``unconstrained``: the Hermes JSON-mode reference setting: the same prompt decoded by plain
   ``hf_model.generate``, then the first JSON object found in the text;
 - ``outlines``: ``outlines.Generator(outlines.from_transformers(hf_model, tokenizer), Model)``
@@ -210,9 +210,9 @@ def bootstrap_interval(per_case: list[tuple[float, int]], seed: int = 0) -> tupl
 
 
 def whitespace_modes() -> tuple[str, ...]:
-    from structgen.schema import to_regex
+    from structgen import schema
 
-    return tuple(getattr(to_regex, "WHITESPACE_MODES", ("compact", "flexible")))
+    return tuple(getattr(schema, "WHITESPACE_MODES", ("compact", "flexible")))
 
 
 def default_whitespace() -> str:

@@ -36,7 +36,7 @@ from structgen.errors import (
     UnsupportedSchemaError,
 )
 from structgen.schema import WHITESPACE, WHITESPACE_MODES, normalize_schema, schema_to_regex
-from structgen.schema.to_regex import integer_range
+from structgen.schema.numbers import integer_range
 
 SAMPLES = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from structgen.schema.to_regex import DEFAULT_WHITESPACE
+from structgen.schema.layout import DEFAULT_WHITESPACE
 
 
 class Constraint:

@@ -36,8 +36,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import structgen.schema.normalize as normalize_module
-import structgen.schema.to_regex as to_regex_module
 from structgen import __version__
 from structgen.constraint._worker import CompileWorker
 from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
@@ -65,9 +63,9 @@ from structgen.errors import (
     RegexTooLargeError,
     UnsupportedSchemaError,
 )
-from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
+from structgen.schema import COMPILER_MODULES, DEFAULT_WHITESPACE, schema_to_regex
+from structgen.schema.layout import check_whitespace
 from structgen.schema.normalize import without_custom_formats
-from structgen.schema.to_regex import check_whitespace
 from structgen.types import OutputType, as_output_type
 
 DEFAULT_TIMEOUT = 60.0
@@ -423,7 +421,7 @@ def _schema_compiler_revision() -> str:
     """The schema→regex compiler's own source, hashed: an alias cached by an older compiler
     (same structgen version, during development) is never reused."""
     digest = hashlib.sha256(__version__.encode())
-    for module in (normalize_module, to_regex_module):
+    for module in COMPILER_MODULES:
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -29,7 +29,7 @@ from structgen.constraint.base import Constraint
 from structgen.constraint.matcher import Cursor, unpack_bitmask, write_bitmask
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import ConstraintError, UnsupportedSchemaError
-from structgen.schema.to_regex import INDENT, check_whitespace
+from structgen.schema.layout import INDENT, check_whitespace
 
 _TOKENIZERS: dict[str, Any] = {}
 _TOKENIZERS_LOCK = threading.Lock()

@@ -27,7 +27,7 @@ import re
 
 from structgen.errors import ToolDefinitionError
 from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
-from structgen.schema.to_regex import Layout
+from structgen.schema.layout import Layout
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"

@@ -1,0 +1,108 @@
+"""Building blocks of regex text, shared by every part of the schema compiler.
+
+Every regex fragment the compiler writes goes through these: escaping literal text, alternation,
+optional and repeated fragments (grouped only where a quantifier needs it), and the width of a
+parsed regex. They hold no JSON-schema knowledge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+# re's own parser and its constants (named sre_* before Python 3.11), in one place: formats and
+# patterns import them from here.
+try:  # Python >= 3.11
+    from re import _constants as sre_constants
+    from re import _parser as sre_parse
+except ImportError:  # pragma: no cover
+    import sre_constants
+    import sre_parse  # noqa: F401 (re-exported)
+
+_META = frozenset("\\.^$|?*+()[]{}")
+# A fragment that a quantifier can follow without a group: one (escaped) character or a class.
+_SINGLE = re.compile(
+    r"[^\\.^$|?*+()\[\]{}]"  # a plain character
+    r"|\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|[^xuU])"  # an escaped one
+    r"|\[[^\]]*\]"  # a class
+)
+
+
+def escape(text: str) -> str:
+    """A regex matching exactly ``text``."""
+    return "".join(
+        "\\" + c if c in _META else c if " " <= c <= "~" else hex_escape(ord(c)) for c in text
+    )
+
+
+def hex_escape(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def string_literal(text: str) -> str:
+    """A regex matching exactly ``text`` written as a JSON string literal."""
+    return escape(_json_string(text))
+
+
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string literal; lone surrogates (legal in JSON) escaped."""
+    encoded = json.dumps(text, ensure_ascii=False)
+    return "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in encoded)
+
+
+def alt(parts: list[str]) -> str:
+    unique = list(dict.fromkeys(parts))
+    return unique[0] if len(unique) == 1 else "(?:" + "|".join(unique) + ")"
+
+
+def atom(fragment: str) -> str:
+    """``fragment`` as one unit that a quantifier or a prefix can apply to."""
+    if _SINGLE.fullmatch(fragment) or _is_group(fragment):
+        return fragment
+    return f"(?:{fragment})"
+
+
+def _is_group(fragment: str) -> bool:
+    """True when ``fragment`` is one parenthesized group from its first to its last character."""
+    if not (fragment.startswith("(") and fragment.endswith(")")):
+        return False
+    depth, i = 0, 0
+    while i < len(fragment):
+        c = fragment[i]
+        if c == "\\":
+            i += 1
+        elif c == "[":
+            i = fragment.index("]", i + 1)  # classes never hold an unescaped "]"
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0 and i != len(fragment) - 1:
+                return False
+        i += 1
+    return True
+
+
+def optional(fragment: str) -> str:
+    return atom(fragment) + "?" if fragment else ""
+
+
+def repeat(fragment: str, fewest: int, most: int | None) -> str:
+    if not fragment or most == 0:
+        return ""
+    if (fewest, most) == (1, 1):
+        return fragment
+    suffix = {(0, None): "*", (1, None): "+", (0, 1): "?"}.get((fewest, most))
+    if suffix is None and fewest == most:
+        suffix = f"{{{fewest}}}"
+    elif suffix is None:
+        suffix = f"{{{fewest},{'' if most is None else most}}}"
+    return atom(fragment) + suffix
+
+
+def width(parsed) -> tuple[int, int | None]:
+    """Fewest and most characters a parsed regex matches (None: unbounded)."""
+    low, high = parsed.getwidth()
+    return low, None if high >= sre_constants.MAXREPEAT else high
