@@ -27,6 +27,9 @@ SCHEMAS = {
         "required": ["name", "age"]},
     "numbers": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4},
     "free": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[a-z]+$"}},
+    "prose": {"type": "object", "properties": {
+        "note": {"type": "string"}, "bio": {"type": "string", "maxLength": 200}},
+        "required": ["note", "bio"]},
 }
 
 
@@ -131,3 +134,24 @@ def test_masks_are_shared_by_matchers_and_bounded(info):
     second.mask()  # the same state: read from the store, not walked again
     assert constraint.masks.walks == walks
     assert constraint.masks.max_entries * ((info.vocab_size + 31) // 32) * 4 <= 64 << 20
+
+
+BIO = b'{\n  "note": "x",\n  "bio": "'
+
+
+@pytest.mark.parametrize("prefix", [b'{\n  "note": "ab', b'{\n  "note": "', BIO, BIO + b"y" * 150,
+                                    BIO + b"y" * 199])
+def test_string_states_take_their_characters_tokens_without_a_walk(info, prefix):
+    """In a free string (the state loops) and a counted one (``maxLength``: a state per
+    character, near its end too) the tokens made of plain characters are placed by the run, not
+    walked, and the mask and next states still equal the brute-force walk."""
+    constraint = structgen.compile_constraint(SCHEMAS["prose"], info, whitespace="indented")
+    state = constraint.automaton.step(constraint.initial_state, prefix)
+    assert state
+    walker = constraint.masks.walker
+    assert walker._run(state, walker.table[state * walker.width:(state + 1) * walker.width])
+    expected, following = brute_force(constraint, info, state)
+    assert np.array_equal(constraint.mask(state), expected)
+    ids, states = walker.walk(state)
+    assert dict(zip(ids.tolist(), states.tolist())) == {
+        token_id: after for token_id, after in following.items() if token_id != info.eos_token_id}

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
 from structgen.constraint.automaton import ByteAutomaton
+from structgen.constraint.vocabulary import TokenMap
 
 DEFAULT_MASK_BYTES = 64 << 20
+SPLITS_KEPT = 16
+#: A state where this many bytes run together takes the tokens made of them without a walk.
+RUN_BYTES = 32
 
 
 class TokenBytes:
@@ -31,38 +36,98 @@ class TokenBytes:
     tokenizer: tokens ordered longest first, so the tokens still going at byte ``i`` are a prefix
     (``going[i]`` of them) and ``columns[i]`` is their ``i``-th bytes."""
 
-    def __init__(self, token_bytes: dict[int, bytes], vocab_size: int):
-        kept = {i: value for i, value in token_bytes.items() if value and 0 <= i < vocab_size}
-        ids = np.fromiter(kept.keys(), np.int64, len(kept))
-        lengths = np.fromiter(map(len, kept.values()), np.int64, len(kept))
-        order = np.lexsort((ids, -lengths))
+    def __init__(self, token_bytes: Mapping[int, bytes], vocab_size: int):
+        tokens = token_bytes if isinstance(token_bytes, TokenMap) else TokenMap.from_dict(token_bytes)
+        kept = np.flatnonzero((tokens.ids >= 0) & (tokens.ids < vocab_size))
+        order = kept[np.lexsort((tokens.ids[kept], -tokens.lengths[kept]))]
         self.vocab_size = vocab_size
-        self.ids, self.lengths = ids[order], lengths[order]
-        values = list(kept.values())
-        flat = np.frombuffer(b"".join(values[i] for i in order.tolist()), dtype=np.uint8)
-        offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        longest = int(self.lengths.max()) if len(order) else 0
-        self.going = [int(np.count_nonzero(self.lengths > i)) for i in range(longest)]
-        self.columns = [flat[offsets[:n] + i] for i, n in enumerate(self.going)]
+        self.ids, self.lengths = tokens.ids[order], tokens.lengths[order]
+        starts = tokens.starts[order]
+        flat = np.frombuffer(tokens.flat, np.uint8)
+        longest = int(self.lengths[0]) if len(order) else 0
+        # lengths descend: the tokens longer than i are the first going[i]
+        self.going = np.searchsorted(-self.lengths, -np.arange(longest), side="left").tolist()
+        self.columns = [flat[starts[:n] + i] for i, n in enumerate(self.going)]
         first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
         self.by_first = np.argsort(first, kind="stable")  # positions, grouped by first byte
         self.first_start = np.searchsorted(first[self.by_first], np.arange(257))
         self.single_bytes = np.zeros(256, dtype=bool)
         self.single_bytes[first[self.lengths == 1]] = True
-        self._bytes = kept
-        self._multi: set[bytes] | None = None
+        self._bytes = tokens
+        self._multi: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._splits: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._splits_lock = threading.Lock()
+
+    def split(self, byte_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of the tokens whose bytes all lie in ``byte_set``, bool [256], positions of
+        the others), computed once per byte set and kept for the last ``SPLITS_KEPT``: the byte
+        sets a state loops on (a free string's characters) recur across states and schemas."""
+        key = np.packbits(byte_set).tobytes()
+        with self._splits_lock:
+            split = self._splits.get(key)
+            if split is not None:
+                self._splits.move_to_end(key)
+                return split
+        inside = np.ones(len(self.ids), dtype=bool)
+        for column in self.columns:
+            going = inside[:len(column)]
+            going &= byte_set[column]
+        split = (np.flatnonzero(inside), np.flatnonzero(~inside))
+        with self._splits_lock:
+            self._splits[key] = split
+            while len(self._splits) > SPLITS_KEPT:
+                self._splits.popitem(last=False)
+        return split
 
     def bytes_of(self, token_id: int) -> bytes | None:
         return self._bytes.get(token_id)
 
     def found_in(self, text: bytes, longest: int = 32) -> list[bytes]:
         """The distinct multi-byte tokens (up to ``longest`` bytes) that occur in ``text``,
-        longest first: a set lookup per substring, so cheap for a short answer."""
-        if self._multi is None:
-            self._multi = {value for value in self._bytes.values() if len(value) > 1}
-        found = {text[start:start + width] for start in range(len(text))
-                 for width in range(2, min(longest, len(text) - start) + 1)}
-        return sorted(found & self._multi, key=lambda value: (-len(value), value))
+        longest first. Each substring's polynomial hash is looked up among the tokens' (sorted
+        once per tokenizer, a few milliseconds where a set of 128k bytes objects takes 50 ms),
+        and every hit is checked byte for byte."""
+        keys, positions = self._multi_keys(longest)
+        if not len(keys):
+            return []
+        data = np.frombuffer(text, np.uint8).astype(np.uint64) + np.uint64(1)
+        hit_positions, hit_starts = [], []
+        rolling = np.zeros(len(data), np.uint64)
+        for width in range(1, min(longest, len(data)) + 1):
+            rolling = rolling[:len(data) - width + 1] * _HASH_BASE + data[width - 1:]
+            if width == 1:
+                continue
+            key = rolling * _HASH_BASE + np.uint64(width)
+            at = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+            starts = np.flatnonzero(keys[at] == key)
+            hit_positions.append(positions[at[starts]])
+            hit_starts.append(starts)
+        found: set[bytes] = set()
+        if hit_positions:
+            distinct, first = np.unique(np.concatenate(hit_positions), return_index=True)
+            starts = np.concatenate(hit_starts)[first]
+            for position, start in zip(distinct.tolist(), starts.tolist()):
+                value = self._bytes[int(self.ids[position])]
+                if text[start:start + len(value)] == value:  # not a hash collision
+                    found.add(value)
+        return sorted(found, key=lambda value: (-len(value), value))
+
+    def _multi_keys(self, longest: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted hash keys of the tokens of 2 to ``longest`` bytes, their positions)."""
+        if self._multi is None or self._multi[0] != longest:
+            hashes = np.zeros(len(self.ids), np.uint64)
+            for i, column in enumerate(self.columns[:longest]):
+                going = hashes[:len(column)]
+                going *= _HASH_BASE
+                going += column.astype(np.uint64) + np.uint64(1)
+            hashes = hashes * _HASH_BASE + self.lengths.astype(np.uint64)
+            candidates = np.flatnonzero((self.lengths >= 2) & (self.lengths <= longest))
+            order = candidates[np.argsort(hashes[candidates], kind="stable")]
+            self._multi = (longest, hashes[order], order)
+        return self._multi[1], self._multi[2]
+
+
+_HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
 
 
 class Walker:
@@ -77,32 +142,112 @@ class Walker:
         self.byte_class = automaton.byte_class
         # uint8: 831 KB for Llama-3's vocabulary (an addition widens it to the table's type)
         self.classes = [self.byte_class[column] for column in tokens.columns]
+        self._splits: dict[bytes, tuple] = {}  # a run's byte set -> _split's arrays
+        self._lock = threading.Lock()
 
     def walk(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids of the tokens allowed in ``state``, the state each leads to); EOS included if it
-        has bytes of its own. A state where most tokens may start steps the whole vocabulary a
-        byte position at a time (every token's bytes once: 831k for Llama-3, about 2 ms);
-        elsewhere only the tokens whose first byte the state takes, dropping the dead. (Stepping
-        the vocabulary's prefix trie instead, 275k nodes for Llama-3, measured no faster: its
-        128 levels cost four numpy calls each.)"""
-        tokens, table, width = self.tokens, self.table, self.width
-        row = table[state * width:(state + 1) * width]
+        has bytes of its own. Where only a few tokens may start, those are stepped, dropping the
+        dead. Where most may, the whole vocabulary steps in place a byte position at a time
+        (every token's bytes once: 831k for Llama-3, about 2 ms), except in a string: there the
+        tokens made of its plain characters end a known number of states down the string
+        (``_run``), and only the others (about a quarter of Llama-3's) are stepped. (Stepping the
+        vocabulary's prefix trie instead, 275k nodes for Llama-3, measured no faster: its 128
+        levels cost four numpy calls each.)"""
+        tokens, width = self.tokens, self.width
+        row = self.table[state * width:(state + 1) * width]
         if not self.classes:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         firsts = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
         sizes = tokens.first_start[firsts + 1] - tokens.first_start[firsts]
-        if sizes.sum() * 4 > len(tokens.ids):  # most tokens: no compaction, in place
-            current = row[self.classes[0]]
-            for i in range(1, len(self.classes)):
-                going = current[:tokens.going[i]]
-                going += self.classes[i]
-                np.take(table, going, out=going)
-            allowed = np.flatnonzero(current)
-            return tokens.ids[allowed], current[allowed] // width
-        starts = tokens.first_start[firsts]
-        position = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-        position = tokens.by_first[position + np.arange(int(sizes.sum()))]
+        if sizes.sum() * 4 <= len(tokens.ids):  # few tokens start here: step only those
+            starts = tokens.first_start[firsts]
+            position = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+            return self._walk_positions(row, tokens.by_first[position + np.arange(int(sizes.sum()))])
+        run = self._run(state, row)
+        if run is None:
+            return self._walk_in_place(row, self.classes, tokens.going, tokens.ids)
+        chain, (inside_ids, inside_lengths, outside_ids, going, classes) = run
+        ids, following = self._walk_in_place(row, classes, going, outside_ids)
+        if (chain == state).all():  # the string loops: its tokens all lead back here
+            ends = np.full(len(inside_ids), state, np.int64)
+        else:  # counted: each token ends len(token) states on (0: past the run's end)
+            ends = chain[inside_lengths]
+            inside = np.flatnonzero(ends)
+            inside_ids, ends = inside_ids[inside], ends[inside]
+        return np.concatenate([inside_ids, ids]), np.concatenate([ends, following])
+
+    def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
+                       ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, next states) of the tokens ``ids`` (longest first; ``classes[i]`` is the
+        ``i``-th byte class of the first ``going[i]``) that the state ``row`` takes, stepped
+        together a byte position at a time in one array, without compaction."""
+        if not classes:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        table = self.table
+        current = row[classes[0]]
+        for i in range(1, len(classes)):
+            stepping = current[:going[i]]
+            stepping += classes[i]
+            np.take(table, stepping, out=stepping)
+        allowed = np.flatnonzero(current)
+        return ids[allowed], current[allowed].astype(np.int64) // self.width
+
+    def _run(self, state: int, row: np.ndarray):
+        """(the run's states from ``state`` on, its split) where at least ``RUN_BYTES`` bytes
+        step ``state`` to one state and keep stepping together for as long as any token is: a
+        string's characters, free (the state loops) or counted (``maxLength``: one state per
+        character). A token made of those bytes then ends ``len(token)`` states down the run,
+        with no walk. None elsewhere."""
+        width, table = self.width, self.table
+        following = row[self.byte_class]
+        targets, counts = np.unique(following[following != 0], return_counts=True)
+        if not len(counts) or counts.max() < RUN_BYTES:
+            return None
+        same = following == targets[np.argmax(counts)]
+        kinds = np.unique(self.byte_class[same]).tolist()
+        longest = len(self.classes)
+        chain = [state * width, int(targets[np.argmax(counts)])]
+        while len(chain) <= longest:
+            current = chain[-1]
+            after = {table.item(current + kind) for kind in kinds}
+            if len(after) != 1:
+                return None  # the bytes part ways within a token's length: walk
+            (step,) = after
+            if step == current:  # a loop (or the dead state): it stays there
+                chain.extend([step] * (longest + 1 - len(chain)))
+            else:
+                chain.append(step)
+        return np.array(chain, dtype=np.int64) // width, self._split(same)
+
+    def _split(self, byte_set: np.ndarray):
+        """(ids and lengths of the tokens made of ``byte_set``'s bytes, ids of the others, and
+        the others' byte classes as ``going``/``classes`` columns like the whole vocabulary's),
+        kept per byte set."""
+        key = np.packbits(byte_set).tobytes()
+        with self._lock:
+            split = self._splits.get(key)
+        if split is None:
+            inside, outside = self.tokens.split(byte_set)  # positions, longest tokens first
+            lengths = self.tokens.lengths[outside]
+            longest = int(lengths[0]) if len(lengths) else 0
+            going = np.searchsorted(-lengths, -np.arange(longest), side="left").tolist()
+            classes = [column[outside[:n]] for column, n in zip(self.classes, going)]
+            split = (self.tokens.ids[inside], self.tokens.lengths[inside], self.tokens.ids[outside],
+                     going, classes)
+            with self._lock:
+                self._splits[key] = split
+                while len(self._splits) > SPLITS_KEPT:
+                    self._splits.pop(next(iter(self._splits)))
+        return split
+
+    def _walk_positions(self, row: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, next states) of the tokens at ``position`` that the state ``row`` takes, stepped
+        together and dropped as they finish or die."""
+        tokens, table = self.tokens, self.table
         current = row[self.classes[0][position]]
+        alive = current != 0
+        position, current = position[alive], current[alive]
         done_positions, done_states = [], []
         depth = 1
         while position.size:
@@ -120,7 +265,8 @@ class Walker:
             depth += 1
         if not done_positions:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return tokens.ids[np.concatenate(done_positions)], np.concatenate(done_states) // width
+        return (tokens.ids[np.concatenate(done_positions)],
+                np.concatenate(done_states).astype(np.int64) // self.width)
 
 
 def pack_bitmask(mask: np.ndarray) -> np.ndarray:
