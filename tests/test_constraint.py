@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -159,6 +161,31 @@ def test_a_compile_past_its_time_budget_is_a_typed_error(info):
             compiler.compile_regex("[ab]*a[ab]{16}", info, timeout=1.0)
         # the worker is restarted for the next compile
         assert compiler.compile_regex("[0-9]+", info).min_tokens == 1
+    finally:
+        compiler.close()
+
+
+def test_a_cached_constraint_never_waits_for_another_regexs_build(info):
+    """The caches are not locked during a build: while one thread builds a slow regex, another
+    thread's hit returns at once (a server answering a request whose schema it has seen while
+    another request's schema compiles)."""
+    compiler = ConstraintCompiler(disk_cache=False)
+    try:
+        compiler.compile_regex("[0-9]+", info)
+
+        def build_slowly():
+            with pytest.raises(structgen.CompileTimeoutError):
+                compiler.compile_regex("[ab]*a[ab]{18}", info, timeout=5.0)
+
+        slow = threading.Thread(target=build_slowly)
+        slow.start()
+        deadline = time.monotonic() + 5
+        while slow.is_alive() and not compiler._worker._exchange.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert compiler._worker._exchange.locked()  # the slow build is under way
+        assert compiler.compile_regex("[0-9]+", info).from_cache == "memory"
+        assert slow.is_alive()  # the hit came back before the build ended
+        slow.join()
     finally:
         compiler.close()
 

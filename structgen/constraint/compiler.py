@@ -89,7 +89,8 @@ class ConstraintCompiler:
         self.memory_limit = memory_limit
         self.disk_cache = disk_cache and os.environ.get("STRUCTGEN_DISABLE_DISK_CACHE") != "1"
         self._worker = CompileWorker(memory_limit)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the caches below; never held during a build
+        self._building: dict[str, threading.Lock] = {}  # regex key -> its build's lock
         self._automata: OrderedDict[str, ByteAutomaton] = OrderedDict()
         self._memory: OrderedDict[tuple[str, str], CompiledConstraint] = OrderedDict()
         self._tokens: OrderedDict[str, TokenBytes] = OrderedDict()
@@ -103,50 +104,74 @@ class ConstraintCompiler:
 
     def compile_regex(self, regex: str, tokenizer_info: TokenizerInfo, *,
                       whitespace: str = DEFAULT_WHITESPACE, output_type: OutputType | None = None,
-                      timeout: float | None = None) -> CompiledConstraint:
-        """The finite-state constraint of ``regex`` for this tokenizer, from a cache or built."""
+                      timeout: float | None = None,
+                      requested: float | None = None) -> CompiledConstraint:
+        """The finite-state constraint of ``regex`` for this tokenizer, from a cache or built.
+
+        ``timeout`` is what the build may take; ``requested`` (default: ``timeout``) is the
+        caller's whole budget, which a remembered failure is compared with: the time left of
+        one budget differs by microseconds from call to call."""
         if len(regex) > MAX_REGEX_CHARS:
             raise CompileTooLargeError(
                 f"the schema's regex is {len(regex):,} characters (limit {MAX_REGEX_CHARS:,}); "
                 "simplify the schema (fewer alternatives, smaller bounded repeats)"
             )
         budget = timeout or self.timeout
+        requested = requested or budget
         key = automaton_key(regex)
         request = dict(output_type=output_type, whitespace=whitespace)
+        memory_key = (key, tokenizer_info.fingerprint)
         with self._lock:
-            cached = self._memory.get((key, tokenizer_info.fingerprint))
+            cached = self._memory.get(memory_key)
             if cached is not None:
-                self._memory.move_to_end((key, tokenizer_info.fingerprint))
+                self._memory.move_to_end(memory_key)
                 return cached.with_request(from_cache="memory", **request)
-            self.raise_if_failed_before(key, budget)
-            started = time.perf_counter()
-            automaton, source = self._automaton(key, regex, budget)
-            constraint = CompiledConstraint(
-                automaton, self._token_bytes(tokenizer_info), regex=regex,
-                tokenizer_fingerprint=tokenizer_info.fingerprint,
-                eos_token_id=tokenizer_info.eos_token_id,
-                compile_seconds=time.perf_counter() - started, from_cache=source, **request)
-            self._memory[(key, tokenizer_info.fingerprint)] = constraint
-            while len(self._memory) > _MEMORY_CACHE_SIZE:
-                self._memory.popitem(last=False)
-            return constraint
+            self.raise_if_failed_before(key, requested)
+            building = self._building.setdefault(key, threading.Lock())
+        # Only compiles of this regex wait for each other: another schema's cache hit (a server
+        # with a request whose schema it has seen) never waits for a build.
+        with building:
+            try:
+                with self._lock:  # built, or failed, by the compile this one waited for
+                    cached = self._memory.get(memory_key)
+                    if cached is not None:
+                        return cached.with_request(from_cache="memory", **request)
+                    self.raise_if_failed_before(key, requested)
+                started = time.perf_counter()
+                automaton, source = self._automaton(key, regex, budget, requested)
+                constraint = CompiledConstraint(
+                    automaton, self._token_bytes(tokenizer_info), regex=regex,
+                    tokenizer_fingerprint=tokenizer_info.fingerprint,
+                    eos_token_id=tokenizer_info.eos_token_id,
+                    compile_seconds=time.perf_counter() - started, from_cache=source, **request)
+                with self._lock:
+                    self._memory[memory_key] = constraint
+                    while len(self._memory) > _MEMORY_CACHE_SIZE:
+                        self._memory.popitem(last=False)
+                return constraint
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
 
-    def _automaton(self, key: str, regex: str, budget: float) -> tuple[ByteAutomaton, str]:
+    def _automaton(self, key: str, regex: str, budget: float,
+                   requested: float) -> tuple[ByteAutomaton, str]:
         """(the regex's automaton, where it came from: "memory", "disk" or "none")."""
-        automaton = self._automata.get(key)
-        if automaton is not None:
-            self._automata.move_to_end(key)
-            return automaton, "memory"
+        with self._lock:
+            automaton = self._automata.get(key)
+            if automaton is not None:
+                self._automata.move_to_end(key)
+                return automaton, "memory"
         automaton = self._load(key, regex)
         source = "disk"
         if automaton is None:
-            automaton, source = self._build(key, regex, budget), "none"
-        self._automata[key] = automaton
-        while len(self._automata) > _AUTOMATA_CACHE_SIZE:
-            self._automata.popitem(last=False)
+            automaton, source = self._build(key, regex, budget, requested), "none"
+        with self._lock:
+            self._automata[key] = automaton
+            while len(self._automata) > _AUTOMATA_CACHE_SIZE:
+                self._automata.popitem(last=False)
         return automaton, source
 
-    def _build(self, key: str, regex: str, budget: float) -> ByteAutomaton:
+    def _build(self, key: str, regex: str, budget: float, requested: float) -> ByteAutomaton:
         status, payload = self._worker.compile(regex, budget)
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
@@ -163,16 +188,18 @@ class ConstraintCompiler:
                 "simplify the schema")
         else:
             raise ConstraintError(f"outlines-core could not compile the regex: {payload}")
-        self.remember_failure(key, budget, failed)
+        self.remember_failure(key, requested, failed)
         raise failed
 
     def _token_bytes(self, info: TokenizerInfo) -> TokenBytes:
-        tokens = self._tokens.get(info.fingerprint)
-        if tokens is None:
-            tokens = self._tokens[info.fingerprint] = TokenBytes(info.token_bytes, info.vocab_size)
-            while len(self._tokens) > _TOKENIZERS_CACHE_SIZE:
-                self._tokens.popitem(last=False)
-        return tokens
+        with self._lock:
+            tokens = self._tokens.get(info.fingerprint)
+            if tokens is None:
+                tokens = TokenBytes(info.token_bytes, info.vocab_size)
+                self._tokens[info.fingerprint] = tokens
+                while len(self._tokens) > _TOKENIZERS_CACHE_SIZE:
+                    self._tokens.popitem(last=False)
+            return tokens
 
     # --- the disk cache ---------------------------------------------------------------------
 
@@ -247,14 +274,16 @@ class ConstraintCompiler:
 
     def remember_failure(self, key: str, budget: float, error: ConstraintError) -> None:
         """Keep that compiling ``key`` (a schema or regex key) failed with ``budget`` seconds."""
-        self._failures[key] = (budget, error)
-        while len(self._failures) > _AUTOMATA_CACHE_SIZE:
-            self._failures.popitem(last=False)
+        with self._lock:
+            self._failures[key] = (budget, error)
+            while len(self._failures) > _AUTOMATA_CACHE_SIZE:
+                self._failures.popitem(last=False)
 
     def failed_before(self, key: str, budget: float) -> ConstraintError | None:
         """The earlier error (anew) if ``key`` ran out of memory, or out of time with at least
         ``budget`` seconds: it would again (a larger budget is tried afresh)."""
-        budget_then, error = self._failures.get(key, (0.0, None))
+        with self._lock:
+            budget_then, error = self._failures.get(key, (0.0, None))
         if isinstance(error, CompileTooLargeError) or (error is not None and budget <= budget_then):
             return type(error)(f"{error} (remembered from an earlier compile in this process)")
         return None
@@ -316,14 +345,15 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     budget = timeout or compiler.timeout
     deadline = time.monotonic() + budget
     try:
-        regex = spec.regex or _schema_regex(compiler, spec, whitespace, info, engine, deadline)
+        regex = spec.regex or _schema_regex(compiler, spec, whitespace, info, engine, deadline,
+                                            budget)
     except _GrammarInstead as instead:
         return instead.constraint
     if engine == "llguidance":
         return _llguidance(regex_grammar(regex), spec, info, whitespace, regex=regex)
     try:
         return compiler.compile_regex(regex, info, whitespace=whitespace, output_type=spec,
-                                      timeout=_left(deadline))
+                                      timeout=_left(deadline), requested=budget)
     except (CompileTimeoutError, CompileTooLargeError) as slow:
         if engine == "outlines-core":
             raise
@@ -342,14 +372,14 @@ class _GrammarInstead(Exception):
 
 
 def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: str,
-                  info: TokenizerInfo, engine: str, deadline: float) -> str:
-    """The schema's regex (remembered from an earlier compile, or converted within the budget),
-    or ``_GrammarInstead`` with llguidance's grammar for a schema that is not regular."""
+                  info: TokenizerInfo, engine: str, deadline: float, budget: float) -> str:
+    """The schema's regex (remembered from an earlier compile, or converted by ``deadline``),
+    or ``_GrammarInstead`` with llguidance's grammar for a schema that is not regular.
+    ``budget`` is the whole timeout asked for, which remembered failures are compared with."""
     schema_key = _schema_key(spec.schema, whitespace, info)
     known = compiler.regex_of_schema(schema_key)
     if known:
         return known
-    budget = deadline - time.monotonic()
     failed = compiler.failed_before(schema_key, budget)
     try:
         if failed is not None:
