@@ -171,10 +171,12 @@ class Walker:
         ids, following = self._walk_in_place(row, classes, going, outside_ids)
         if (chain == state).all():  # the string loops: its tokens all lead back here
             ends = np.full(len(inside_ids), state, np.int64)
-        else:  # counted: each token ends len(token) states on (0: past the run's end)
+        else:  # counted: each token ends len(token) states on, dead past the run's end
+            dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
+            if len(dead):  # tokens are longest first: those too long for the run are a prefix
+                kept = np.searchsorted(-inside_lengths, -int(dead[0]), side="right")
+                inside_ids, inside_lengths = inside_ids[kept:], inside_lengths[kept:]
             ends = chain[inside_lengths]
-            inside = np.flatnonzero(ends)
-            inside_ids, ends = inside_ids[inside], ends[inside]
         return np.concatenate([inside_ids, ids]), np.concatenate([ends, following])
 
     def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
@@ -208,17 +210,17 @@ class Walker:
         kinds = np.unique(self.byte_class[same]).tolist()
         longest = len(self.classes)
         chain = [state * width, int(targets[np.argmax(counts)])]
-        while len(chain) <= longest:
-            current = chain[-1]
-            after = {table.item(current + kind) for kind in kinds}
-            if len(after) != 1:
-                return None  # the bytes part ways within a token's length: walk
-            (step,) = after
-            if step == current:  # a loop (or the dead state): it stays there
+        while len(chain) <= longest:  # follow one of the bytes' classes ...
+            step = table.item(chain[-1] + kinds[0])
+            if step == chain[-1]:  # a loop (or the dead state): it stays there
                 chain.extend([step] * (longest + 1 - len(chain)))
             else:
                 chain.append(step)
-        return np.array(chain, dtype=np.int64) // width, self._split(same)
+        steps = np.array(chain, dtype=np.int64)
+        after = table[steps[1:-1, None] + np.array(kinds)[None, :]]
+        if not (after == steps[2:, None]).all():
+            return None  # ... and where the others part ways within a token's length, walk
+        return steps // width, self._split(same)
 
     def _split(self, byte_set: np.ndarray):
         """(ids and lengths of the tokens made of ``byte_set``'s bytes, ids of the others, and
