@@ -570,3 +570,28 @@ def test_two_compiles_in_flight_together_never_read_each_others_automaton():
                                for name in ARRAY_NAMES), regex
     finally:
         worker.stop()
+
+
+def test_work_beside_a_build_that_fails_leaves_the_worker_in_step():
+    """``meanwhile`` runs while the child builds; if it raises, the child's reply is never read,
+    so the worker is restarted and the next compile gets its own automaton, not that reply."""
+    from structgen.constraint._worker import CompileWorker
+
+    worker = CompileWorker(memory_limit=0)
+    try:
+        status, digits = worker.compile("[0-9]{3}", 60)
+        assert status == "ok"
+
+        def fail():
+            raise RuntimeError("beside the build")
+
+        with pytest.raises(RuntimeError, match="beside the build"):
+            worker.compile("[a-z]{1,5}", 60, meanwhile=fail)
+        status, again = worker.compile("[0-9]{3}", 60)
+        assert status == "ok"
+        assert all(np.array_equal(again[name], digits[name]) for name in ARRAY_NAMES)
+        ran = []
+        status, _ = worker.compile("[a-z]{1,5}", 60, meanwhile=lambda: ran.append(True))
+        assert status == "ok" and ran == [True]
+    finally:
+        worker.stop()

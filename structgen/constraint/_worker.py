@@ -128,17 +128,28 @@ class CompileWorker:
                 stream.close()
         self._process = None
 
-    def compile(self, regex: str, timeout: float) -> tuple[str, object]:
+    def compile(self, regex: str, timeout: float, meanwhile=None) -> tuple[str, object]:
         """Returns ("ok", the automaton's arrays) or ("timeout"|"out-of-memory"|<error name>,
-        message)."""
+        message). ``meanwhile()``, if given, runs in this process while the child builds (the
+        tokenizer's arrays of a first compile: the two then share the build's time)."""
         deadline = time.monotonic() + timeout
         with self._exchange:  # the wait for the lock counts against this compile's budget
             self.start()
-            return self._request((regex,), deadline)
+            return self._request((regex,), deadline, meanwhile)
 
-    def _request(self, message, deadline: float):
+    def _request(self, message, deadline: float, meanwhile=None):
         try:
             _write_frame(self._process.stdin, message)
+        except OSError:  # the child died: its address-space limit killed it
+            self.stop()
+            return (_OUT_OF_MEMORY, "the compile worker died (memory budget exceeded)")
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                self.stop()  # its reply will not be read: the next compile gets a fresh child
+                raise
+        try:
             reply = self._receive(deadline)
         except (EOFError, OSError):  # the child died: its address-space limit killed it
             self.stop()

@@ -138,7 +138,9 @@ class ConstraintCompiler:
                         return cached.with_request(from_cache="memory", **request)
                     self.raise_if_failed_before(key, requested)
                 started = time.perf_counter()
-                automaton, source = self._automaton(key, regex, budget, requested)
+                automaton, source = self._automaton(
+                    key, regex, budget, requested,
+                    meanwhile=lambda: self._token_bytes(tokenizer_info).prepare())
                 constraint = CompiledConstraint(
                     automaton, self._token_bytes(tokenizer_info), regex=regex,
                     tokenizer_fingerprint=tokenizer_info.fingerprint,
@@ -153,9 +155,10 @@ class ConstraintCompiler:
                 with self._lock:
                     self._building.pop(key, None)
 
-    def _automaton(self, key: str, regex: str, budget: float,
-                   requested: float) -> tuple[ByteAutomaton, str]:
-        """(the regex's automaton, where it came from: "memory", "disk" or "none")."""
+    def _automaton(self, key: str, regex: str, budget: float, requested: float,
+                   meanwhile=None) -> tuple[ByteAutomaton, str]:
+        """(the regex's automaton, where it came from: "memory", "disk" or "none"); a build
+        runs ``meanwhile()`` while the worker builds."""
         with self._lock:
             automaton = self._automata.get(key)
             if automaton is not None:
@@ -164,15 +167,16 @@ class ConstraintCompiler:
         automaton = self._load(key, regex)
         source = "disk"
         if automaton is None:
-            automaton, source = self._build(key, regex, budget, requested), "none"
+            automaton, source = self._build(key, regex, budget, requested, meanwhile), "none"
         with self._lock:
             self._automata[key] = automaton
             while len(self._automata) > _AUTOMATA_CACHE_SIZE:
                 self._automata.popitem(last=False)
         return automaton, source
 
-    def _build(self, key: str, regex: str, budget: float, requested: float) -> ByteAutomaton:
-        status, payload = self._worker.compile(regex, budget)
+    def _build(self, key: str, regex: str, budget: float, requested: float,
+               meanwhile=None) -> ByteAutomaton:
+        status, payload = self._worker.compile(regex, budget, meanwhile)
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
             automaton = ByteAutomaton.from_arrays(arrays)
@@ -194,12 +198,13 @@ class ConstraintCompiler:
     def _token_bytes(self, info: TokenizerInfo) -> TokenBytes:
         with self._lock:
             tokens = self._tokens.get(info.fingerprint)
-            if tokens is None:
-                tokens = TokenBytes(info.token_bytes, info.vocab_size)
-                self._tokens[info.fingerprint] = tokens
+        if tokens is None:  # built outside the lock: a race builds it twice, harmlessly
+            tokens = TokenBytes(info.token_bytes, info.vocab_size)
+            with self._lock:
+                tokens = self._tokens.setdefault(info.fingerprint, tokens)
                 while len(self._tokens) > _TOKENIZERS_CACHE_SIZE:
                     self._tokens.popitem(last=False)
-            return tokens
+        return tokens
 
     # --- the disk cache ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from structgen.constraint.automaton import ByteAutomaton
 from structgen.constraint.vocabulary import TokenMap
 
 DEFAULT_MASK_BYTES = 64 << 20
+FOUND_LONGEST = 32  # the longest tokens found_in looks for
 SPLITS_KEPT = 16
 #: A state where this many bytes run together takes the tokens made of them without a walk.
 RUN_BYTES = 32
@@ -82,7 +83,7 @@ class TokenBytes:
     def bytes_of(self, token_id: int) -> bytes | None:
         return self._bytes.get(token_id)
 
-    def found_in(self, text: bytes, longest: int = 32) -> list[bytes]:
+    def found_in(self, text: bytes, longest: int = FOUND_LONGEST) -> list[bytes]:
         """The distinct multi-byte tokens (up to ``longest`` bytes) that occur in ``text``,
         longest first. Each substring's polynomial hash is looked up among the tokens' (sorted
         once per tokenizer, a few milliseconds where a set of 128k bytes objects takes 50 ms),
@@ -112,19 +113,24 @@ class TokenBytes:
                     found.add(value)
         return sorted(found, key=lambda value: (-len(value), value))
 
+    def prepare(self) -> None:
+        """Compute now what the first constraint's distances will need (``found_in``'s keys)."""
+        self._multi_keys(FOUND_LONGEST)
+
     def _multi_keys(self, longest: int) -> tuple[np.ndarray, np.ndarray]:
         """(sorted hash keys of the tokens of 2 to ``longest`` bytes, their positions)."""
-        if self._multi is None or self._multi[0] != longest:
+        multi = self._multi  # one read: another thread may replace it
+        if multi is None or multi[0] != longest:
             hashes = np.zeros(len(self.ids), np.uint64)
-            for i, column in enumerate(self.columns[:longest]):
+            for column in self.columns[:longest]:
                 going = hashes[:len(column)]
                 going *= _HASH_BASE
                 going += column.astype(np.uint64) + np.uint64(1)
             hashes = hashes * _HASH_BASE + self.lengths.astype(np.uint64)
             candidates = np.flatnonzero((self.lengths >= 2) & (self.lengths <= longest))
             order = candidates[np.argsort(hashes[candidates], kind="stable")]
-            self._multi = (longest, hashes[order], order)
-        return self._multi[1], self._multi[2]
+            multi = self._multi = (longest, hashes[order], order)
+        return multi[1], multi[2]
 
 
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
