@@ -95,6 +95,13 @@ def column_edges(table: np.ndarray, columns=None) -> tuple[np.ndarray, np.ndarra
     return source[keep], target[keep]
 
 
+def concatenated_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``arange(start, start + size)`` for each pair, joined in one array, without a loop."""
+    sizes = np.asarray(sizes, np.int64)
+    index = np.repeat(np.asarray(starts, np.int64) - (np.cumsum(sizes) - sizes), sizes)
+    return index + np.arange(len(index))
+
+
 def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Fewest edges from each state to an accepting state over the edges ``source -> target``,
     breadth-first backwards; dead ends are ``UNREACHABLE``."""
@@ -111,11 +118,9 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
     while frontier.size:
         depth += 1
         lengths = starts[frontier + 1] - starts[frontier]
-        total = int(lengths.sum())
-        if not total:
+        if not lengths.sum():
             break
-        offsets = np.repeat(starts[frontier] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        found = predecessors[offsets + np.arange(total)]
+        found = predecessors[concatenated_ranges(starts[frontier], lengths)]
         found = found[distance[found] == UNREACHABLE]
         distance[found] = depth
         where = np.arange(len(found))

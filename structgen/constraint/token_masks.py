@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from structgen.constraint.automaton import ByteAutomaton
+from structgen.constraint.automaton import ByteAutomaton, concatenated_ranges
 from structgen.constraint.vocabulary import TokenMap
 
 DEFAULT_MASK_BYTES = 64 << 20
@@ -30,6 +30,13 @@ FOUND_LONGEST = 32  # the longest tokens found_in looks for
 SPLITS_KEPT = 16
 #: A state where this many bytes run together takes the tokens made of them without a walk.
 RUN_BYTES = 32
+
+
+def going_counts(lengths: np.ndarray) -> list[int]:
+    """For token lengths in descending order: how many tokens are longer than ``i``, for each
+    byte position ``i`` (the first ``going[i]`` tokens are still going there)."""
+    longest = int(lengths[0]) if len(lengths) else 0
+    return np.searchsorted(-lengths, -np.arange(longest), side="left").tolist()
 
 
 class TokenBytes:
@@ -45,9 +52,7 @@ class TokenBytes:
         self.ids, self.lengths = tokens.ids[order], tokens.lengths[order]
         starts = tokens.starts[order]
         flat = np.frombuffer(tokens.flat, np.uint8)
-        longest = int(self.lengths[0]) if len(order) else 0
-        # lengths descend: the tokens longer than i are the first going[i]
-        self.going = np.searchsorted(-self.lengths, -np.arange(longest), side="left").tolist()
+        self.going = going_counts(self.lengths)
         self.columns = [flat[starts[:n] + i] for i, n in enumerate(self.going)]
         first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
         # positions grouped by their first two bytes (a one-byte token's second is 256), so a
@@ -182,8 +187,7 @@ class Walker:
         starts = tokens.pair_start[pairs]
         sizes = tokens.pair_start[pairs + 1] - starts
         if sizes.sum() * 4 <= len(tokens.ids):  # few of them: step only those
-            position = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-            return self._walk_positions(row, tokens.by_pair[position + np.arange(int(sizes.sum()))])
+            return self._walk_positions(row, tokens.by_pair[concatenated_ranges(starts, sizes)])
         run = self._run(state, row)
         if run is None:  # most tokens: no compaction, in place
             return self._walk_in_place(row, self.classes, tokens.going, tokens.ids)
@@ -251,9 +255,7 @@ class Walker:
             split = self._splits.get(key)
         if split is None:
             inside, outside = self.tokens.split(byte_set)  # positions, longest tokens first
-            lengths = self.tokens.lengths[outside]
-            longest = int(lengths[0]) if len(lengths) else 0
-            going = np.searchsorted(-lengths, -np.arange(longest), side="left").tolist()
+            going = going_counts(self.tokens.lengths[outside])
             classes = [column[outside[:n]] for column, n in zip(self.classes, going)]
             split = (self.tokens.ids[inside], self.tokens.lengths[inside], self.tokens.ids[outside],
                      going, classes)

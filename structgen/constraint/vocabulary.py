@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from structgen import __version__
+from structgen.constraint.automaton import concatenated_ranges
 from structgen.constraint.cache import (
     discard,
     private_cache_folder,
@@ -141,9 +142,7 @@ class TokenMap(Mapping[int, bytes]):
 def _gather(flat: bytes, lengths: np.ndarray, order: np.ndarray) -> bytes:
     """The bytes of tokens ``order`` (positions into ``lengths``), joined in that order."""
     starts = np.cumsum(lengths) - lengths
-    picked = lengths[order]
-    index = np.repeat(starts[order] - (np.cumsum(picked) - picked), picked)
-    index += np.arange(int(picked.sum()))
+    index = concatenated_ranges(starts[order], lengths[order])
     return np.frombuffer(flat, np.uint8)[index].tobytes()
 
 
