@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,8 +195,6 @@ def test_a_cached_constraint_never_waits_for_another_regexs_build(info):
 
 
 def test_the_compile_worker_yields_the_cpu_to_decoding(info):
-    import os
-
     compiler = ConstraintCompiler(disk_cache=False)
     try:
         compiler.compile_regex("[0-9]+", info)
@@ -207,3 +209,17 @@ def test_the_compile_worker_yields_the_cpu_to_decoding(info):
 def test_regexes_outside_the_regular_subset_are_refused(info, pattern):
     with pytest.raises(structgen.UnsupportedSchemaError):
         structgen.compile_constraint(structgen.Regex(pattern), info)
+
+
+def test_a_script_that_exits_with_the_worker_up_prints_no_warning(tmp_path):
+    """The default compiler's worker is still running when a script ends: it is ended quietly,
+    with no ResourceWarning about the child or its pipes (``-W always`` shows every one)."""
+    tokenizer_dir = Path(__file__).parent / "fixtures" / "smollm2_tokenizer"
+    script = ("import structgen, transformers\n"
+              f"tokenizer = transformers.AutoTokenizer.from_pretrained({str(tokenizer_dir)!r})\n"
+              "constraint = structgen.compile_constraint({'type': 'integer'}, tokenizer)\n"
+              "assert constraint.engine == 'outlines-core'\n")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "STRUCTGEN_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "ResourceWarning" not in out.stderr and "still running" not in out.stderr, out.stderr

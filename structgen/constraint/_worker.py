@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -90,6 +91,14 @@ def _serve(memory_limit: int) -> None:
         _write_frame(replies, ("ok", arrays))
 
 
+def _end_process(process: subprocess.Popen) -> None:
+    """Kill the child and close our ends of its pipes."""
+    process.kill()
+    process.wait(timeout=5)
+    for stream in (process.stdin, process.stdout):
+        stream.close()
+
+
 class CompileWorker:
     """A long-lived child process that compiles regexes; killed and restarted on a timeout.
 
@@ -115,17 +124,19 @@ class CompileWorker:
              f"serve({int(self.memory_limit)}, {int(self.niceness)})"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
         )
+        # Ended by stop(), or else when this worker is collected or the interpreter exits: a
+        # child left running at exit makes Python warn about it and its unclosed pipes.
+        self._end = weakref.finalize(self, _end_process, self._process)
 
     def start(self) -> None:
-        if self._process is None or self._process.poll() is not None:
+        if self._process is not None and self._process.poll() is not None:
+            self.stop()  # it died: close its pipes before starting another
+        if self._process is None:
             self._start()
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.kill()
-            self._process.wait(timeout=5)
-            for stream in (self._process.stdin, self._process.stdout):
-                stream.close()
+            self._end()
         self._process = None
 
     def compile(self, regex: str, timeout: float, meanwhile=None) -> tuple[str, object]:
