@@ -11,13 +11,15 @@ timeout, out of memory, validation error (a valid instance rejected), invalidati
 invalid instance accepted: generation could emit schema-violating output).
 
 Engines: ``structgen`` (``compile_constraint(..., whitespace="flexible")`` + ``matcher``, cold
-caches; TTFM from its disk cache is measured too), ``outlines-core`` (raw ``build_regex_from_schema``
-+ ``Index`` + ``Guide`` over outlines' own vocabulary mapping), ``xgrammar`` (``GrammarCompiler``,
-``any_whitespace=True``, ``strict_mode=False``), ``llguidance`` (``LLMatcher`` over
-``grammar_from_json_schema``, default options). Each runs single-threaded in a worker process with
-an address-space limit; the parent gives every (engine, schema) a wall-clock limit and kills the
-worker when it is exceeded (a fresh worker takes the next schema). Workers are reused between
-schemas only so that loading a 128k vocabulary is not part of every TTFM.
+caches; TTFM from its disk cache is measured too), ``structgen-extra`` (the same with
+``extra_properties=True``: undeclared members where the schema leaves an object open, as the
+JSON-schema validators that made the instances accept them), ``outlines-core`` (raw
+``build_regex_from_schema`` + ``Index`` + ``Guide`` over outlines' own vocabulary mapping),
+``xgrammar`` (``GrammarCompiler``, ``any_whitespace=True``, ``strict_mode=False``), ``llguidance``
+(``LLMatcher`` over ``grammar_from_json_schema``, default options). Each runs single-threaded in a
+worker process with an address-space limit; the parent gives every (engine, schema) a wall-clock
+limit and kills the worker when it is exceeded (a fresh worker takes the next schema). Workers are
+reused between schemas only so that loading a 128k vocabulary is not part of every TTFM.
 
 Writes results/<name>.md (tables), <name>.jsonl (one record per engine × tokenizer × schema, TBM
 samples included), <name>_tbm.png and <name>_ttfm.png.
@@ -45,7 +47,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parents[1] / "shared" / "jsonschemabench" / "dev"
-ENGINES = ("structgen", "outlines-core", "xgrammar", "llguidance")
+ENGINES = ("structgen", "structgen-extra", "outlines-core", "xgrammar", "llguidance")
+#: The structgen configurations, each reported in detail.
+STRUCTGEN_ENGINES = ("structgen", "structgen-extra")
 TOKENIZERS = ("llama3", "smollm2")
 OUTCOMES = ("passing", "compile error", "timeout", "out of memory", "validation error",
             "invalidation error")
@@ -139,12 +143,15 @@ class Structgen:
         ll_tokenizer(self.info)  # and llguidance's tokenizer, for schemas that go there
         compiler_module._schema_compiler_revision()  # the schema compiler is imported, as in a server
 
+    #: ``compile_constraint``'s options beside ``whitespace``: none on the generate path.
+    options: dict = {}
+
     def compile(self, schema):
         from structgen.errors import StructgenError
 
         try:
             return self.module.compile_constraint(schema, self.info, whitespace="flexible",
-                                                  timeout=self.timeout)
+                                                  timeout=self.timeout, **self.options)
         except StructgenError as error:
             raise CompileFailed(f"{type(error).__name__}: {error}") from None
 
@@ -155,7 +162,8 @@ class Structgen:
         fresh._tokens = self.compiler._tokens  # the tokenizer's arrays: built once per process
         self.module._default_compiler = fresh
         try:
-            return self.module.compile_constraint(schema, self.info, whitespace="flexible")
+            return self.module.compile_constraint(schema, self.info, whitespace="flexible",
+                                                  **self.options)
         finally:
             self.module._default_compiler = self.compiler
 
@@ -167,6 +175,13 @@ class Structgen:
 
     def accept(self, matcher, token):
         return matcher.advance(token)
+
+
+class StructgenExtra(Structgen):
+    """structgen checking text written elsewhere: ``extra_properties=True`` also accepts the
+    undeclared members JSON Schema allows in open objects (not the generate path)."""
+
+    options = {"extra_properties": True}
 
 
 class OutlinesCore:
@@ -273,8 +288,8 @@ class LLGuidance:
         return matcher.consume_token(token) and not matcher.is_error()
 
 
-ENGINE_CLASSES = {"structgen": Structgen, "outlines-core": OutlinesCore, "xgrammar": XGrammar,
-                  "llguidance": LLGuidance}
+ENGINE_CLASSES = {"structgen": Structgen, "structgen-extra": StructgenExtra,
+                  "outlines-core": OutlinesCore, "xgrammar": XGrammar, "llguidance": LLGuidance}
 
 
 DISK_HITS = 3  # structgen disk-cache TTFM: the median of this many hits
@@ -545,31 +560,8 @@ def report(records: list[dict], command: str, sample_note: str) -> str:
             for q in ("avg", "p50", "p75", "p90", "p99", "max"):
                 lines.append(f"| {label} {q} | " + " | ".join(
                     _fmt_us(stats[e][key].get(q)) for e in engines) + " |")
-        sg = groups.get((tokenizer, "structgen"), [])
-        if sg:
-            fsm = [r for r in sg if r.get("engine_detail") == "outlines-core"]
-            compiled = [r for r in sg if r.get("engine_detail")]
-            details = Counter(r.get("engine_detail", "").split(" (")[0] for r in compiled)
-            lines += ["", "structgen in detail (finite-state schemas only; TTFM and TBM above are "
-                      "over every schema):", "",
-                      "| structgen | avg | p50 | p90 | p99 | max |", "|---|--:|--:|--:|--:|--:|"]
-            rows = [("TTFM, finite-state schemas", percentiles([r["ttfm_ns"] for r in fsm])),
-                    ("TBM first walk (cold states)",
-                     percentiles([t for r in fsm for t in r.get("tbm_ns", [])])),
-                    ("TBM same instances again (warm states: a batch job after its first rows)",
-                     percentiles([t for r in fsm for t in r.get("tbm_warm_ns", [])])),
-                    ("TTFM from the disk cache (median of 3 hits, new compiler each)",
-                     percentiles([r["ttfm_disk_ns"] for r in fsm if "ttfm_disk_ns" in r]))]
-            for label, p in rows:
-                if p:
-                    lines.append(f"| {label} | " + " | ".join(
-                        _fmt_us(p[q]) for q in ("avg", "p50", "p90", "p99", "max")) + " |")
-            lines += ["", f"Budget guarantee (finite-state engine): {len(fsm)} of {len(compiled)} "
-                      "compiled schemas. Engine behind each compiled schema: " +
-                      ", ".join(f"{k}: {v}" for k, v in sorted(details.items())),
-                      "", "Schemas on llguidance, and why: " + "; ".join(
-                          f"{r['schema']}: {r.get('index_error', '')[:80]}" for r in compiled
-                          if r not in fsm)[:3000]]
+        for sg_engine in STRUCTGEN_ENGINES:
+            lines += _structgen_detail(groups.get((tokenizer, sg_engine), []), sg_engine)
         lines += ["", f"### Passing rate per source (`{tokenizer}`)", "",
                   "| source | schemas | " + " | ".join(engines) + " |",
                   "|---|--:|" + "--:|" * len(engines)]
@@ -584,6 +576,37 @@ def report(records: list[dict], command: str, sample_note: str) -> str:
                 for e in engines) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _structgen_detail(sg: list[dict], name: str) -> list[str]:
+    """The finite-state rows of one structgen configuration (nothing if it did not run)."""
+    if not sg:
+        return []
+    lines: list[str] = []
+    fsm = [r for r in sg if r.get("engine_detail") == "outlines-core"]
+    compiled = [r for r in sg if r.get("engine_detail")]
+    details = Counter(r.get("engine_detail", "").split(" (")[0] for r in compiled)
+    lines += ["", f"{name} in detail (finite-state schemas only; TTFM and TBM above are "
+              "over every schema):", "",
+              f"| {name} | avg | p50 | p90 | p99 | max |", "|---|--:|--:|--:|--:|--:|"]
+    rows = [("TTFM, finite-state schemas", percentiles([r["ttfm_ns"] for r in fsm])),
+            ("TBM first walk (cold states)",
+             percentiles([t for r in fsm for t in r.get("tbm_ns", [])])),
+            ("TBM same instances again (warm states: a batch job after its first rows)",
+             percentiles([t for r in fsm for t in r.get("tbm_warm_ns", [])])),
+            ("TTFM from the disk cache (median of 3 hits, new compiler each)",
+             percentiles([r["ttfm_disk_ns"] for r in fsm if "ttfm_disk_ns" in r]))]
+    for label, p in rows:
+        if p:
+            lines.append(f"| {label} | " + " | ".join(
+                _fmt_us(p[q]) for q in ("avg", "p50", "p90", "p99", "max")) + " |")
+    lines += ["", f"Budget guarantee (finite-state engine): {len(fsm)} of {len(compiled)} "
+              "compiled schemas. Engine behind each compiled schema: " +
+              ", ".join(f"{k}: {v}" for k, v in sorted(details.items())),
+              "", "Schemas on llguidance, and why: " + "; ".join(
+                  f"{r['schema']}: {r.get('index_error', '')[:80]}" for r in compiled
+                  if r not in fsm)[:3000]]
+    return lines
 
 
 def plot(records: list[dict], stem: Path) -> None:

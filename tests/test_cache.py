@@ -295,7 +295,7 @@ SCHEMA_B = {"type": "object", "properties": {"s": {"type": "string"}}, "required
 
 
 def alias_path(cache, schema, info) -> Path:
-    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULT_WHITESPACE, info)}.regex"
+    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULT_WHITESPACE, False, info)}.regex"
 
 
 def entry_with(name: str, body: bytes) -> bytes:
@@ -311,7 +311,7 @@ def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_bytes)
     b.write_bytes(a_bytes)
-    key_a = _schema_key(SCHEMA_A, DEFAULT_WHITESPACE, info)
+    key_a = _schema_key(SCHEMA_A, DEFAULT_WHITESPACE, False, info)
     with compiler() as fresh:
         assert fresh.regex_of_schema(key_a) is None and not a.exists()
     with compiler():
@@ -448,7 +448,7 @@ def test_a_read_only_cache_is_no_error(cache, info, smollm2_tokenizer, monkeypat
             assert structgen.compile_constraint(SCHEMA_B, info).regex == schema_to_regex(SCHEMA_B)
         with compiler() as fresh:
             assert fresh.compile_regex(PROSE, info).from_cache == "none"
-            assert fresh.regex_of_schema(_schema_key(SCHEMA_B, DEFAULT_WHITESPACE, info)) is None
+            assert fresh.regex_of_schema(_schema_key(SCHEMA_B, DEFAULT_WHITESPACE, False, info)) is None
     assert refused  # the stores were tried, and refused
     assert snapshot(cache / "constraints") == before
 

@@ -211,6 +211,28 @@ def test_regexes_outside_the_regular_subset_are_refused(info, pattern):
         structgen.compile_constraint(structgen.Regex(pattern), info)
 
 
+def _walks(constraint, tokenizer, text: str) -> bool:
+    matcher = constraint.matcher()
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return all(matcher.advance(token) for token in ids) and matcher.is_accepting()
+
+
+def test_extra_properties_is_asked_for_and_kept_apart_in_the_caches(info, smollm2_tokenizer):
+    """``extra_properties=True`` accepts undeclared members of an open object; the default does
+    not, also when the other compile of the same schema is already cached."""
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+    text = '{"id": 7, "note": "from elsewhere"}'
+    checking = structgen.compile_constraint(schema, info, whitespace="flexible",
+                                            extra_properties=True)
+    generating = structgen.compile_constraint(schema, info, whitespace="flexible")
+    assert checking.engine == generating.engine == "outlines-core"
+    assert _walks(checking, smollm2_tokenizer, text)
+    assert not _walks(generating, smollm2_tokenizer, text)
+    assert _walks(generating, smollm2_tokenizer, '{"id": 7}')
+    assert not _walks(checking, smollm2_tokenizer, '{"id": 7, "id": "seven"}')
+
+
+
 def test_a_script_that_exits_with_the_worker_up_prints_no_warning(tmp_path):
     """The default compiler's worker is still running when a script ends: it is ended quietly,
     with no ResourceWarning about the child or its pipes (``-W always`` shows every one)."""

@@ -1172,3 +1172,64 @@ def test_schema_dependencies_on_free_keys_are_refused():
         schema_to_regex({"type": "object", "additionalProperties": {"type": "integer"},
                          "dependentSchemas": {"a": {"required": ["b"]}}})
     assert caught.value.pointer == "/dependentSchemas"
+
+
+# --- extra_properties: undeclared members where the schema leaves an object open --------------
+
+OPEN_SCHEMAS = {
+    "open_record": {"type": "object",
+                    "properties": {"name": {"type": "string", "maxLength": 3},
+                                   "nam": {"type": "integer"}, "n": {"const": 1}},
+                    "required": ["name"]},
+    "nested_open": {"properties": {"inner": {"properties": {"a": {"enum": [1, 2]}},
+                                             "required": ["a"]},
+                                   "closed": {"properties": {"b": {"type": "boolean"}},
+                                              "additionalProperties": False}}},
+    "dependencies": {"properties": {"a": {"type": "integer"}},
+                     "dependentRequired": {"x": ["a"]},
+                     "dependentSchemas": {"y": {"required": ["a"]}}},
+    "one_of": {"oneOf": [{"properties": {"k": {"const": "a"}}, "required": ["k"]},
+                         {"properties": {"j": {"const": "b"}}, "required": ["j"]}]},
+    "counted": {"properties": {"a": {"type": "integer"}}, "maxProperties": 1},
+}
+
+
+@pytest.mark.parametrize("name", list(OPEN_SCHEMAS))
+@settings(max_examples=40, **SAMPLES)
+@given(data=st.data())
+def test_every_match_with_extra_properties_validates(name, data):
+    """No undeclared member can take a declared, required or dependency-triggering name, and none
+    is written where a oneOf or a member count would judge it."""
+    schema = OPEN_SCHEMAS[name]
+    mode = data.draw(st.sampled_from(WHITESPACE_MODES))
+    regex = schema_to_regex(schema, whitespace=mode, extra_properties=True)
+    text = data.draw(st.from_regex(regex, fullmatch=True))
+    assert is_valid(schema, json.loads(text)), text
+
+
+def test_extra_properties_follow_the_declared_ones():
+    schema = OPEN_SCHEMAS["open_record"]
+    regex = schema_to_regex(schema, whitespace="spaced", extra_properties=True)
+    index = compile_index(regex)  # the Rust dialect reads the name-excluding keys alike
+    for text in ['{"name": "ab", "extra": 1}', '{"name": "ab", "nam": 3, "x": null, "y": "s"}',
+                 '{"name": "ab", "names": true}', '{"name": "ab", "na": 1.5, "": false}']:
+        assert re.fullmatch(regex, text) and index_accepts(index, text), text
+    for text in ['{"name": "ab", "name": 1}', '{"name": "ab", "nam": "not an integer"}',
+                 '{"name": "ab", "n": 2}', '{"extra": 1, "name": "ab"}',
+                 '{"name": "ab", "\\u006e": 2}']:
+        assert not re.fullmatch(regex, text) and not index_accepts(index, text), text
+    assert not re.fullmatch(schema_to_regex(schema, whitespace="spaced"),
+                            '{"name": "ab", "extra": 1}')  # off by default
+
+
+def test_extra_properties_stay_out_where_they_could_change_the_outcome():
+    def admits(name, text):
+        return re.fullmatch(schema_to_regex(OPEN_SCHEMAS[name], whitespace="compact",
+                                            extra_properties=True), text)
+
+    assert admits("nested_open", '{"inner":{"a":1,"z":0},"q":"s"}')
+    assert not admits("nested_open", '{"closed":{"b":true,"z":0}}')
+    assert admits("dependencies", '{"a":1,"z":0}')
+    assert not admits("dependencies", '{"x":0}') and not admits("dependencies", '{"y":0}')
+    assert not admits("one_of", '{"k":"a","z":0}')  # another branch might take it
+    assert not admits("counted", '{"a":1,"z":0}')

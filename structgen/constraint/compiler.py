@@ -327,7 +327,8 @@ def default_compiler() -> ConstraintCompiler:
 
 
 def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DEFAULT_WHITESPACE,
-                       timeout: float | None = None, engine: str = "auto") -> Constraint:
+                       timeout: float | None = None, engine: str = "auto",
+                       extra_properties: bool = False) -> Constraint:
     """Compile an output type (or JSON schema, or ``Regex``) for a tokenizer.
 
     ``tokenizer`` may be a transformers tokenizer, a ``TokenizerInfo`` or a loaded
@@ -335,6 +336,9 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     ``"spaced"`` and ``"indented"`` admit exactly the layout ``json.dumps`` writes (no separator
     spaces; its default ``", "``/``": "``; ``indent=2``), so no whitespace loop is possible;
     ``"flexible"`` allows any JSON whitespace (to check text written elsewhere).
+    ``extra_properties=True`` also accepts members with undeclared names after the declared ones
+    where the schema leaves an object open, as JSON Schema does (to check text written
+    elsewhere; a generator should write only what the schema declares, the default).
 
     ``engine="auto"`` (the default) gives the finite-state constraint (lazy token masks, the
     budget guarantee) for every schema structgen's regex compiler takes, and llguidance for the
@@ -350,8 +354,8 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     budget = timeout or compiler.timeout
     deadline = time.monotonic() + budget
     try:
-        regex = spec.regex or _schema_regex(compiler, spec, whitespace, info, engine, deadline,
-                                            budget)
+        regex = spec.regex or _schema_regex(compiler, spec, whitespace, extra_properties, info,
+                                            engine, deadline, budget)
     except _GrammarInstead as instead:
         return instead.constraint
     if engine == "llguidance":
@@ -377,11 +381,12 @@ class _GrammarInstead(Exception):
 
 
 def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: str,
-                  info: TokenizerInfo, engine: str, deadline: float, budget: float) -> str:
+                  extra_properties: bool, info: TokenizerInfo, engine: str, deadline: float,
+                  budget: float) -> str:
     """The schema's regex (remembered from an earlier compile, or converted by ``deadline``),
     or ``_GrammarInstead`` with llguidance's grammar for a schema that is not regular.
     ``budget`` is the whole timeout asked for, which remembered failures are compared with."""
-    schema_key = _schema_key(spec.schema, whitespace, info)
+    schema_key = _schema_key(spec.schema, whitespace, extra_properties, info)
     known = compiler.regex_of_schema(schema_key)
     if known:
         return known
@@ -389,7 +394,8 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
     try:
         if failed is not None:
             raise failed
-        regex = schema_to_regex(spec.schema, whitespace=whitespace, timeout=_left(deadline))
+        regex = schema_to_regex(spec.schema, whitespace=whitespace, timeout=_left(deadline),
+                                extra_properties=extra_properties)
     except CompileTimeoutError:
         slow = failed or CompileTimeoutError(
             f"turning the schema into a regex took longer than the {budget:g} s timeout; simplify "
@@ -414,7 +420,7 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
         if not isinstance(unsupported, RecursionLimitError):
             raise refused from None
         try:  # bounded nesting, when nothing can nest without bound
-            regex = _unrolled_regex(spec, whitespace, deadline)
+            regex = _unrolled_regex(spec, whitespace, extra_properties, deadline)
         except UnsupportedSchemaError:
             raise refused from None
     compiler.remember_schema(schema_key, regex)
@@ -427,15 +433,16 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
 UNROLL_RECURSION = 2
 
 
-def _unrolled_regex(spec: OutputType, whitespace: str, deadline: float) -> str:
+def _unrolled_regex(spec: OutputType, whitespace: str, extra_properties: bool,
+                    deadline: float) -> str:
+    options = dict(whitespace=whitespace, extra_properties=extra_properties)
     for depth in range(UNROLL_RECURSION, 0, -1):
         try:
-            return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=depth,
-                                   timeout=_left(deadline))
+            return schema_to_regex(spec.schema, max_recursion=depth, timeout=_left(deadline),
+                                   **options)
         except RegexTooLargeError:
             continue
-    return schema_to_regex(spec.schema, whitespace=whitespace, max_recursion=0,
-                           timeout=_left(deadline))
+    return schema_to_regex(spec.schema, max_recursion=0, timeout=_left(deadline), **options)
 
 
 def _left(deadline: float) -> float:
@@ -443,11 +450,13 @@ def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 1e-3)
 
 
-def _schema_key(schema: Any, whitespace: str, info: TokenizerInfo) -> str:
+def _schema_key(schema: Any, whitespace: str, extra_properties: bool,
+                info: TokenizerInfo) -> str:
     # Key order is kept: property order is part of what the regex writes.
     text = json.dumps(schema, ensure_ascii=False, default=str)
     digest = hashlib.sha256(
-        f"{_schema_compiler_revision()}|{whitespace}|{info.fingerprint}|{text}".encode())
+        f"{_schema_compiler_revision()}|{whitespace}|{extra_properties}|{info.fingerprint}|{text}"
+        .encode())
     return digest.hexdigest()[:32]
 
 

@@ -106,3 +106,33 @@ def width(parsed) -> tuple[int, int | None]:
     """Fewest and most characters a parsed regex matches (None: unbounded)."""
     low, high = parsed.getwidth()
     return low, None if high >= sre_constants.MAXREPEAT else high
+
+
+#: A string character written raw: no escape, so that a key's spelling is its only spelling.
+RAW_STRING_CHAR = r'[^"\\\x00-\x1f]'
+
+
+def raw_string_other_than(names: list[str]) -> str:
+    """A JSON string literal of raw characters (no escapes) whose text is none of ``names``.
+
+    Built over the names' trie: at each node the text may end (unless a name ends there), go on
+    with a character no name continues with (then anything), or follow a child. The regex grows
+    with the names' total length, not their number squared."""
+    trie: dict = {}
+    for name in names:
+        if '"' in name or "\\" in name or any(ord(c) < 0x20 for c in name):
+            continue  # a raw key can never spell it
+        node = trie
+        for c in name:
+            node = node.setdefault(c, {})
+        node[None] = {}
+
+    def other_than(node: dict) -> str:
+        children = sorted(c for c in node if c is not None)
+        excluded = "".join(hex_escape(ord(c)) for c in children)
+        parts = [] if None in node else [""]
+        parts.append(rf'[^"\\\x00-\x1f{excluded}]{RAW_STRING_CHAR}*')
+        parts += [escape(c) + other_than(node[c]) for c in children]
+        return "(?:" + "|".join(parts) + ")"
+
+    return f'"{other_than(trie)}"'

@@ -53,7 +53,14 @@ from structgen.schema.normalize import (
 )
 from structgen.schema.numbers import integer_range, number_range, unbounded_number
 from structgen.schema.patterns import pattern_regex
-from structgen.schema.regex_text import alt, escape, optional, repeat, string_literal
+from structgen.schema.regex_text import (
+    alt,
+    escape,
+    optional,
+    raw_string_other_than,
+    repeat,
+    string_literal,
+)
 
 _REFUSED = {
     "not": "'not' (negation) cannot be enforced",
@@ -81,6 +88,7 @@ def schema_to_regex(
     max_recursion: int | None = None,
     timeout: float | None = None,
     level: int = 0,
+    extra_properties: bool = False,
 ) -> str:
     """A regex whose full matches are JSON texts valid under ``schema``.
 
@@ -96,6 +104,10 @@ def schema_to_regex(
     inside itself; below that the regex stops nesting (``RecursionLimitError`` where the nesting
     is required). ``timeout`` bounds the time it may take, in seconds (``CompileTimeoutError``
     past it): proving a many-branch ``oneOf`` exclusive is quadratic in its branches.
+    ``extra_properties`` follows JSON Schema where an object with declared properties leaves
+    others open (``additionalProperties`` absent or true): members with undeclared names may
+    follow the declared ones (to check text written elsewhere). Off, only declared names are
+    written, as a generator should.
 
     Raises ``InvalidSchemaError``, ``UnsupportedSchemaError`` or ``UnsatisfiableSchemaError``, each
     with the JSON pointer of the offending place in ``schema`` (``InvalidSchemaError`` also for a
@@ -105,7 +117,8 @@ def schema_to_regex(
     if max_digits < 1 or max_any_depth < 0 or level < 0:
         raise ValueError("max_digits must be >= 1, max_any_depth >= 0 and level >= 0")
     normalized = normalize(schema, max_recursion)
-    compiler = _Compiler(normalized.origins, layout, max_digits, max_any_depth, timeout, level)
+    compiler = _Compiler(normalized.origins, layout, max_digits, max_any_depth, timeout, level,
+                         extra_properties)
     try:
         body = compiler.value(normalized.schema, "")
     except UnsatisfiableSchemaError as error:
@@ -123,8 +136,12 @@ class _Compiler:
     """Builds the regex of each schema node; one instance per ``schema_to_regex`` call."""
 
     def __init__(self, origins: Origins, layout: Layout, max_digits: int, max_any_depth: int,
-                 timeout: float | None = None, level: int = 0):
+                 timeout: float | None = None, level: int = 0, extra_properties: bool = False):
         self.origins = origins
+        self.extra_properties = extra_properties
+        # Inside a oneOf branch undeclared members are never written: the branch analysis proves
+        # branches exclusive on the properties they declare.
+        self._one_of_depth = 0
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.layout = layout
@@ -220,11 +237,15 @@ class _Compiler:
         if key == "oneOf":
             written = self.branches.exclusive_branches(branches, at)
         regexes, errors = [], []
-        for i, branch in written:
-            try:
-                regexes.append(self.value(branch, f"{at}/{i}"))
-            except UnsatisfiableSchemaError as error:
-                errors.append(error)
+        self._one_of_depth += key == "oneOf"
+        try:
+            for i, branch in written:
+                try:
+                    regexes.append(self.value(branch, f"{at}/{i}"))
+                except UnsatisfiableSchemaError as error:
+                    errors.append(error)
+        finally:
+            self._one_of_depth -= key == "oneOf"
         if not regexes:
             raise errors[0]
         return alt(regexes)
@@ -402,13 +423,15 @@ class _Compiler:
             rest = item if i < low else optional(item)
         return prefix[0] + rest, low == 0
 
-    def _object(self, node: dict, pointer: str) -> str:
+    def _object(self, node: dict, pointer: str, patterns_dropped: bool = False) -> str:
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         for key in _REFUSED_OBJECT_KEYWORDS:
             if key in node and not trivial(node[key]) and key != "patternProperties":
                 if key in _DEPENDENCY_KEYWORDS and not is_map(node):
                     continue  # a record enforces them by making the dependencies required
                 raise UnsupportedSchemaError(f"{key!r} cannot be enforced", at(key))
+        # Names a dependency is triggered by, before narrowing drops schema-valued ones.
+        triggers = [name for key in _DEPENDENCY_KEYWORDS for name in node.get(key, {})]
         node = self._dependent_schemas(node, pointer)
         if not trivial(node.get("patternProperties", {})):
             return self._pattern_object(node, pointer)
@@ -422,7 +445,18 @@ class _Compiler:
                     "additionalProperties with a schema together with properties/required",
                     at("additionalProperties"))
             return self._map(node, pointer, True if extra == {} else extra)
-        return self._record(node, pointer, closed=extra is False)
+        extras = not patterns_dropped and self._extras_allowed(node)
+        return self._record(node, pointer, closed=extra is False,
+                            extras_unlike=triggers if extras else None)
+
+    def _extras_allowed(self, node: dict) -> bool:
+        """Whether undeclared members may be written after the declared ones: asked for, the
+        object open, and nothing that counts or judges its members (which a regex of free keys
+        could not keep)."""
+        return (self.extra_properties and not self._one_of_depth
+                and node.get("additionalProperties", True) is True
+                and "maxProperties" not in node
+                and trivial(node.get("unevaluatedProperties", True)))
 
     def _dependent_schemas(self, node: dict, pointer: str) -> dict:
         """Schema-valued dependencies enforced by narrowing: a required trigger merges its schema
@@ -469,7 +503,7 @@ class _Compiler:
                     raise UnsupportedSchemaError(
                         f"property {name!r} is also matched by patternProperties {matched[0]!r}; "
                         "structgen does not merge the two schemas", at)
-            return self._object(rest, pointer)
+            return self._object(rest, pointer, patterns_dropped=True)
         if len(patterns) > 1:
             raise UnsupportedSchemaError(
                 "patternProperties with more than one pattern (a key may match several)", at)
@@ -503,11 +537,13 @@ class _Compiler:
         body = member + repeat(self.comma + member, 0, None if high is None else high - 1)
         return self._enclose(r"\{", body, low == 0, r"\}")
 
-    def _record(self, node: dict, pointer: str, *, closed: bool) -> str:
+    def _record(self, node: dict, pointer: str, *, closed: bool,
+                extras_unlike: list[str] | None = None) -> str:
         """An object with declared properties, in schema order; each optional one may be left out.
 
         Undeclared properties are not produced (the documented departure), except ``required``
-        names missing from ``properties``, which get any value when the object is not closed.
+        names missing from ``properties``, which get any value when the object is not closed, and
+        members after the declared ones when ``extras_unlike`` (names they must not take) is given.
         """
         at = lambda key: self._at(node, key, pointer)  # noqa: E731
         properties, required = self._dependencies(node, pointer, closed)
@@ -541,7 +577,24 @@ class _Compiler:
                 f"{key} that the declared properties do not always meet cannot be enforced",
                 at(key))
         body, optional = self._members(members)
+        if extras_unlike is not None:
+            body, optional = self._with_extras(
+                [*node.get("properties", {}), *required, *extras_unlike], body, optional)
         return self._enclose(r"\{", body, optional, r"\}")
+
+    def _with_extras(self, named: list[str], body: str | None,
+                     optional: bool) -> tuple[str, bool]:
+        """``body`` followed by any number of members whose names are not ``named`` (the
+        object's declared and required names and its dependency triggers, so that no undeclared
+        member can change which schema applies)."""
+        with self._inside():
+            member = raw_string_other_than(named) + self.colon + self.open_value()
+        more = repeat(self.comma + member, 0, None)
+        if body is None:
+            return member + more, True
+        if optional:
+            return alt([body + more, member + more]), True
+        return body + more, False
 
     def _dependencies(self, node: dict, pointer: str, closed: bool) -> tuple[dict, list]:
         """(properties, required) with property dependencies enforced by narrowing.
