@@ -527,7 +527,7 @@ def report(records: list[dict], command: str, sample_note: str) -> str:
              "Versions: " + ", ".join(f"{n} {version(n)}" for n in
                                       ("structgen", "outlines_core", "outlines", "xgrammar",
                                        "llguidance", "transformers")),
-             "Machine: 2-core CPU, engines single-threaded, 2 schemas in flight at a time. TTFM is "
+             "Machine: 2-core CPU, engines single-threaded. TTFM is "
              "compile + first mask with cold caches; structgen's disk-cache TTFM is the median of "
              "three more compiles of the same schema, each by a compiler with an empty memory cache. "
              "TBM is one mask (bitmask written into a preallocated buffer). Times in µs unless "
@@ -613,6 +613,8 @@ def plot(records: list[dict], stem: Path) -> None:
     from _plotting import pyplot
 
     plt = pyplot()
+    if plt is None:
+        return
     for key, label, name in (("tbm_ns", "TBM (µs, log)", "tbm"), ("ttfm_ns", "TTFM (µs, log)", "ttfm")):
         tokenizers = [t for t in TOKENIZERS if any(r["tokenizer"] == t for r in records)]
         fig, axes = plt.subplots(1, len(tokenizers), figsize=(6 * len(tokenizers), 4), squeeze=False)
@@ -689,7 +691,8 @@ def main(argv: list[str] | None = None) -> None:
                if r["schema"] in wanted and r["tokenizer"] in tokenizers]  # all engines run so far
     command = "python benchmarks/maskbench.py " + " ".join(argv)
     note = (f"{len(files)} schemas from {args.data.name}/ (stratified by source, seed {args.seed}), "
-            f"limit {args.timeout:g} s and {args.memory_gib:g} GiB per engine × schema")
+            f"limit {args.timeout:g} s and {args.memory_gib:g} GiB per engine × schema, "
+            f"{args.parallel} in flight at a time")
     text = report(records, command, note)
     print(text)
     (RESULTS / f"{args.name}.md").write_text(text + "\n")
