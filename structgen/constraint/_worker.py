@@ -25,7 +25,12 @@ import weakref
 
 import numpy as np
 
-from structgen.constraint.automaton import arrays_from_index, byte_vocabulary, end_marked
+from structgen.constraint.automaton import (
+    arrays_from_index,
+    byte_vocabulary,
+    marked,
+    splice_counted,
+)
 
 # Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
 _OUT_OF_MEMORY = "out-of-memory"
@@ -73,14 +78,31 @@ def _serve(memory_limit: int) -> None:
     from outlines_core import Index
 
     vocabulary = byte_vocabulary()
+    characters: dict[str, dict] = {}  # a string character's regex -> its automaton
+
+    def build(regex: str) -> dict:
+        return arrays_from_index(Index(marked(regex), vocabulary))
+
+    def build_counted(regex: str, counted) -> dict:
+        """The automaton of ``regex``; with ``counted`` (``counted.with_placeholders``' regex
+        and kinds, and the character regex) its long strings are spliced in, not determinised."""
+        if counted is not None:
+            replaced, kinds, character = counted
+            if character not in characters:
+                characters[character] = build(character)
+            spliced = splice_counted(build(replaced), kinds, characters[character])
+            if spliced is not None:
+                return spliced
+        return build(regex)
+
     while True:
         try:
-            (regex,) = _read_frame(requests)
+            regex, counted = _read_frame(requests)
         except EOFError:
             return
         started = time.perf_counter()
         try:
-            arrays = arrays_from_index(Index(end_marked(regex), vocabulary))
+            arrays = build_counted(regex, counted)
         except MemoryError:
             _write_frame(replies, ("error", _OUT_OF_MEMORY, "the compile ran out of its memory budget"))
             continue
@@ -139,14 +161,16 @@ class CompileWorker:
             self._end()
         self._process = None
 
-    def compile(self, regex: str, timeout: float, meanwhile=None) -> tuple[str, object]:
+    def compile(self, regex: str, timeout: float, meanwhile=None,
+                counted=None) -> tuple[str, object]:
         """Returns ("ok", the automaton's arrays) or ("timeout"|"out-of-memory"|<error name>,
         message). ``meanwhile()``, if given, runs in this process while the child builds (the
-        tokenizer's arrays of a first compile: the two then share the build's time)."""
+        tokenizer's arrays of a first compile: the two then share the build's time).
+        ``counted`` (placeholder regex, kinds, character regex) splices long counted strings."""
         deadline = time.monotonic() + timeout
         with self._exchange:  # the wait for the lock counts against this compile's budget
             self.start()
-            return self._request((regex,), deadline, meanwhile)
+            return self._request((regex, counted), deadline, meanwhile)
 
     def _request(self, message, deadline: float, meanwhile=None):
         try:

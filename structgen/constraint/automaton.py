@@ -12,9 +12,13 @@ a column; a JSON schema's regex has tens of classes, not 256), so stepping a byt
 the dead state; transitions into states from which no accepting state can be reached lead there.
 
 outlines-core never steps from a complete text to an incomplete one (a top-level ``1`` could not
-grow into ``1.5``), so the index is built for ``(?:regex)\\x00``: a state is accepting when it can
-take the ``\\x00`` end mark, and that column is dropped afterwards. A JSON text never holds a raw
-NUL byte, so no state loses a real transition.
+grow into ``1.5``), so the index is built for ``\\x1f(?:regex)\\x00``: a state is accepting when it
+can take the ``\\x00`` end mark, and that column is dropped afterwards. A JSON text never holds a
+raw NUL byte, so no state loses a real transition. The ``\\x1f`` start mark is stepped over (the
+automaton starts after it): with it, a regex whose first byte recurs inside it no longer makes
+outlines-core's determinisation explode (a top-level string of ``maxLength`` 12 took 0.6 s and 20
+over two minutes; with the mark, 3 ms), and on 62 dev schemas the builds took 26% less time in
+all (median ratio 0.85).
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 
 END_MARK = 0  # the byte appended to the regex to mark acceptance
+START_MARK = 0x1F  # the byte put before it, so that its first byte starts nothing else
 UNREACHABLE = np.iinfo(np.int32).max
 
 #: The arrays a ``ByteAutomaton`` is made of (what the disk cache stores).
 ARRAY_NAMES = ("table", "byte_class", "is_final", "initial")
 
 
-def end_marked(regex: str) -> str:
-    return f"(?:{regex})\\x00"
+def marked(regex: str) -> str:
+    """``regex`` between the start and end marks, as the worker builds it."""
+    return f"\\x{START_MARK:02x}(?:{regex})\\x{END_MARK:02x}"
 
 
 def byte_vocabulary():
@@ -62,7 +68,9 @@ def arrays_from_index(index) -> dict:
     dense = np.zeros((len(states) + 1, 256), dtype=np.int32)
     dense[source, byte] = np.searchsorted(states, target) + 1
     is_final = dense[:, END_MARK] != 0
-    dense[:, END_MARK] = 0
+    initial_row = np.searchsorted(states, initial) + 1
+    start = dense[initial_row, START_MARK]  # the regex's own start, after the start mark
+    dense[:, [END_MARK, START_MARK]] = 0
     # bytes with equal columns share a class (a dict of the columns' bytes: np.unique over the
     # columns sorts them, 80 ms for a 1.7k-state automaton)
     by_byte = np.ascontiguousarray(dense.T)
@@ -77,7 +85,7 @@ def arrays_from_index(index) -> dict:
         "table": table,
         "byte_class": byte_class.reshape(256).astype(np.uint8),
         "is_final": is_final,
-        "initial": np.int64(np.searchsorted(states, initial) + 1),
+        "initial": np.int64(start),
     }
 
 
@@ -194,3 +202,93 @@ class ByteAutomaton:
             written.append(int(steps[0]))
             state = int(following[steps[0]])
         return bytes(written)
+
+
+QUOTE = ord('"')
+#: The largest table (states × byte classes) a splice may write: 32 MiB of int32.
+MAX_SPLICED_CELLS = 1 << 23
+
+
+def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
+                   max_cells: int = MAX_SPLICED_CELLS) -> dict | None:
+    """``arrays`` (an automaton built with placeholder bytes, ``counted.with_placeholders``)
+    with each placeholder transition replaced by its counted string ({byte: (fewest, most)}),
+    made of copies of ``char`` (the automaton of one JSON string character): copy ``i`` is the
+    ``i``-th character, its final state the start of copy ``i + 1``, and the closing quote
+    leaves from every copy's start at or past ``fewest``. None where a state that opens a
+    counted string also starts something else with ``"`` (it would not be deterministic) or
+    ``char`` is not a one-character automaton, or where the table would pass ``max_cells``
+    (then the plain build, bounded by the compile's time and memory, decides)."""
+    table, byte_class = arrays["table"], arrays["byte_class"]
+    char_table, char_class = char["table"], char["byte_class"]
+    char_final = np.flatnonzero(char["is_final"])
+    char_initial = int(char["initial"])
+    if len(char_final) != 1 or char_table[char_final[0]].any() or (char_table == char_initial).any():
+        return None  # not the one-character shape copies can be chained from
+    # the new byte classes: each byte's (outer class, character class); the quote and the
+    # placeholders get classes of their own (the quote closes a string, a placeholder is dead)
+    keys = byte_class.astype(np.int64) * 256 + char_class
+    keys[QUOTE] = -1
+    keys[list(kinds)] = -2
+    _, first, new_class = np.unique(keys, return_index=True, return_inverse=True)
+    quote_class, dead_class = new_class[QUOTE], new_class[next(iter(kinds))]
+    outer = table[:, byte_class[first]]
+    outer[:, dead_class] = 0
+    opens = {byte: np.flatnonzero(table[:, byte_class[byte]]) for byte in kinds}
+    openers = np.concatenate(list(opens.values()))
+    if len(np.unique(openers)) != len(openers) or outer[openers, quote_class].any():
+        return None
+    targets = {byte: np.unique(table[opens[byte], byte_class[byte]]) for byte in kinds}
+    width = len(char_table) - 2  # a character's states but the dead and the final one
+    added = sum(len(targets[byte]) * (width * (most if most is not None else fewest + 1) + 1)
+                for byte, (fewest, most) in kinds.items())
+    if (len(outer) + added) * outer.shape[1] > max_cells:
+        return None
+    rows = [outer]
+    next_state = len(outer)
+    # one character's states but the final one, the initial first; the final becomes -1
+    inner = [char_initial] + [s for s in range(1, len(char_table))
+                              if s not in (char_initial, char_final[0])]
+    local = np.full(len(char_table), -2, np.int64)  # -2: dead
+    local[inner] = np.arange(len(inner))
+    local[char_final[0]] = -1
+    # [inner, new classes]; at a character's start the quote closes the string (``_chain``), inside
+    # one it may be escaped (``\"``)
+    steps = local[char_table[inner][:, char_class[first]]]
+    for byte, (fewest, most) in kinds.items():
+        for target in targets[byte]:
+            start = next_state
+            block = _chain(steps, fewest, most, start, int(target), quote_class)
+            rows.append(block)
+            next_state += len(block)
+            from_here = opens[byte][table[opens[byte], byte_class[byte]] == target]
+            rows[0][from_here, quote_class] = start
+    spliced = np.ascontiguousarray(np.concatenate(rows).astype(np.int32))
+    is_final = np.zeros(len(spliced), dtype=bool)
+    is_final[:len(outer)] = arrays["is_final"]
+    live = reachable_backwards(spliced, is_final)
+    spliced[~live[spliced]] = 0
+    return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
+            "initial": arrays["initial"]}
+
+
+def _chain(steps: np.ndarray, fewest: int, most: int | None, start: int, target: int,
+           quote_class: int) -> np.ndarray:
+    """The rows of one counted string whose first state is ``start`` and whose closing quote
+    leads to ``target``: a copy of the character's states (``steps``: -1 the character is
+    complete, -2 dead) per count, then (bounded) one state at ``most``, which only closes."""
+    width = len(steps)
+    copies = most if most is not None else fewest + 1
+    index = np.arange(copies, dtype=np.int64)[:, None, None]
+    base = start + index * width
+    after = start + (index + 1) * width  # the next copy's start (the final character state)
+    if most is None:  # the last copy loops onto itself
+        after = np.where(index == copies - 1, base, after)
+    block = np.where(steps[None] >= 0, base + steps[None], np.where(steps[None] == -1, after, 0))
+    block[:, 0, quote_class] = np.where(np.arange(copies) >= fewest, target, 0)
+    block = block.reshape(copies * width, -1)
+    if most is not None:  # after ``most`` characters: only the closing quote
+        last = np.zeros((1, block.shape[1]), np.int64)
+        last[0, quote_class] = target
+        block = np.concatenate([block, last])
+    return block

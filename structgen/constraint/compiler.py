@@ -48,6 +48,7 @@ from structgen.constraint.cache import (
     write_tables,
 )
 from structgen.constraint.compiled import CompiledConstraint
+from structgen.constraint.counted import with_placeholders
 from structgen.constraint.llguidance_backend import (
     GrammarConstraint,
     json_schema_grammar,
@@ -64,7 +65,7 @@ from structgen.errors import (
     UnsupportedSchemaError,
 )
 from structgen.schema import COMPILER_MODULES, DEFAULT_WHITESPACE, schema_to_regex
-from structgen.schema.layout import check_whitespace
+from structgen.schema.layout import STRING_CHAR, check_whitespace
 from structgen.schema.normalize import without_custom_formats
 from structgen.types import OutputType, as_output_type
 
@@ -176,7 +177,9 @@ class ConstraintCompiler:
 
     def _build(self, key: str, regex: str, budget: float, requested: float,
                meanwhile=None) -> ByteAutomaton:
-        status, payload = self._worker.compile(regex, budget, meanwhile)
+        replaced, kinds = with_placeholders(regex)
+        counted = (replaced, kinds, STRING_CHAR) if kinds else None
+        status, payload = self._worker.compile(regex, budget, meanwhile, counted)
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
             automaton = ByteAutomaton.from_arrays(arrays)

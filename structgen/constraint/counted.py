@@ -1,0 +1,109 @@
+"""Long counted strings: found in a regex, so the automaton build can splice them in.
+
+A string with ``maxLength: 2000`` is ``"(?:CHAR){0,2000}"`` in the regex. Its DFA has one state per
+count and per place inside a character (a UTF-8 sequence, a ``\\uXXXX`` escape): about 14 × 2,000
+states, which outlines-core takes seconds to build (``maxLength`` 8,192 ran past 25 s). The
+states themselves are cheap; determinising them is not. So the build replaces each long counted
+string by a placeholder byte that no JSON text contains, lets outlines-core determinise the
+rest, and then writes the string's states into the table directly, in numpy: copy ``i`` of the
+one-character automaton is the ``i``-th character, its final state is the start of copy ``i + 1``,
+and the closing quote leaves from the start of every copy at or past ``minLength``.
+
+The result is the same language as the original regex, in an ordinary ``ByteAutomaton``: the
+walker, distances and caches read it as any other. Splicing is only done where it is provably
+the same: the placeholder bytes can be matched nowhere else in the regex (checked here), and a
+state that may open a counted string may not also start anything else with ``"`` (checked by
+``automaton.splice_counted``; else the build falls back to the plain regex).
+"""
+
+from __future__ import annotations
+
+import re
+
+from structgen.constraint.automaton import END_MARK, START_MARK
+from structgen.schema.layout import STRING_CHAR
+from structgen.schema.regex_text import sre_constants, sre_parse
+
+#: Counted strings whose larger bound is at least this are spliced; smaller ones determinise fast.
+MIN_COUNT = 64
+#: Control bytes no JSON text holds (``\t``, ``\n`` and ``\r`` are whitespace; the automaton's
+#: end and start marks are taken): one per distinct (minLength, maxLength).
+PLACEHOLDERS = tuple(b for b in range(0x20) if b not in (0x09, 0x0A, 0x0D, END_MARK, START_MARK))
+_COUNTED = re.compile(re.escape(f'"{STRING_CHAR}') + r"\{(\d+)(,(\d*))?\}\"(?![?*+{])")
+
+
+def with_placeholders(regex: str, min_count: int = MIN_COUNT) -> tuple[str, dict[int, tuple]]:
+    """(``regex`` with each long counted string replaced by a placeholder byte, {byte: (fewest,
+    most or None)}); the regex unchanged and {} where there is none to replace, or where a
+    placeholder byte could be matched by something else in the regex."""
+    kinds: dict[tuple, int] = {}
+    written = []  # one entry per placeholder written
+
+    def replace(match: re.Match) -> str:
+        fewest = int(match[1])
+        most = fewest if match[2] is None else (int(match[3]) if match[3] else None)
+        if max(fewest, most or 0) < min_count:
+            return match[0]
+        kind = (fewest, most)
+        if kind not in kinds:
+            if len(kinds) == len(PLACEHOLDERS):
+                return match[0]
+            kinds[kind] = PLACEHOLDERS[len(kinds)]
+        written.append(kinds[kind])
+        return f"\\x{kinds[kind]:02x}"
+
+    replaced = _COUNTED.sub(replace, regex)
+    if not kinds:
+        return regex, {}
+    if _may_match_placeholders(replaced, set(kinds.values()), len(written)):
+        return regex, {}
+    return replaced, {byte: kind for kind, byte in kinds.items()}
+
+
+def _may_match_placeholders(regex: str, placeholders: set[int], written: int) -> bool:
+    """Whether anything but the ``written`` placeholders can match a placeholder byte (a literal
+    of its own, a class, ``.``, a flag); an unknown construct counts as matching."""
+    try:
+        parsed = sre_parse.parse(regex)
+    except Exception:  # not re's dialect: let the plain build report it
+        return True
+    if parsed.state.flags & ~(sre_constants.SRE_FLAG_UNICODE):
+        return True
+    stack, literals = [parsed], 0
+    while stack:
+        for op, av in stack.pop():
+            if op is sre_constants.LITERAL:
+                literals += av in placeholders
+                continue
+            if op is sre_constants.NOT_LITERAL or op is sre_constants.ANY:
+                return True
+            if op is sre_constants.IN:
+                if _class_may_match(av, placeholders):
+                    return True
+            elif op is sre_constants.SUBPATTERN:
+                if av[1] or av[2]:  # inline flags
+                    return True
+                stack.append(av[3])
+            elif op is sre_constants.BRANCH:
+                stack.extend(av[1])
+            elif op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
+                stack.append(av[2])
+            elif op is not sre_constants.AT:
+                return True
+    return literals != written
+
+
+def _class_may_match(items, placeholders: set[int]) -> bool:
+    """Whether a ``[...]`` class matches any of ``placeholders``."""
+    negate, covered = False, set()
+    for op, av in items:
+        if op is sre_constants.NEGATE:
+            negate = True
+        elif op is sre_constants.LITERAL:
+            covered |= {av} & placeholders
+        elif op is sre_constants.RANGE:
+            covered |= {p for p in placeholders if av[0] <= p <= av[1]}
+        elif not (op is sre_constants.CATEGORY and av in (sre_constants.CATEGORY_DIGIT,
+                                                          sre_constants.CATEGORY_WORD)):
+            return True  # \s, \D, \W and the like hold control bytes
+    return covered != placeholders if negate else bool(covered)
