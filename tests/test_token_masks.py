@@ -30,6 +30,10 @@ SCHEMAS = {
     "prose": {"type": "object", "properties": {
         "note": {"type": "string"}, "bio": {"type": "string", "maxLength": 200}},
         "required": ["note", "bio"]},
+    # spliced (constraint/counted.py): the string's states are written, not determinised
+    "long": {"type": "object", "properties": {
+        "text": {"type": "string", "minLength": 3, "maxLength": 300}, "n": {"type": "integer"}},
+        "required": ["text"]},
 }
 
 

@@ -5,7 +5,8 @@
 one byte position per numpy gather: a token is allowed when all its bytes step to a live state.
 Measured on the Llama-3 vocabulary (128k tokens, 831k bytes): a state inside a free string, where
 nearly every token is allowed, about 2 ms; a structural state (after ``{``, between fields),
-where only the tokens that survive their first two bytes are stepped, 0.1-1.5 ms.
+where only the tokens that survive their first two bytes are stepped, 0.1-1.5 ms (whitespace
+runs that loop on the state are split off first, not stepped byte by byte).
 
 ``MaskStore`` keeps, per state visited, the packed bitmask and the largest distance to acceptance
 any allowed token leads to (the budget rule needs a state's walk again only when fewer tokens
@@ -16,6 +17,7 @@ once they hold ``max_bytes`` (default 64 MiB: 4,096 states at Llama-3's 128k voc
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -30,6 +32,9 @@ FOUND_LONGEST = 32  # the longest tokens found_in looks for
 SPLITS_KEPT = 16
 #: A state where this many bytes run together takes the tokens made of them without a walk.
 RUN_BYTES = 32
+#: Where the few tokens a state may take are at most this long, they are stepped as they are;
+#: longer ones that loop on the state (whitespace runs) are split off first.
+LONG_FEW = 16
 
 
 def going_counts(lengths: np.ndarray) -> list[int]:
@@ -74,7 +79,15 @@ class TokenBytes:
     def split(self, byte_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions of the tokens whose bytes all lie in ``byte_set``, bool [256], positions of
         the others), computed once per byte set and kept for the last ``SPLITS_KEPT``: the byte
-        sets a state loops on (a free string's characters) recur across states and schemas."""
+        sets a state loops on (a free string's characters, JSON whitespace) recur across states
+        and schemas."""
+        return self._split_of(byte_set)[:2]
+
+    def made_of(self, byte_set: np.ndarray) -> np.ndarray:
+        """bool per position: the token's bytes all lie in ``byte_set`` (kept like ``split``)."""
+        return self._split_of(byte_set)[2]
+
+    def _split_of(self, byte_set: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         key = np.packbits(byte_set).tobytes()
         with self._splits_lock:
             split = self._splits.get(key)
@@ -85,7 +98,7 @@ class TokenBytes:
         for column in self.columns:
             going = inside[:len(column)]
             going &= byte_set[column]
-        split = (np.flatnonzero(inside), np.flatnonzero(~inside))
+        split = (np.flatnonzero(inside), np.flatnonzero(~inside), inside)
         with self._splits_lock:
             self._splits[key] = split
             while len(self._splits) > SPLITS_KEPT:
@@ -158,10 +171,15 @@ class Walker:
         dtype = np.int32 if automaton.table.size < 2**31 else np.int64
         self.table = (automaton.table.astype(dtype) * self.width).reshape(-1)
         self.byte_class = automaton.byte_class
-        # uint8: 831 KB for Llama-3's vocabulary (an addition widens it to the table's type)
-        self.classes = [self.byte_class[column] for column in tokens.columns]
         self._splits: dict[bytes, tuple] = {}  # a run's byte set -> _split's arrays
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def classes(self) -> list[np.ndarray]:
+        """Every token's bytes as byte classes, per position (uint8: 831 KB for Llama-3's
+        vocabulary; an addition widens it to the table's type). Made on the first walk that
+        steps most of the vocabulary (2-3 ms), which a structural first state never needs."""
+        return [self.byte_class[column] for column in self.tokens.columns]
 
     def walk(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids of the tokens allowed in ``state``, the state each leads to); EOS included if it
@@ -175,7 +193,7 @@ class Walker:
         levels cost four numpy calls each.)"""
         tokens, width = self.tokens, self.width
         row = self.table[state * width:(state + 1) * width]
-        if not self.classes:
+        if not tokens.columns:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         firsts = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
         # the tokens whose first two bytes the state takes: after a whitespace state's " ", 40%
@@ -187,7 +205,7 @@ class Walker:
         starts = tokens.pair_start[pairs]
         sizes = tokens.pair_start[pairs + 1] - starts
         if sizes.sum() * 4 <= len(tokens.ids):  # few of them: step only those
-            return self._walk_positions(row, tokens.by_pair[concatenated_ranges(starts, sizes)])
+            return self._walk_few(state, row, tokens.by_pair[concatenated_ranges(starts, sizes)])
         run = self._run(state, row)
         if run is None:  # most tokens: no compaction, in place
             return self._walk_in_place(row, self.classes, tokens.going, tokens.ids)
@@ -232,7 +250,7 @@ class Walker:
             return None
         same = following == targets[np.argmax(counts)]
         kinds = np.unique(self.byte_class[same]).tolist()
-        longest = len(self.classes)
+        longest = len(self.tokens.columns)
         chain = [state * width, int(targets[np.argmax(counts)])]
         while len(chain) <= longest:  # follow one of the bytes' classes ...
             step = table.item(chain[-1] + kinds[0])
@@ -256,7 +274,8 @@ class Walker:
         if split is None:
             inside, outside = self.tokens.split(byte_set)  # positions, longest tokens first
             going = going_counts(self.tokens.lengths[outside])
-            classes = [column[outside[:n]] for column, n in zip(self.classes, going)]
+            classes = [self.byte_class[column[outside[:n]]]
+                       for column, n in zip(self.tokens.columns, going)]
             split = (self.tokens.ids[inside], self.tokens.lengths[inside], self.tokens.ids[outside],
                      going, classes)
             with self._lock:
@@ -265,11 +284,25 @@ class Walker:
                     self._splits.pop(next(iter(self._splits)))
         return split
 
+    def _walk_few(self, state: int, row: np.ndarray,
+                  position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_walk_positions``, but where ``state`` loops on some bytes (JSON whitespace in
+        ``flexible`` mode), the tokens made only of those lead back to it without a walk: they
+        are the long ones (Llama-3 has whitespace runs of up to 128 bytes, each a numpy step)."""
+        loops = row[self.byte_class] == state * self.width
+        if not loops.any() or not len(position) or self.tokens.lengths[position].max() <= LONG_FEW:
+            return self._walk_positions(row, position)
+        looping = self.tokens.made_of(loops)[position]
+        ids, following = self._walk_positions(row, position[~looping])
+        back = self.tokens.ids[position[looping]]
+        return (np.concatenate([back, ids]),
+                np.concatenate([np.full(len(back), state, np.int64), following]))
+
     def _walk_positions(self, row: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, next states) of the tokens at ``position`` that the state ``row`` takes, stepped
         together and dropped as they finish or die."""
-        tokens, table = self.tokens, self.table
-        current = row[self.classes[0][position]]
+        tokens, table, byte_class = self.tokens, self.table, self.byte_class
+        current = row[byte_class[tokens.columns[0][position]]]
         alive = current != 0
         position, current = position[alive], current[alive]
         done_positions, done_states = [], []
@@ -282,7 +315,7 @@ class Walker:
                 position, current = position[~finished], current[~finished]
                 if not position.size:
                     break
-            current = table[current + self.classes[depth][position]]
+            current = table[current + byte_class[tokens.columns[depth][position]]]
             alive = current != 0
             if not alive.all():
                 position, current = position[alive], current[alive]
