@@ -245,3 +245,13 @@ def test_a_script_that_exits_with_the_worker_up_prints_no_warning(tmp_path):
                          text=True, timeout=120, env={**os.environ, "STRUCTGEN_CACHE": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert "ResourceWarning" not in out.stderr and "still running" not in out.stderr, out.stderr
+
+
+def test_a_top_level_open_value_builds_at_the_default_depth(info, smollm2_tokenizer):
+    """outlines-core's determinisation exploded on a regex whose first byte recurs inside it (a
+    top-level ``{}`` at depth 2 in compact: 25 s, past the 10 s timeout given here); the start mark
+    the worker puts before every regex ends that."""
+    constraint = structgen.compile_constraint({}, info, whitespace="compact", timeout=10)
+    assert constraint.engine == "outlines-core"
+    for text in ('{"a":[1,2]}', '[123456789012]', '"x"'):
+        assert _walks(constraint, smollm2_tokenizer, text), text

@@ -226,7 +226,7 @@ def test_a_lone_surrogate_is_a_typed_error_at_its_pointer(schema, pointer, tiny_
 ])
 def test_an_endless_ref_chain_is_any_value(schema, tiny_model):
     regex = schema_to_regex(schema, whitespace="compact")
-    for text in ("1", '"x"', "null", "[true]", '{"a":1}'):  # {} nests one level: max_any_depth
+    for text in ("1", '"x"', "null", "[true]", '{"a":1}', '{"a":[1]}'):  # max_any_depth levels
         assert re.fullmatch(regex, text), text
         assert first_problem(validator(schema), json.loads(text)) is None
     result = structgen.generate_with_details(schema, "Any JSON.", model=tiny_model, max_tokens=24)

@@ -718,6 +718,13 @@ def test_strings_accept_escapes_but_not_surrogates():
     assert not re.fullmatch(regex, r'"\ud83d\ude00"') and not re.fullmatch(regex, '"\x01"')
 
 
+def test_open_values_nest_two_levels_with_twelve_digits_by_default():
+    """The caps that existed only for outlines-core's build time (depth 1, 6 digits) are gone."""
+    regex = schema_to_regex({}, whitespace="compact")
+    assert re.fullmatch(regex, '{"a":[1,2]}') and not re.fullmatch(regex, '{"a":[[1]]}')
+    assert re.fullmatch(regex, "[123456789012]") and not re.fullmatch(regex, "[1234567890123]")
+
+
 def test_untyped_values_nest_at_most_max_any_depth():
     regex = schema_to_regex({}, max_any_depth=1, whitespace="compact")
     assert re.fullmatch(regex, '[1,"x"]')

@@ -75,7 +75,6 @@ _REFUSED_OBJECT_KEYWORDS = (
 )
 
 
-UNTYPED_MAX_DIGITS = 6
 MAX_REGEX_CHARS = 1 << 20
 
 
@@ -84,7 +83,7 @@ def schema_to_regex(
     *,
     whitespace: str = DEFAULT_WHITESPACE,
     max_digits: int = 12,
-    max_any_depth: int = 1,
+    max_any_depth: int = 2,
     max_recursion: int | None = None,
     timeout: float | None = None,
     level: int = 0,
@@ -153,10 +152,6 @@ class _Compiler:
         self.max_digits = max_digits
         self.max_any_depth = max_any_depth
         self.any_number = unbounded_number(max_digits)
-        # outlines-core's automaton build time grows steeply with the digit cap once numbers
-        # nest inside open containers (`{}` at depth 1, indented: 0.12 s with 6 digits, 108 s
-        # with 15), so numbers the schema does not type get a smaller cap.
-        self.untyped_number = unbounded_number(min(max_digits, UNTYPED_MAX_DIGITS))
         self._any_values: dict[tuple[int, int], str] = {}
         self.cut: RecursionLimitError | None = None  # the first recursion cut met, if any
         self.branches = BranchAnalysis(origins, self.check_time)
@@ -678,7 +673,7 @@ class _Compiler:
         """Any JSON value, with arrays and objects nested at most ``depth`` deep."""
         key = (depth, self.level if self.layout.indented else 0)  # indentation varies by level
         if key not in self._any_values:
-            parts = [STRING, self.untyped_number, "true", "false", "null"]
+            parts = [STRING, self.any_number, "true", "false", "null"]
             if depth > 0:
                 with self._inside():
                     inner = self.any_value(depth - 1)
