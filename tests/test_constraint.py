@@ -18,8 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structgen
-from structgen.constraint.compiler import ConstraintCompiler
+from structgen.constraint.compiler import ConstraintCompiler, _converted
 from structgen.constraint.vocabulary import TokenizerInfo
+from structgen.errors import RegexTooLargeError
+from structgen.types import as_output_type
 
 WORDS = structgen.Regex(r'\[("[a-zé ]{1,12}"(,"[a-zé ]{1,12}")*)?\]')
 
@@ -255,3 +257,14 @@ def test_a_top_level_open_value_builds_at_the_default_depth(info, smollm2_tokeni
     assert constraint.engine == "outlines-core"
     for text in ('{"a":[1,2]}', '[123456789012]', '"x"'):
         assert _walks(constraint, smollm2_tokenizer, text), text
+
+
+def test_open_values_nest_less_where_the_regex_would_be_too_large():
+    """300 open properties: at the default depth the regex would pass 1 MiB, so the compile
+    converts the schema with open values one level deep instead of leaving it to llguidance."""
+    names = [f"p{i}" for i in range(300)]
+    schema = {"type": "object", "properties": {name: {} for name in names}, "required": names}
+    with pytest.raises(RegexTooLargeError):
+        structgen.schema_to_regex(schema, whitespace="compact")
+    regex = _converted(as_output_type(schema), "compact", False, time.monotonic() + 30)
+    assert regex == structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=1)

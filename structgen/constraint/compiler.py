@@ -397,8 +397,7 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
     try:
         if failed is not None:
             raise failed
-        regex = schema_to_regex(spec.schema, whitespace=whitespace, timeout=_left(deadline),
-                                extra_properties=extra_properties)
+        regex = _converted(spec, whitespace, extra_properties, deadline)
     except CompileTimeoutError:
         slow = failed or CompileTimeoutError(
             f"turning the schema into a regex took longer than the {budget:g} s timeout; simplify "
@@ -428,6 +427,16 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
             raise refused from None
     compiler.remember_schema(schema_key, regex)
     return regex
+
+
+def _converted(spec: OutputType, whitespace: str, extra_properties: bool, deadline: float) -> str:
+    """``schema_to_regex`` at its defaults or, where that regex would be too large (open values
+    inlined at every use of a large schema's definitions), with open values nesting one level."""
+    options = dict(whitespace=whitespace, extra_properties=extra_properties)
+    try:
+        return schema_to_regex(spec.schema, timeout=_left(deadline), **options)
+    except RegexTooLargeError:
+        return schema_to_regex(spec.schema, timeout=_left(deadline), max_any_depth=1, **options)
 
 
 #: How often a recursive ``$ref`` is unrolled when llguidance (which nests without bound) cannot
