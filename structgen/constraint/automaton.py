@@ -238,7 +238,11 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     openers = np.concatenate(list(opens.values()))
     if len(np.unique(openers)) != len(openers) or outer[openers, quote_class].any():
         return None
-    targets = {byte: np.unique(table[opens[byte], byte_class[byte]]) for byte in kinds}
+    # per placeholder: the states its strings close into, and which of them each opener's is
+    targets, closes_into = {}, {}
+    for byte in kinds:
+        targets[byte], closes_into[byte] = np.unique(table[opens[byte], byte_class[byte]],
+                                                     return_inverse=True)
     width = len(char_table) - 2  # a character's states but the dead and the final one
     added = sum(len(targets[byte]) * (width * (most if most is not None else fewest + 1) + 1)
                 for byte, (fewest, most) in kinds.items())
@@ -256,13 +260,11 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     # one it may be escaped (``\"``)
     steps = local[char_table[inner][:, char_class[first]]]
     for byte, (fewest, most) in kinds.items():
-        for target in targets[byte]:
-            start = next_state
-            block = _chain(steps, fewest, most, start, int(target), quote_class)
+        for i, target in enumerate(targets[byte]):
+            block = _chain(steps, fewest, most, next_state, int(target), quote_class)
+            rows[0][opens[byte][closes_into[byte] == i], quote_class] = next_state
             rows.append(block)
             next_state += len(block)
-            from_here = opens[byte][table[opens[byte], byte_class[byte]] == target]
-            rows[0][from_here, quote_class] = start
     spliced = np.ascontiguousarray(np.concatenate(rows).astype(np.int32))
     is_final = np.zeros(len(spliced), dtype=bool)
     is_final[:len(outer)] = arrays["is_final"]
