@@ -3,14 +3,15 @@
     python benchmarks/string_walks.py --repeat 50
 
 For one schema compiled by ``compile_constraint`` at its defaults (``indented``), a state in each
-of: a free string, a ``maxLength`` string, the UTF-8 continuation of a string, and a structural
+of: a free string, a ``maxLength`` string, the UTF-8 continuation of a string, a counted string
+with a pattern (``[A-Za-z0-9]{1,40}``), and a structural
 state (after ``{``). Each is walked the way ``MaskStore`` does on a state's first visit
-(``Walker.walk``) and, side by side, by stepping the whole vocabulary in place (what ``walk`` did
+(``Walker.walk_parts``) and, side by side, by stepping the whole vocabulary in place (what ``walk`` did
 before string runs, still its path for wide states that are not strings). CPU time
 (``time.process_time``), median and minimum of ``--repeat`` interleaved runs, Llama-3 and SmolLM2
 tokenizers. Both must return the same tokens and next states; the script stops if they do not.
-The split of the vocabulary by a string's byte set, made once per byte set and process (and
-kept), is made before the timing starts.
+The split of the vocabulary for a string, made once per byte set, character verdicts and
+process (and kept), is made before the timing starts.
 Writes benchmarks/results/string_walks.md.
 """
 
@@ -27,12 +28,14 @@ import structgen
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = {"type": "object", "properties": {
-    "name": {"type": "string"}, "bio": {"type": "string", "maxLength": 300}},
-    "required": ["name", "bio"]}
+    "name": {"type": "string"}, "bio": {"type": "string", "maxLength": 300},
+    "code": {"type": "string", "pattern": "^[A-Za-z0-9]{1,40}$"}},
+    "required": ["name", "bio", "code"]}
 STATES = {
     "free string": b'{\n  "name": "ab',
     "maxLength string": b'{\n  "name": "x",\n  "bio": "ab',
     "UTF-8 continuation in a string": b'{\n  "name": "ab\xc3',
+    "patterned counted string": b'{\n  "name": "x",\n  "bio": "y",\n  "code": "ab',
     "structural (after `{`)": b"{\n  ",
 }
 
@@ -57,11 +60,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
     lines = ["# A state's first mask, by kind of state (the constraint layer alone)", "",
-             f"`python benchmarks/string_walks.py --repeat {args.repeat}`: `Walker.walk` (what "
-             "`MaskStore` runs on a state's first visit) against stepping the whole vocabulary "
+             f"`python benchmarks/string_walks.py --repeat {args.repeat}`: `Walker.walk_parts` "
+             "(what `MaskStore` runs on a state's first visit) against stepping the whole vocabulary "
              "in place, interleaved, CPU ms, for a schema compiled by `compile_constraint` at its "
              "defaults. Both return the same tokens and next states (checked). The vocabulary's "
-             "split by a string's byte set (once per byte set and process) is made before timing.",
+             "split for a string (once per byte set, character verdicts and process) is made "
+             "before timing.",
              "",
              "| tokenizer | state | tokens allowed | walk median | walk min | whole vocabulary "
              "median | whole vocabulary min | speed-up (medians) |",
@@ -76,7 +80,7 @@ def main() -> None:
                 raise SystemExit(f"{name} {kind}: walk and the whole-vocabulary walk disagree")
             walks, wholes = [], []
             for _ in range(args.repeat):
-                walks.append(cpu_ms(walker.walk, state))
+                walks.append(cpu_ms(walker.walk_parts, state))
                 wholes.append(cpu_ms(whole_vocabulary, walker, state))
             lines.append(f"| {name} | {kind} | {len(fast[0]):,} | {statistics.median(walks):.2f} | "
                          f"{min(walks):.2f} | {statistics.median(wholes):.2f} | {min(wholes):.2f} | "

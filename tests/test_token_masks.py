@@ -34,6 +34,13 @@ SCHEMAS = {
     "long": {"type": "object", "properties": {
         "text": {"type": "string", "minLength": 3, "maxLength": 300}, "n": {"type": "integer"}},
         "required": ["text"]},
+    # strings whose characters are a class with a multi-byte member, free and counted, and a
+    # short counted free string: runs whose tokens of whole characters are placed by verdicts
+    "patterned": {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Za-zé]+$"},
+        "word": {"type": "string", "pattern": "^[0-9A-Za-zü]{2,50}$"},
+        "short": {"type": "string", "maxLength": 30}},
+        "required": ["code", "word", "short"]},
 }
 
 
@@ -144,7 +151,7 @@ BIO = b'{\n  "note": "x",\n  "bio": "'
 
 
 @pytest.mark.parametrize("prefix", [b'{\n  "note": "ab', b'{\n  "note": "', BIO, BIO + b"y" * 150,
-                                    BIO + b"y" * 199])
+                                    BIO + b"y" * 198])
 def test_string_states_take_their_characters_tokens_without_a_walk(info, prefix):
     """In a free string (the state loops) and a counted one (``maxLength``: a state per
     character, near its end too) the tokens made of plain characters are placed by the run, not
@@ -159,3 +166,61 @@ def test_string_states_take_their_characters_tokens_without_a_walk(info, prefix)
     ids, states = walker.walk(state)
     assert dict(zip(ids.tolist(), states.tolist())) == {
         token_id: after for token_id, after in following.items() if token_id != info.eos_token_id}
+
+
+PATTERNED = b'{\n  "code": "'
+
+
+@pytest.mark.parametrize("prefix", [PATTERNED, PATTERNED + b"ab\xc3\xa9",
+                                    PATTERNED + b'a",\n  "word": "x',
+                                    PATTERNED + b'a",\n  "word": "' + b"x" * 45,
+                                    PATTERNED + b'a",\n  "word": "xy",\n  "short": "\xc3\xa9',
+                                    PATTERNED + b'a",\n  "word": "xy",\n  "short": "' + b"z" * 28])
+def test_string_runs_judge_each_character_shape_once(info, prefix):
+    """In strings whose characters are a class with one multi-byte member (free, counted) and in
+    a counted free string, the tokens of whole characters are placed by each character's
+    verdict, not walked: the mask, the tokens that loop back and the next states still equal
+    the brute-force walk."""
+    constraint = structgen.compile_constraint(SCHEMAS["patterned"], info, whitespace="indented")
+    state = constraint.automaton.step(constraint.initial_state, prefix)
+    assert state
+    walker = constraint.masks.walker
+    assert walker._run(state, walker.table[state * walker.width:(state + 1) * walker.width])
+    expected, following = brute_force(constraint, info, state)
+    assert np.array_equal(constraint.mask(state), expected)
+    back, ids, states = walker.walk_parts(state)
+    walked = dict(zip(ids.tolist(), states.tolist()))
+    if back is not None:
+        walked.update(dict.fromkeys(np.flatnonzero(back).tolist(), state))
+    assert walked == {token_id: after for token_id, after in following.items()
+                      if token_id != info.eos_token_id}
+
+
+def test_characters_split_tokens_as_utf_8_does(info):
+    """``TokenBytes.characters``: a token is complete exactly when it decodes as UTF-8 (up to
+    the overlong and surrogate forms the automaton refuses anyway), with as many characters as
+    it decodes to, and its multi-byte characters are the decoded ones."""
+    from structgen.constraint.token_masks import TokenBytes
+
+    tokens = TokenBytes(info.token_bytes, info.vocab_size)
+    characters = tokens.characters
+    found: dict[int, list[bytes]] = {}
+    for position, row in zip(characters.token.tolist(), characters.index.tolist()):
+        found.setdefault(position, []).append(
+            bytes(characters.bytes[row][:characters.lengths[row]]))
+    for position, token_id in enumerate(tokens.ids.tolist()):
+        data = tokens.bytes_of(token_id)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            assert not characters.complete[position] or _has_unchecked_form(data), data
+            continue
+        assert characters.complete[position], data
+        assert characters.counts[position] == len(text)
+        assert sorted(found.get(position, [])) == sorted(c.encode() for c in text if ord(c) >= 0x80)
+
+
+def _has_unchecked_form(data: bytes) -> bool:
+    """Lead and continuation bytes that fit together but that strict UTF-8 refuses."""
+    return any(b in (0xC0, 0xC1) or b >= 0xF5 for b in data) or b"\xed" in data or b"\xe0" in data \
+        or b"\xf0" in data or b"\xf4" in data

@@ -1,12 +1,15 @@
 """Lazy token masks: a state's allowed tokens, computed on its first visit and kept, bounded.
 
 ``TokenBytes`` holds a tokenizer's ordinary tokens as numpy arrays, built once per tokenizer.
-``Walker.walk`` steps every token that can start in a state through a ``ByteAutomaton`` at once,
-one byte position per numpy gather: a token is allowed when all its bytes step to a live state.
-Measured on the Llama-3 vocabulary (128k tokens, 831k bytes): a state inside a free string, where
-nearly every token is allowed, about 2 ms; a structural state (after ``{``, between fields),
-where only the tokens that survive their first two bytes are stepped, 0.1-1.5 ms (whitespace
-runs that loop on the state are split off first, not stepped byte by byte).
+``Walker.walk_parts`` steps every token that can start in a state through a ``ByteAutomaton`` at
+once, one byte position per numpy gather: a token is allowed when all its bytes step to a live
+state. Inside a string, the tokens of whole characters are not stepped: each distinct character
+shape is judged once per state, and a token of good characters ends as many states down the
+string as it has characters. Measured on the Llama-3 vocabulary (128k tokens, 831k bytes,
+``benchmarks/string_walks.py``): a free string, where nearly every token is allowed, about
+0.7 ms; a counted one about 1 ms; a structural state (after ``{``, between fields), where
+only the tokens that survive their first two bytes are stepped, 0.1-1.5 ms (whitespace runs
+that loop on the state are split off first, not stepped byte by byte).
 
 ``MaskStore`` keeps, per state visited, the packed bitmask and the largest distance to acceptance
 any allowed token leads to (the budget rule needs a state's walk again only when fewer tokens
@@ -73,37 +76,34 @@ class TokenBytes:
         self.single_bytes[first[self.lengths == 1]] = True
         self._bytes = tokens
         self._multi: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._splits: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._splits: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._splits_lock = threading.Lock()
 
-    def split(self, byte_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(positions of the tokens whose bytes all lie in ``byte_set``, bool [256], positions of
-        the others), computed once per byte set and kept for the last ``SPLITS_KEPT``: the byte
-        sets a state loops on (a free string's characters, JSON whitespace) recur across states
-        and schemas."""
-        return self._split_of(byte_set)[:2]
-
     def made_of(self, byte_set: np.ndarray) -> np.ndarray:
-        """bool per position: the token's bytes all lie in ``byte_set`` (kept like ``split``)."""
-        return self._split_of(byte_set)[2]
-
-    def _split_of(self, byte_set: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """bool per position: the token's bytes all lie in ``byte_set`` (bool [256]), computed
+        once per byte set and kept for the last ``SPLITS_KEPT``: the byte sets a state loops or
+        runs on (a free string's characters, JSON whitespace) recur across states and schemas."""
         key = np.packbits(byte_set).tobytes()
         with self._splits_lock:
-            split = self._splits.get(key)
-            if split is not None:
+            inside = self._splits.get(key)
+            if inside is not None:
                 self._splits.move_to_end(key)
-                return split
+                return inside
         inside = np.ones(len(self.ids), dtype=bool)
         for column in self.columns:
             going = inside[:len(column)]
             going &= byte_set[column]
-        split = (np.flatnonzero(inside), np.flatnonzero(~inside), inside)
         with self._splits_lock:
-            self._splits[key] = split
+            self._splits[key] = inside
             while len(self._splits) > SPLITS_KEPT:
                 self._splits.popitem(last=False)
-        return split
+        return inside
+
+    @functools.cached_property
+    def characters(self) -> "Characters":
+        """The tokens as UTF-8 characters (made on the first free string's walk, ~20 ms at
+        Llama-3's vocabulary, then kept)."""
+        return Characters(self.columns, self.going, self.lengths)
 
     def bytes_of(self, token_id: int) -> bytes | None:
         return self._bytes.get(token_id)
@@ -158,6 +158,67 @@ class TokenBytes:
         return multi[1], multi[2]
 
 
+# bytes a UTF-8 character of 1-4 bytes starts with; 0 a continuation byte, -1 never valid
+_UTF8_LENGTH = np.array([1] * 0x80 + [0] * 0x40 + [2] * 0x20 + [3] * 0x10 + [4] * 8 + [-1] * 8,
+                        np.int8)
+
+
+class Characters:
+    """A vocabulary's tokens split into UTF-8 characters, so a state can judge each distinct
+    multi-byte character once (Llama-3's tokens hold a few thousand) instead of stepping every
+    token that holds one (a quarter of its vocabulary).
+
+    ``complete`` (bool per position, ``TokenBytes`` order): the token is whole characters;
+    ``bytes``/``lengths``: the distinct multi-byte characters (uint8 [n, 4], zero-padded);
+    ``token``/``index``: each multi-byte character of a complete token, the token's position
+    and the character's row; ``counts``: characters per token."""
+
+    def __init__(self, columns: list[np.ndarray], going: list[int], lengths: np.ndarray):
+        count = going[0] if going else 0
+        broken = np.zeros(count, dtype=bool)
+        continuations = np.zeros(count, np.int32)
+        covered = np.zeros(count, np.int32)
+        tokens, keys, sizes = [], [], []
+        for i, column in enumerate(columns):
+            length = _UTF8_LENGTH[column]
+            broken[:len(column)] |= length < 0
+            continuations[:len(column)] += length == 0
+            position = np.flatnonzero(length >= 2)
+            need = length[position].astype(np.int32)
+            key = column[position].astype(np.uint32)
+            for k in (1, 2, 3):
+                wanted = need > k
+                if not wanted.any():
+                    break
+                there = wanted & (i + k < len(columns))
+                if i + k < len(columns):
+                    there &= position < going[i + k]
+                broken[position[wanted & ~there]] = True
+                follow = np.zeros(len(position), np.uint32)
+                follow[there] = columns[i + k][position[there]]
+                broken[position[there & ((follow & 0xC0) != 0x80)]] = True
+                key = np.where(wanted, key * 256 + follow, key)
+            covered[position] += need - 1
+            tokens.append(position)
+            keys.append(key)
+            sizes.append(need)
+        self.complete = ~broken & (continuations == covered)
+        self.counts = lengths - continuations  # characters per token (complete ones)
+        token = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
+        key = np.concatenate(keys) if keys else np.zeros(0, np.uint32)
+        length = np.concatenate(sizes) if sizes else np.zeros(0, np.int32)
+        kept = self.complete[token]
+        distinct, first, self.index = np.unique(key[kept], return_index=True, return_inverse=True)
+        self.token = token[kept]
+        self.lengths = length[kept][first]
+        shifts = 8 * (self.lengths[:, None] - 1 - np.arange(4)[None, :])
+        self.bytes = np.where(shifts >= 0, distinct[:, None] >> np.maximum(shifts, 0).astype(np.uint32),
+                              0).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
 
 
@@ -171,7 +232,7 @@ class Walker:
         dtype = np.int32 if automaton.table.size < 2**31 else np.int64
         self.table = (automaton.table.astype(dtype) * self.width).reshape(-1)
         self.byte_class = automaton.byte_class
-        self._splits: dict[bytes, tuple] = {}  # a run's byte set -> _split's arrays
+        self._splits: dict[bytes, tuple] = {}  # a run's byte set and verdicts -> _string_split
         self._lock = threading.Lock()
 
     @functools.cached_property
@@ -183,18 +244,33 @@ class Walker:
 
     def walk(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids of the tokens allowed in ``state``, the state each leads to); EOS included if it
-        has bytes of its own. Where only a few tokens survive their first two bytes (looked up
-        by byte pair, not stepped), those are stepped, dropping the dead. Where most may, the
-        whole vocabulary steps in place a byte position at a time (every token's bytes once:
-        831k for Llama-3, about 3 ms), except in a string: there the tokens made of its plain
-        characters end a known number of states down the string (``_run``), and only the others
-        (about a quarter of Llama-3's) are stepped. (Stepping the
-        vocabulary's prefix trie instead, 275k nodes for Llama-3, measured no faster: its 128
-        levels cost four numpy calls each.)"""
+        has bytes of its own. ``walk_parts`` joined."""
+        back, ids, following = self.walk_parts(state)
+        if back is None:
+            return ids, following
+        looping = np.flatnonzero(back)
+        return (np.concatenate([looping, ids]),
+                np.concatenate([np.full(len(looping), state, np.int64), following]))
+
+    def walk_parts(self, state: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(bool [vocab] of the tokens that lead from ``state`` back to it, or None; ids of the
+        other tokens allowed, the state each leads to).
+
+        In a string (a run of states its characters step along, ``_run``), a token of whole
+        characters ends as many states down the run as it has characters, so those tokens are
+        placed, not stepped, and only the others are walked (``_walk_string``). Elsewhere, where
+        only a few tokens survive their first two bytes (looked up by byte pair, not stepped),
+        those are stepped, dropping the dead. Where most may, the whole vocabulary steps in place
+        a byte position at a time (every token's bytes once: 831k for Llama-3, about 3 ms).
+        (Stepping the vocabulary's prefix trie instead, 275k nodes for Llama-3, measured no
+        faster: its 128 levels cost four numpy calls each.)"""
         tokens, width = self.tokens, self.width
         row = self.table[state * width:(state + 1) * width]
         if not tokens.columns:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return None, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        run = self._run(state, row)
+        if run is not None:  # a string: its characters' tokens are placed, not stepped
+            return self._walk_string(row, *run)
         firsts = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
         # the tokens whose first two bytes the state takes: after a whitespace state's " ", 40%
         # of Llama-3's tokens start, and nearly all die at their second byte
@@ -205,21 +281,105 @@ class Walker:
         starts = tokens.pair_start[pairs]
         sizes = tokens.pair_start[pairs + 1] - starts
         if sizes.sum() * 4 <= len(tokens.ids):  # few of them: step only those
-            return self._walk_few(state, row, tokens.by_pair[concatenated_ranges(starts, sizes)])
-        run = self._run(state, row)
-        if run is None:  # most tokens: no compaction, in place
-            return self._walk_in_place(row, self.classes, tokens.going, tokens.ids)
-        chain, (inside_ids, inside_lengths, outside_ids, going, classes) = run
-        ids, following = self._walk_in_place(row, classes, going, outside_ids)
-        if (chain == state).all():  # the string loops: its tokens all lead back here
-            ends = np.full(len(inside_ids), state, np.int64)
-        else:  # counted: each token ends len(token) states on, dead past the run's end
-            dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
-            if len(dead):  # tokens are longest first: those too long for the run are a prefix
-                kept = np.searchsorted(-inside_lengths, -int(dead[0]), side="right")
-                inside_ids, inside_lengths = inside_ids[kept:], inside_lengths[kept:]
-            ends = chain[inside_lengths]
-        return np.concatenate([inside_ids, ids]), np.concatenate([ends, following])
+            return None, *self._walk_few(state, row,
+                                         tokens.by_pair[concatenated_ranges(starts, sizes)])
+        return None, *self._walk_in_place(row, self.classes, tokens.going, tokens.ids)
+
+    def _walk_string(self, row: np.ndarray, chain: np.ndarray, same: np.ndarray):
+        """``walk_parts`` along a run (``_run``): a token of whole characters, each of which
+        steps one place down the run wherever the token could stand on it, ends as many places
+        down as it has characters. Each distinct character shape (its bytes' classes: tens, for
+        Llama-3's 4k multi-byte characters) is stepped from every place of the run once, and
+        only the tokens that are not such characters (quotes, escapes, split characters: 5% of
+        Llama-3's) are walked. The vocabulary's split is kept per (byte set, verdicts)."""
+        loop = bool((chain == chain[0]).all())
+        places = chain[:2] if loop else chain  # a loop's places are all alike
+        shapes, shape_of, longer = self._character_shapes
+        premultiplied = places.astype(self.table.dtype) * self.width
+        current = premultiplied[:-1, None] + shapes[0][None, :]
+        np.take(self.table, current, out=current)
+        for k in (1, 2, 3):
+            current[:, longer[k]] = self.table[current[:, longer[k]] + shapes[k][longer[k]]]
+        steps_one = (current == premultiplied[1:, None]).all(axis=0)
+        key = bytes([loop]) + np.packbits(same).tobytes() + np.packbits(steps_one).tobytes()
+        with self._lock:
+            split = self._splits.get(key)
+        if split is None:
+            split = self._string_split(same, steps_one[shape_of], loop)
+            with self._lock:
+                self._splits[key] = split
+                while len(self._splits) > SPLITS_KEPT:
+                    self._splits.pop(next(iter(self._splits)))
+        back, inside_ids, inside_counts, outside = split
+        ids, following = self._walk_outside(row, *outside)
+        if loop:
+            return back, ids, following
+        dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
+        if len(dead):  # inside tokens are most characters first: those too long are a prefix
+            kept = np.searchsorted(-inside_counts, -int(dead[0]), side="right")
+            inside_ids, inside_counts = inside_ids[kept:], inside_counts[kept:]
+        return None, np.concatenate([inside_ids, ids]), np.concatenate([chain[inside_counts],
+                                                                         following])
+
+    def _string_split(self, same: np.ndarray, steps_one: np.ndarray, loop: bool) -> tuple:
+        """(bool [vocab] of the inside tokens where the run loops, else None; their ids and
+        character counts, most characters first; ``_columns_of`` the others): inside are the
+        tokens of whole characters whose ASCII bytes are in ``same`` and whose multi-byte
+        characters ``steps_one`` says step one place."""
+        characters = self.tokens.characters
+        ascii_or_high = same.copy()
+        ascii_or_high[0x80:] = True  # a complete token's high bytes are its characters'
+        stray = np.bincount(characters.token[~steps_one[characters.index]],
+                            minlength=len(self.tokens.ids)) > 0
+        inside = np.flatnonzero(self.tokens.made_of(ascii_or_high) & characters.complete & ~stray)
+        inside = inside[np.argsort(-characters.counts[inside], kind="stable")]
+        inside_ids = self.tokens.ids[inside]
+        back = None
+        if loop:
+            back = np.zeros(self.tokens.vocab_size, dtype=bool)
+            back[inside_ids] = True
+        outside = np.ones(len(self.tokens.ids), dtype=bool)
+        outside[inside] = False
+        ids, going, classes = self._columns_of(np.flatnonzero(outside))
+        first = classes[0] if classes else np.zeros(0, np.uint8)
+        by_first = np.argsort(first, kind="stable")
+        first_start = np.searchsorted(first[by_first], np.arange(self.width + 1))
+        return back, inside_ids, characters.counts[inside], (ids, going, classes, by_first,
+                                                             first_start)
+
+    def _walk_outside(self, row: np.ndarray, ids: np.ndarray, going: list, classes: list,
+                      by_first: np.ndarray, first_start: np.ndarray):
+        """``_walk_in_place`` over a string's other tokens; where most of them start with a
+        byte the state refuses (a string that takes few characters), only those that start
+        well are stepped, found by their first byte's class."""
+        taken = np.flatnonzero(row)
+        sizes = first_start[taken + 1] - first_start[taken]
+        if sizes.sum() * 2 >= len(ids):
+            return self._walk_in_place(row, classes, going, ids)
+        position = np.sort(by_first[concatenated_ranges(first_start[taken], sizes)])
+        return self._walk_compacted(row[classes[0][position]], position, classes, going, ids)
+
+    @functools.cached_property
+    def _character_shapes(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+        """The distinct shapes of the vocabulary's multi-byte characters (their bytes' classes,
+        per position), each character's shape, and per position the shapes longer than it."""
+        characters = self.tokens.characters
+        classes = self.byte_class[characters.bytes].astype(np.int64)
+        classes[np.arange(4)[None, :] >= characters.lengths[:, None]] = -1
+        distinct, shape_of = np.unique(classes, axis=0, return_inverse=True)
+        if not len(distinct):
+            distinct = np.zeros((0, 4), np.int64)
+        lengths = (distinct >= 0).sum(axis=1)
+        shapes = [np.maximum(distinct[:, k], 0).astype(self.table.dtype) for k in range(4)]
+        return shapes, shape_of.reshape(-1), [np.flatnonzero(lengths > k) for k in range(4)]
+
+    def _columns_of(self, positions: np.ndarray) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+        """(ids, ``going``, ``classes``) of the tokens at ``positions`` (longest first), in the
+        layout ``_walk_in_place`` reads."""
+        going = going_counts(self.tokens.lengths[positions])
+        classes = [self.byte_class[column[positions[:n]]]
+                   for column, n in zip(self.tokens.columns, going)]
+        return self.tokens.ids[positions], going, classes
 
     def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
                        ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,21 +397,50 @@ class Walker:
         allowed = np.flatnonzero(current)
         return ids[allowed], current[allowed].astype(np.int64) // self.width
 
+    def _walk_compacted(self, current: np.ndarray, position: np.ndarray, classes: list,
+                        going: list, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_walk_in_place`` from the second byte on for the tokens at ``position`` (ascending,
+        ``current`` their states after the first), dropping the dead: a token at position ``p``
+        is done where ``going`` drops to ``p`` or below, so the finished ones are a suffix."""
+        done_positions, done_states = [], []
+        for i in range(1, len(classes)):
+            cut = int(np.searchsorted(position, going[i]))
+            if cut < len(position):
+                done_positions.append(position[cut:])
+                done_states.append(current[cut:])
+                position, current = position[:cut], current[:cut]
+            if not cut:
+                break
+            current = self.table[current + classes[i][position]]
+            alive = current != 0
+            if not alive.all():
+                position, current = position[alive], current[alive]
+        done_positions.append(position)
+        done_states.append(current)
+        following = np.concatenate(done_states).astype(np.int64) // self.width
+        return ids[np.concatenate(done_positions)], following
+
     def _run(self, state: int, row: np.ndarray):
-        """(the run's states from ``state`` on, its split) where at least ``RUN_BYTES`` bytes
-        step ``state`` to one state and keep stepping together for as long as any token is: a
-        string's characters, free (the state loops) or counted (``maxLength``: one state per
-        character). A token made of those bytes then ends ``len(token)`` states down the run,
-        with no walk. None elsewhere."""
+        """(the run's states from ``state`` on, bool [256] of the bytes that step along it)
+        where at least ``RUN_BYTES`` bytes step ``state`` to one state and keep stepping together
+        for as long as any token is, for two bytes at least: a string's characters, free (the
+        state loops) or counted (``maxLength``: one state per character). None elsewhere (a
+        structural state, the last byte of a character)."""
         width, table = self.width, self.table
         following = row[self.byte_class]
-        targets, counts = np.unique(following[following != 0], return_counts=True)
+        taken = following[following != 0]
+        if len(taken) < RUN_BYTES:
+            return None
+        targets, counts = np.unique(taken, return_counts=True)
         if not len(counts) or counts.max() < RUN_BYTES:
             return None
-        same = following == targets[np.argmax(counts)]
+        target = int(targets[np.argmax(counts)])
+        same = following == target
+        if not table.item(target + int(self.byte_class[np.argmax(same)])):
+            return None  # a run of one byte places nothing a walk would not
         kinds = np.unique(self.byte_class[same]).tolist()
         longest = len(self.tokens.columns)
-        chain = [state * width, int(targets[np.argmax(counts)])]
+        chain = [state * width, target]
         while len(chain) <= longest:  # follow one of the bytes' classes ...
             step = table.item(chain[-1] + kinds[0])
             if step == chain[-1]:  # a loop (or the dead state): it stays there
@@ -262,27 +451,7 @@ class Walker:
         after = table[steps[1:-1, None] + np.array(kinds)[None, :]]
         if not (after == steps[2:, None]).all():
             return None  # ... and where the others part ways within a token's length, walk
-        return steps // width, self._split(same)
-
-    def _split(self, byte_set: np.ndarray):
-        """(ids and lengths of the tokens made of ``byte_set``'s bytes, ids of the others, and
-        the others' byte classes as ``going``/``classes`` columns like the whole vocabulary's),
-        kept per byte set."""
-        key = np.packbits(byte_set).tobytes()
-        with self._lock:
-            split = self._splits.get(key)
-        if split is None:
-            inside, outside = self.tokens.split(byte_set)  # positions, longest tokens first
-            going = going_counts(self.tokens.lengths[outside])
-            classes = [self.byte_class[column[outside[:n]]]
-                       for column, n in zip(self.tokens.columns, going)]
-            split = (self.tokens.ids[inside], self.tokens.lengths[inside], self.tokens.ids[outside],
-                     going, classes)
-            with self._lock:
-                self._splits[key] = split
-                while len(self._splits) > SPLITS_KEPT:
-                    self._splits.pop(next(iter(self._splits)))
-        return split
+        return steps // width, same
 
     def _walk_few(self, state: int, row: np.ndarray,
                   position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +517,7 @@ class MaskStore:
         words = (self.vocab_size + 31) // 32
         self.max_entries = max(1, max_bytes // (words * 4))
         self._entries: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
-        self._last_walk: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._last_walk: tuple[int, tuple] | None = None
         self._lock = threading.Lock()
         self.walks = 0  # states walked so far (a cache miss each)
 
@@ -359,12 +528,13 @@ class MaskStore:
             if entry is not None:
                 self._entries.move_to_end(state)
                 return entry
-        ids, following = self._walk(state)
-        bits = np.zeros(self.vocab_size, dtype=bool)
+        back, ids, following = self._walk(state)
+        bits = np.zeros(self.vocab_size, dtype=bool) if back is None else back.copy()
         bits[ids] = True
-        if self.automaton.is_final[state]:
-            bits[self.eos_token_id] = True
+        bits[self.eos_token_id] = self.automaton.is_final[state]
         worst = int(self.distance[following].max()) if len(following) else 0
+        if back is not None:
+            worst = max(worst, int(self.distance[state]))
         entry = (pack_bitmask(bits), worst)
         with self._lock:
             self._entries[state] = entry
@@ -374,23 +544,25 @@ class MaskStore:
 
     def budgeted(self, state: int, tokens_left: int) -> np.ndarray:
         """Boolean mask of the tokens after which acceptance stays within ``tokens_left`` tokens."""
-        ids, following = self._walk(state)
-        bits = np.zeros(self.vocab_size, dtype=bool)
+        back, ids, following = self._walk(state)
+        if back is not None and self.distance[state] <= tokens_left:
+            bits = back.copy()
+        else:
+            bits = np.zeros(self.vocab_size, dtype=bool)
         bits[ids[self.distance[following] <= tokens_left]] = True
-        if self.automaton.is_final[state]:
-            bits[self.eos_token_id] = True
+        bits[self.eos_token_id] = self.automaton.is_final[state]
         return bits
 
-    def _walk(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+    def _walk(self, state: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         last = self._last_walk  # a budgeted mask near the end of a budget re-reads its state
         if last is not None and last[0] == state:
-            return last[1], last[2]
-        ids, following = self.walker.walk(state)
+            return last[1]
+        back, ids, following = self.walker.walk_parts(state)
         keep = ids != self.eos_token_id
-        ids, following = ids[keep], following[keep]
-        self._last_walk = (state, ids, following)
+        parts = (back, ids[keep], following[keep])
+        self._last_walk = (state, parts)
         self.walks += 1
-        return ids, following
+        return parts
 
     def __len__(self) -> int:
         return len(self._entries)
