@@ -30,6 +30,7 @@ from structgen.constraint.compiler import ConstraintCompiler, _schema_key, autom
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import UnsafeCacheWarning
 from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
+from structgen.schema.layout import STRING_CHAR
 
 DIGITS = "[0-9]{3}"
 PROSE = "[a-z ]{1,40}"
@@ -221,7 +222,7 @@ def a_quiet_lie(arrays: dict, name: str) -> tuple[int, int]:
     }[name]()
 
 
-@pytest.mark.parametrize("array", ARRAY_NAMES)
+@pytest.mark.parametrize("array", [name for name in ARRAY_NAMES if name != "counters"])
 def test_a_flipped_byte_in_any_array_is_found_on_load(
         cache, info, smollm2_tokenizer, array, read_path):
     """Every array is CRC-checked when the file is read: a flipped byte anywhere is never used,
@@ -238,6 +239,27 @@ def test_a_flipped_byte_in_any_array_is_found_on_load(
                for text in (b"", b"1", b"12", b"123", b"1234", b"a23", b"12a"))
     flip_bits_of(path, array, element, bits)
     assert_compiled_afresh(cache, info, smollm2_tokenizer)
+
+
+def test_a_flipped_byte_in_a_loop_counter_is_found_on_load(cache, info, smollm2_tokenizer, read_path):
+    """A string counted by a loop keeps where its counter hands over in ``counters``: one bit
+    flipped there leaves a well-formed automaton that accepts a character too many, and the
+    CRC finds it."""
+    long = '"' + STRING_CHAR + "{0,700}" + '"'
+    (path,) = cached(cache, info, long)
+    pristine = {name: np.array(value) for name, value in
+                read_tables(path, key=path.stem, regex=long).items()}
+    lie = {name: value.copy() for name, value in pristine.items()}
+    lie["counters"][0, 3] += 1  # the hand-over one count late: the last copies count one short
+    honest, lying = ByteAutomaton.from_arrays(pristine), ByteAutomaton.from_arrays(lie)
+    too_long = ('"' + "x" * 701 + '"').encode()
+    assert not honest.accepts(too_long) and lying.accepts(too_long)
+    flip_bits_of(path, "counters", 3, 1)
+    with compiler() as fresh:
+        constraint = fresh.compile_regex(long, info)
+    assert constraint.from_cache == "none"
+    assert writes(constraint, '"' + "x" * 700 + '"', smollm2_tokenizer)
+    assert not writes(constraint, '"' + "x" * 701 + '"', smollm2_tokenizer)
 
 
 @pytest.mark.parametrize("lie", {

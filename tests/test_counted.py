@@ -5,6 +5,7 @@ on texts drawn from the regex and on near misses, for random bounds and surround
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -12,7 +13,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from outlines_core import Index
 
+import structgen
 from structgen.constraint.automaton import (
+    COUNTER_LOOKAHEAD,
     ByteAutomaton,
     arrays_from_index,
     byte_vocabulary,
@@ -44,8 +47,7 @@ def spliced(regex: str, min_count: int = 2) -> ByteAutomaton | None:
 
 
 def accepts(automaton: ByteAutomaton, text: str) -> bool:
-    state = automaton.step(automaton.initial, text.encode())
-    return bool(state) and bool(automaton.is_final[state])
+    return automaton.accepts(text.encode())
 
 
 def string_schema(fewest: int, most: int | None) -> dict:
@@ -142,3 +144,77 @@ def test_a_long_string_compiles_fast_and_keeps_its_length(info, smollm2_tokenize
         assert (all(matcher.advance(t) for t in ids) and matcher.is_accepting()) == ok, length
     assert accepts(top.automaton, '"' + "x" * 100 + '"')
     assert not accepts(top.automaton, '"' + "x" * 101 + '"')
+
+
+#: JSON string characters of every shape: ASCII, 2-, 3- and 4-byte UTF-8, escapes.
+CHARACTERS = ["a", " ", "é", "€", "𝄞", "\\n", '\\"', "\\u00e9"]
+LOOP = 2 * COUNTER_LOOKAHEAD + 2  # the fewest characters past minLength that loop
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), fewest=st.sampled_from([0, 1, 3, 40]),
+       extra=st.sampled_from([LOOP, LOOP + 7, 1000]))
+def test_a_looping_counted_string_keeps_its_bounds(data, fewest, extra):
+    """A string far longer than a token (its middle one looping copy and a counter) accepts
+    exactly the lengths the regex does: around minLength, where the counter hands over to the
+    last copies, and around maxLength, whatever characters make it up."""
+    most = fewest + extra
+    schema = {"type": "object", "properties": {"a": string_schema(fewest, most),
+                                               "b": {"type": "integer"}}, "required": ["a"]}
+    regex = schema_to_regex(schema, whitespace="compact")
+    automaton = spliced(regex, min_count=64)
+    assert automaton is not None and len(automaton.counters) == 1
+    switch = int(automaton.counters[0, 3])
+    assert switch == most - 2 * COUNTER_LOOKAHEAD
+    lengths = {0, max(fewest - 1, 0), fewest, fewest + 1, switch - 1, switch, switch + 1,
+               switch + COUNTER_LOOKAHEAD, most - 1, most, most + 1}
+    for length in sorted(lengths):
+        chars = data.draw(st.lists(st.sampled_from(CHARACTERS), min_size=length, max_size=length))
+        tail = data.draw(st.sampled_from(["}", ',"b":7}']))
+        text = '{"a":"' + "".join(chars) + '"' + tail
+        assert accepts(automaton, text) == (fewest <= length <= most), length
+        assert bool(re.fullmatch(regex, text)) == (fewest <= length <= most)
+
+
+def test_a_looping_counted_string_is_masked_exactly_token_by_token(info, smollm2_tokenizer):
+    """Generation's view: every token of a 1,500-character answer is in its step's mask
+    (computed from the table alone, without the counter), the counter hands over to the last
+    copies on the way, and one character more is refused at the end."""
+    schema = {"type": "object", "properties": {"note": {"type": "string", "minLength": 2,
+                                                        "maxLength": 1500}}, "required": ["note"]}
+    compiler = ConstraintCompiler(disk_cache=False)
+    try:
+        constraint = compiler.compile_regex(schema_to_regex(schema, whitespace="compact"), info)
+    finally:
+        compiler.close()
+    assert len(constraint.automaton.counters) == 1
+    content = ('Ünïcode wörds and "escapes"\n 𝄞 ' * 60)[:1499]
+    for extra, ok in (("a", True), ("ab", False)):
+        matcher = constraint.matcher()
+        text = json.dumps({"note": content + extra}, ensure_ascii=False, separators=(",", ":"))
+        ids = smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]
+        taken = []
+        for token in ids:
+            if not (matcher.mask()[token] and matcher.advance(token)):
+                break
+            taken.append(matcher.count)
+        else:
+            assert ok and matcher.is_accepting()
+            assert max(taken) > 0  # counted in the loop, then handed over
+            continue
+        assert not ok
+
+
+def test_a_tokenizer_with_tokens_longer_than_the_lookahead_goes_to_llguidance():
+    """The loop's masks are exact only for tokens of at most ``COUNTER_LOOKAHEAD`` characters:
+    a vocabulary with a longer one gets llguidance for such a schema, and says why."""
+    tokens = {b: bytes([b]) for b in range(256)}
+    tokens[256] = b"x" * (COUNTER_LOOKAHEAD + 1)
+    info = TokenizerInfo(token_bytes=tokens, eos_token_id=257, vocab_size=258)
+    schema = {"type": "string", "maxLength": 2000}
+    constraint = structgen.compile_constraint(schema, info, whitespace="compact")
+    assert constraint.engine == "llguidance"
+    assert f"tokens of {COUNTER_LOOKAHEAD + 1} bytes" in constraint.fallback_reason
+    short = structgen.compile_constraint({"type": "string", "maxLength": 200}, info,
+                                         whitespace="compact")
+    assert short.engine == "outlines-core"  # no loop: every token length is exact

@@ -84,7 +84,7 @@ def reachable_state(constraint, info: TokenizerInfo, choices: list[int]) -> int:
         ids = [i for i in np.flatnonzero(constraint.mask(state)) if i != constraint.eos_token_id]
         if not ids:
             break
-        state = constraint.next_state(state, int(ids[choice % len(ids)]))
+        state = constraint.next_state(state, int(ids[choice % len(ids)]))[0]
     return state
 
 
@@ -97,7 +97,7 @@ def test_lazy_masks_equal_a_brute_force_walk(info, name, whitespace, choices, to
     expected, following = brute_force(constraint, info, state)
     assert np.array_equal(constraint.mask(state), expected)
     for token_id, after in list(following.items())[:200]:
-        assert constraint.next_state(state, token_id) == after
+        assert constraint.next_state(state, token_id) == (after, 0)
     budgeted = expected.copy()
     for token_id, after in following.items():
         budgeted[token_id] = constraint.distance(after) <= tokens_left
@@ -114,9 +114,9 @@ def test_distances_are_exact_in_bytes_for_a_byte_vocabulary():
     assert constraint.distance(state) < UNREACHABLE
     while not constraint.is_final(state):
         distance = constraint.distance(state)
-        state, byte = min((constraint.next_state(state, b), b) for b in range(256)
-                          if constraint.next_state(state, b) is not None
-                          and constraint.distance(constraint.next_state(state, b)) == distance - 1)
+        following = {b: constraint.next_state(state, b) for b in range(256)}
+        state, byte = min((after[0], b) for b, after in following.items()
+                          if after is not None and constraint.distance(after[0]) == distance - 1)
         written += bytes([byte])
     assert len(written) == constraint.min_tokens
     json.loads(written)

@@ -23,8 +23,9 @@ all (median ratio 0.85).
 
 from __future__ import annotations
 
+import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,7 +34,11 @@ START_MARK = 0x1F  # the byte put before it, so that its first byte starts nothi
 UNREACHABLE = np.iinfo(np.int32).max
 
 #: The arrays a ``ByteAutomaton`` is made of (what the disk cache stores).
-ARRAY_NAMES = ("table", "byte_class", "is_final", "initial")
+ARRAY_NAMES = ("table", "byte_class", "is_final", "initial", "counters")
+#: The most characters a token may hold inside a counted string whose middle is one looping
+#: copy and a counter (``splice_counted``); Llama-3's longest token is 128 bytes.
+COUNTER_LOOKAHEAD = 256
+NO_COUNTERS = np.zeros((0, 5), np.int64)
 
 
 def marked(regex: str) -> str:
@@ -86,6 +91,7 @@ def arrays_from_index(index) -> dict:
         "byte_class": byte_class.reshape(256).astype(np.uint8),
         "is_final": is_final,
         "initial": np.int64(start),
+        "counters": NO_COUNTERS,
     }
 
 
@@ -139,12 +145,18 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
 
 @dataclass(frozen=True, eq=False)
 class ByteAutomaton:
-    """The arrays of ``arrays_from_index``: immutable and shared by every constraint of a regex."""
+    """The arrays of ``arrays_from_index``: immutable and shared by every constraint of a regex.
+
+    ``counters`` (one row per counted string whose middle loops, ``splice_counted``): the
+    looping copy's states ``start:stop``, the characters counted on entering it, the count past
+    which a sequence moves to the string's real last copies, and where those begin. The table
+    alone is exact in every state; only ``advance`` (which counts) knows when to move on."""
 
     table: np.ndarray  # int32 [states + 1, classes]; row 0 is the dead state
     byte_class: np.ndarray  # uint8 [256]
     is_final: np.ndarray  # bool [states + 1]
     initial: int
+    counters: np.ndarray = field(default_factory=lambda: NO_COUNTERS)  # int64 [loops, 5]
 
     @classmethod
     def from_arrays(cls, arrays: dict) -> "ByteAutomaton":
@@ -152,26 +164,73 @@ class ByteAutomaton:
         byte_class = np.asarray(arrays["byte_class"])
         is_final = np.asarray(arrays["is_final"])
         initial = int(arrays["initial"])
+        counters = np.asarray(arrays.get("counters", NO_COUNTERS))
         if (table.ndim != 2 or table.dtype != np.int32 or byte_class.shape != (256,)
                 or byte_class.dtype != np.uint8 or is_final.shape != (len(table),)
                 or is_final.dtype != bool or not 0 < initial < len(table)
                 or (len(table) and (table.min() < 0 or table.max() >= len(table)))
-                or int(byte_class.max()) >= table.shape[1]):
+                or int(byte_class.max()) >= table.shape[1]
+                or counters.dtype != np.int64 or counters.ndim != 2 or counters.shape[1] != 5):
             raise ValueError("the arrays do not form a byte automaton")
-        return cls(table, byte_class, is_final, initial)
+        start, stop, entry, switch, last = counters.T
+        width = stop - start
+        if len(counters) and not ((0 < start).all() and (start < stop).all()
+                                  and (0 <= entry).all() and (entry <= switch).all()
+                                  and (0 < last).all()
+                                  and (last + (2 * COUNTER_LOOKAHEAD) * width < len(table)).all()):
+            raise ValueError("the arrays do not form a byte automaton")
+        return cls(table, byte_class, is_final, initial, counters)
 
     @property
     def num_states(self) -> int:
         return len(self.table) - 1
 
     def step(self, state: int, data: bytes) -> int:
-        """The state after ``data`` (0 once any byte is refused)."""
+        """The state after ``data`` (0 once any byte is refused), by the table alone: exact from
+        any state as far as ``COUNTER_LOOKAHEAD`` characters into a counted string's loop;
+        ``advance`` counts them."""
         table, byte_class = self.table, self.byte_class
         for value in data:
             state = table.item(state, byte_class.item(value))
             if not state:
                 return 0
         return state
+
+    def advance(self, state: int, count: int, data: bytes) -> tuple[int, int]:
+        """(the state after ``data``, the characters counted in a counted string's loop): each
+        return to a loop's start counts one more character, an entry from outside starts at the
+        loop's entry count, and past its switch count the sequence moves to the same count in
+        the string's last copies, where the table alone is exact to the string's end."""
+        if not len(self.counters):
+            return self.step(state, data), 0
+        table, byte_class, rows, counters = self.table, self.byte_class, self._loop_rows, self.counters
+        loop = rows.item(state)
+        for value in data:
+            following = table.item(state, byte_class.item(value))
+            if not following:
+                return 0, 0
+            now = rows.item(following)
+            if now >= 0 and following == counters.item(now, 0):  # a character is complete
+                count = count + 1 if now == loop else counters.item(now, 2)
+                if count > counters.item(now, 3):  # on to the last copies, exact to the end
+                    following = counters.item(now, 4) + (count - counters.item(now, 3)) * (
+                        counters.item(now, 1) - counters.item(now, 0))
+                    now = -1
+            state, loop = following, now
+        return state, count if loop >= 0 else 0
+
+    @functools.cached_property
+    def _loop_rows(self) -> np.ndarray:
+        """Per state, the ``counters`` row whose loop holds it (-1: none)."""
+        rows = np.full(len(self.table), -1, np.int32)
+        for row, (start, stop) in enumerate(self.counters[:, :2].tolist()):
+            rows[start:stop] = row
+        return rows
+
+    def accepts(self, data: bytes) -> bool:
+        """Whether ``data`` is a whole text of the language (counting characters in loops)."""
+        state, _ = self.advance(self.initial, 0, data)
+        return bool(state) and bool(self.is_final[state])
 
     def distances(self, single_bytes: np.ndarray, tokens: list[bytes] = ()) -> np.ndarray:
         """Fewest tokens from each state to acceptance, counting the single-byte tokens
@@ -205,8 +264,10 @@ class ByteAutomaton:
 
 
 QUOTE = ord('"')
-#: The largest table (states × byte classes) a splice may write: 32 MiB of int32.
-MAX_SPLICED_CELLS = 1 << 23
+#: The largest table (states × byte classes) a splice may write: 64 MiB of int32 (Snowplow
+#: sp_119's strings of 64 to 256 characters in 76 places take 60 MiB; its plain build, 676k
+#: states, took 27 s and twice the memory).
+MAX_SPLICED_CELLS = 1 << 24
 
 
 def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
@@ -215,7 +276,11 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     with each placeholder transition replaced by its counted string ({byte: (fewest, most)}),
     made of copies of ``char`` (the automaton of one JSON string character): copy ``i`` is the
     ``i``-th character, its final state the start of copy ``i + 1``, and the closing quote
-    leaves from every copy's start at or past ``fewest``. None where a state that opens a
+    leaves from every copy's start at or past ``fewest``. A string far longer than a token can
+    reach (``_loops``) gets its first ``fewest`` copies, one copy that loops, and its last
+    ``2 * COUNTER_LOOKAHEAD`` copies, with a ``counters`` row that says when a sequence moves
+    from the loop to them (``ByteAutomaton.advance``): 1,024 characters or 32,767 cost the same
+    rows. None where a state that opens a
     counted string also starts something else with ``"`` (it would not be deterministic) or
     ``char`` is not a one-character automaton, or where the table would pass ``max_cells``
     (then the plain build, bounded by the compile's time and memory, decides)."""
@@ -244,7 +309,7 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
         targets[byte], closes_into[byte] = np.unique(table[opens[byte], byte_class[byte]],
                                                      return_inverse=True)
     width = len(char_table) - 2  # a character's states but the dead and the final one
-    added = sum(len(targets[byte]) * (width * (most if most is not None else fewest + 1) + 1)
+    added = sum(len(targets[byte]) * _chain_rows(width, fewest, most)
                 for byte, (fewest, most) in kinds.items())
     if (len(outer) + added) * outer.shape[1] > max_cells:
         return None
@@ -259,10 +324,23 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     # [inner, new classes]; at a character's start the quote closes the string (``_chain``), inside
     # one it may be escaped (``\"``)
     steps = local[char_table[inner][:, char_class[first]]]
+    counters = []
     for byte, (fewest, most) in kinds.items():
         for i, target in enumerate(targets[byte]):
-            block = _chain(steps, fewest, most, next_state, int(target), quote_class)
             rows[0][opens[byte][closes_into[byte] == i], quote_class] = next_state
+            if _loops(fewest, most):
+                # the first ``fewest`` characters, then one copy that loops (counted), then
+                # the last ``2 * COUNTER_LOOKAHEAD`` counts, which ``advance`` moves on to
+                head = _chain(steps, fewest, None, next_state, int(target), quote_class)
+                tail_start = next_state + len(head)
+                tail = _chain(steps, 0, 2 * COUNTER_LOOKAHEAD, tail_start, int(target),
+                              quote_class)
+                loop_start = next_state + fewest * width
+                counters.append((loop_start, loop_start + width, fewest,
+                                 most - 2 * COUNTER_LOOKAHEAD, tail_start))
+                block = np.concatenate([head, tail])
+            else:
+                block = _chain(steps, fewest, most, next_state, int(target), quote_class)
             rows.append(block)
             next_state += len(block)
     spliced = np.ascontiguousarray(np.concatenate(rows).astype(np.int32))
@@ -271,7 +349,22 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     live = reachable_backwards(spliced, is_final)
     spliced[~live[spliced]] = 0
     return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
-            "initial": arrays["initial"]}
+            "initial": arrays["initial"],
+            "counters": np.array(counters, np.int64).reshape(-1, 5)}
+
+
+def _loops(fewest: int, most: int | None) -> bool:
+    """Whether a counted string's middle is one looping copy and a counter: where that is
+    smaller than a copy per count, and every token (at most ``COUNTER_LOOKAHEAD`` characters)
+    entering it at ``fewest`` still ends before the last copies' end."""
+    return most is not None and most > fewest + 2 * COUNTER_LOOKAHEAD + 1
+
+
+def _chain_rows(width: int, fewest: int, most: int | None) -> int:
+    """The rows ``splice_counted`` writes for one counted string."""
+    if _loops(fewest, most):
+        return (fewest + 1) * width + 2 * COUNTER_LOOKAHEAD * width + 1
+    return width * (most if most is not None else fewest + 1) + 1
 
 
 def _chain(steps: np.ndarray, fewest: int, most: int | None, start: int, target: int,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from structgen.constraint.automaton import ByteAutomaton
+from structgen.constraint.automaton import COUNTER_LOOKAHEAD, ByteAutomaton
 from structgen.constraint.base import Constraint
 from structgen.constraint.matcher import Matcher, unpack_bitmask
 from structgen.constraint.token_masks import DEFAULT_MASK_BYTES, MaskStore, TokenBytes
-from structgen.errors import UnsatisfiableSchemaError
+from structgen.errors import CompileTooLargeError, UnsatisfiableSchemaError
 from structgen.types import OutputType
 
 #: Multi-byte tokens stepped from every state for the distances: at most this many steps in all.
@@ -63,6 +63,10 @@ class CompiledConstraint(Constraint):
         if masks is None:
             if not automaton.table[automaton.initial].any() and not automaton.is_final[automaton.initial]:
                 raise UnsatisfiableSchemaError("no text satisfies this constraint")
+            if len(automaton.counters) and len(tokens.lengths) and tokens.lengths[0] > COUNTER_LOOKAHEAD:
+                raise CompileTooLargeError(
+                    f"this tokenizer has tokens of {int(tokens.lengths[0])} bytes; a string "
+                    f"counted by a loop needs tokens of at most {COUNTER_LOOKAHEAD}")
             distance = token_distances(automaton, tokens)
             masks = MaskStore(automaton, tokens, distance, eos_token_id, max_bytes=mask_bytes)
         self.masks = masks
@@ -101,12 +105,14 @@ class CompiledConstraint(Constraint):
     def distance(self, state: int) -> int:
         return int(self._distance[state])
 
-    def next_state(self, state: int, token_id: int) -> int | None:
+    def next_state(self, state: int, token_id: int, count: int = 0) -> tuple[int, int] | None:
+        """(the state after ``token_id``, the characters counted in a long string's loop,
+        ``ByteAutomaton.advance``), or None where the token is refused."""
         data = self._tokens.bytes_of(token_id)
         if data is None or token_id == self.eos_token_id:
             return None
-        following = self.automaton.step(state, data)
-        return following or None
+        following, count = self.automaton.advance(state, count, data)
+        return (following, count) if following else None
 
     def needs_budget_mask(self, state: int, tokens_left: int) -> bool:
         """True when some token of ``state`` leads where no valid ending fits in ``tokens_left``."""

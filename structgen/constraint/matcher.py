@@ -75,6 +75,7 @@ class Matcher(Cursor):
             raise BudgetTooSmallError(max_tokens, constraint.min_tokens)
         self.constraint = constraint
         self.state = constraint.initial_state
+        self.count = 0  # characters counted in a long string's loop (``ByteAutomaton.advance``)
         self.max_tokens = max_tokens
         self.tokens_consumed = 0
         self.finished = False  # the EOS token was taken
@@ -121,13 +122,14 @@ class Matcher(Cursor):
             self.finished = True
             self.tokens_consumed += 1
             return True
-        following = self.constraint.next_state(self.state, token_id)
-        if following is None:
+        advanced = self.constraint.next_state(self.state, token_id, self.count)
+        if advanced is None:
             return False
+        following, count = advanced
         if self.max_tokens is not None:
             if self.constraint.distance(following) > self.tokens_left - 1:
                 return False
-        self.state = following
+        self.state, self.count = following, count
         self.tokens_consumed += 1
         return True
 
