@@ -46,9 +46,11 @@ SCHEMAS = {
 
 def byte_tokenizer_info() -> TokenizerInfo:
     """A vocabulary of the 256 single bytes and a few multi-byte tokens (what llguidance's and
-    xgrammar's tests use: no real tokenizer needed), EOS id 300."""
+    xgrammar's tests use: no real tokenizer needed), EOS id 300; the long ones are whitespace
+    runs, pure or ending in something else."""
     tokens = {b: bytes([b]) for b in range(256)}
-    for i, text in enumerate(['{"', '":', '",', "name", " \"", "é", "\n  ", "12", "é\""]):
+    for i, text in enumerate(['{"', '":', '",', "name", " \"", "é", "\n  ", "12", "é\"",
+                              " " * 20, " " * 20 + "}", "\n" * 18 + ",", "\t" * 17 + "1"]):
         tokens[256 + i] = text.encode()
     return TokenizerInfo(token_bytes=tokens, eos_token_id=300, vocab_size=301)
 
@@ -224,3 +226,20 @@ def _has_unchecked_form(data: bytes) -> bool:
     """Lead and continuation bytes that fit together but that strict UTF-8 refuses."""
     return any(b in (0xC0, 0xC1) or b >= 0xF5 for b in data) or b"\xed" in data or b"\xe0" in data \
         or b"\xf0" in data or b"\xf4" in data
+
+
+@pytest.mark.parametrize("prefix", [b'{"a": 12', b'{"a": 12 ', b'{"a": 12,', b'{"a": 1, "b": -3'])
+def test_long_runs_after_a_first_byte_end_where_it_led(info, prefix):
+    """After a number in ``flexible`` whitespace the state does not loop on whitespace, the one
+    its first blank leads to does: whitespace runs (up to 128 bytes at Llama-3) end there
+    without a byte-by-byte walk, and the mask and next states equal the brute-force walk."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
+    constraint = structgen.compile_constraint(schema, info, whitespace="flexible")
+    state = constraint.automaton.step(constraint.initial_state, prefix)
+    assert state
+    expected, following = brute_force(constraint, info, state)
+    assert np.array_equal(constraint.mask(state), expected)
+    back, ids, states = constraint.masks.walker.walk_parts(state)
+    assert back is None
+    assert dict(zip(ids.tolist(), states.tolist())) == {
+        token_id: after for token_id, after in following.items() if token_id != info.eos_token_id}

@@ -58,8 +58,8 @@ class TokenBytes:
         order = kept[np.lexsort((tokens.ids[kept], -tokens.lengths[kept]))]
         self.vocab_size = vocab_size
         self.ids, self.lengths = tokens.ids[order], tokens.lengths[order]
-        starts = tokens.starts[order]
-        flat = np.frombuffer(tokens.flat, np.uint8)
+        self.starts = starts = tokens.starts[order]  # where each token's bytes begin in flat
+        self.flat = flat = np.frombuffer(tokens.flat, np.uint8)
         self.going = going_counts(self.lengths)
         self.columns = [flat[starts[:n] + i] for i, n in enumerate(self.going)]
         first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
@@ -475,6 +475,11 @@ class Walker:
         alive = current != 0
         position, current = position[alive], current[alive]
         done_positions, done_states = [], []
+        settled = self._loop_after_first(position, current)
+        if settled is not None:  # long tokens whose other bytes all loop where the first led
+            done_positions.append(position[settled])
+            done_states.append(current[settled])
+            position, current = position[~settled], current[~settled]
         depth = 1
         while position.size:
             finished = tokens.lengths[position] == depth
@@ -495,11 +500,31 @@ class Walker:
                 np.concatenate(done_states).astype(np.int64) // self.width)
 
 
+    def _loop_after_first(self, position: np.ndarray, current: np.ndarray) -> np.ndarray | None:
+        """bool per token at ``position`` (``current``: the states its first byte led to): it is
+        longer than ``LONG_FEW`` and each of its other bytes loops on that state, so it ends
+        there (a whitespace run after a number, where the state before the run does not loop
+        on it: up to 128 numpy steps otherwise). None where no token is that long."""
+        tokens = self.tokens
+        long = np.flatnonzero(tokens.lengths[position] > LONG_FEW)
+        if not len(long):
+            return None
+        lengths = tokens.lengths[position[long]]
+        offsets = np.arange(1, int(lengths.max()))
+        inside = offsets[None, :] < lengths[:, None]
+        where = tokens.starts[position[long]][:, None] + np.where(inside, offsets[None, :], 0)
+        states = current[long][:, None]
+        stays = (self.table[states + self.byte_class[tokens.flat[where]]] == states) | ~inside
+        settled = np.zeros(len(position), dtype=bool)
+        settled[long[stays.all(axis=1)]] = True
+        return settled
+
+
 def pack_bitmask(mask: np.ndarray) -> np.ndarray:
     """Boolean mask -> int32 words, bit ``i % 32`` of word ``i // 32`` is token ``i``."""
     words = (len(mask) + 31) // 32
-    packed = np.packbits(mask, bitorder="little")
-    packed = np.pad(packed, (0, words * 4 - len(packed)))
+    packed = np.zeros(words * 4, np.uint8)
+    packed[:(len(mask) + 7) // 8] = np.packbits(mask, bitorder="little")
     return packed.view(np.int32)
 
 
