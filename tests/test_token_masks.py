@@ -159,15 +159,31 @@ def test_string_states_take_their_characters_tokens_without_a_walk(info, prefix)
     character, near its end too) the tokens made of plain characters are placed by the run, not
     walked, and the mask and next states still equal the brute-force walk."""
     constraint = structgen.compile_constraint(SCHEMAS["prose"], info, whitespace="indented")
+    assert_walk_is_brute_force(constraint, info, prefix, run=True)
+
+
+def assert_walk_is_brute_force(constraint, info, prefix: bytes, run: bool | None = None):
+    """At the state ``prefix`` leads to, the mask, the walk (``walk_parts``, the tokens that
+    loop back included, and ``walk`` joined) and the next states equal the brute-force walk;
+    ``run``: whether the walker finds a string run there. Returns ``walk_parts``' first part."""
     state = constraint.automaton.step(constraint.initial_state, prefix)
     assert state
     walker = constraint.masks.walker
-    assert walker._run(state, walker.table[state * walker.width:(state + 1) * walker.width])
+    if run is not None:
+        row = walker.table[state * walker.width:(state + 1) * walker.width]
+        assert (walker._run(state, row) is not None) == run
     expected, following = brute_force(constraint, info, state)
     assert np.array_equal(constraint.mask(state), expected)
+    wanted = {token_id: after for token_id, after in following.items()
+              if token_id != info.eos_token_id}
+    back, ids, states = walker.walk_parts(state)
+    walked = dict(zip(ids.tolist(), states.tolist()))
+    if back is not None:
+        walked.update(dict.fromkeys(np.flatnonzero(back).tolist(), state))
+    assert walked == wanted
     ids, states = walker.walk(state)
-    assert dict(zip(ids.tolist(), states.tolist())) == {
-        token_id: after for token_id, after in following.items() if token_id != info.eos_token_id}
+    assert dict(zip(ids.tolist(), states.tolist())) == wanted
+    return back
 
 
 PATTERNED = b'{\n  "code": "'
@@ -184,18 +200,7 @@ def test_string_runs_judge_each_character_shape_once(info, prefix):
     verdict, not walked: the mask, the tokens that loop back and the next states still equal
     the brute-force walk."""
     constraint = structgen.compile_constraint(SCHEMAS["patterned"], info, whitespace="indented")
-    state = constraint.automaton.step(constraint.initial_state, prefix)
-    assert state
-    walker = constraint.masks.walker
-    assert walker._run(state, walker.table[state * walker.width:(state + 1) * walker.width])
-    expected, following = brute_force(constraint, info, state)
-    assert np.array_equal(constraint.mask(state), expected)
-    back, ids, states = walker.walk_parts(state)
-    walked = dict(zip(ids.tolist(), states.tolist()))
-    if back is not None:
-        walked.update(dict.fromkeys(np.flatnonzero(back).tolist(), state))
-    assert walked == {token_id: after for token_id, after in following.items()
-                      if token_id != info.eos_token_id}
+    assert_walk_is_brute_force(constraint, info, prefix, run=True)
 
 
 def test_characters_split_tokens_as_utf_8_does(info):
@@ -235,11 +240,4 @@ def test_long_runs_after_a_first_byte_end_where_it_led(info, prefix):
     without a byte-by-byte walk, and the mask and next states equal the brute-force walk."""
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
     constraint = structgen.compile_constraint(schema, info, whitespace="flexible")
-    state = constraint.automaton.step(constraint.initial_state, prefix)
-    assert state
-    expected, following = brute_force(constraint, info, state)
-    assert np.array_equal(constraint.mask(state), expected)
-    back, ids, states = constraint.masks.walker.walk_parts(state)
-    assert back is None
-    assert dict(zip(ids.tolist(), states.tolist())) == {
-        token_id: after for token_id, after in following.items() if token_id != info.eos_token_id}
+    assert assert_walk_is_brute_force(constraint, info, prefix, run=False) is None
