@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -218,3 +219,22 @@ def test_a_tokenizer_with_tokens_longer_than_the_lookahead_goes_to_llguidance():
     short = structgen.compile_constraint({"type": "string", "maxLength": 200}, info,
                                          whitespace="compact")
     assert short.engine == "outlines-core"  # no loop: every token length is exact
+
+
+def test_counters_that_overlap_or_point_past_the_table_are_no_automaton():
+    """``ByteAutomaton.from_arrays`` checks the loops' rows as it checks the table: in order,
+    apart, and with their last copies inside the table (a cache file's lie is caught twice)."""
+    arrays = splice_counted(*with_placeholders_built(repeat_string(0, 700)), CHARACTER)
+    assert len(arrays["counters"]) == 1
+    ByteAutomaton.from_arrays(arrays)
+    twice = {**arrays, "counters": np.concatenate([arrays["counters"]] * 2)}
+    past = {**arrays, "counters": arrays["counters"] + np.array([0, 0, 0, 0, len(arrays["table"])])}
+    backwards = {**arrays, "counters": arrays["counters"][:, [1, 0, 2, 3, 4]]}
+    for lie in (twice, past, backwards):
+        with pytest.raises(ValueError):
+            ByteAutomaton.from_arrays(lie)
+
+
+def with_placeholders_built(regex: str) -> tuple[dict, dict]:
+    replaced, kinds = with_placeholders(regex)
+    return build(replaced), kinds
