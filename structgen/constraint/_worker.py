@@ -31,6 +31,7 @@ from structgen.constraint.automaton import (
     marked,
     splice_counted,
 )
+from structgen.constraint.counted import with_placeholders
 
 # Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
 _OUT_OF_MEMORY = "out-of-memory"
@@ -83,26 +84,27 @@ def _serve(memory_limit: int) -> None:
     def build(regex: str) -> dict:
         return arrays_from_index(Index(marked(regex), vocabulary))
 
-    def build_counted(regex: str, counted) -> dict:
-        """The automaton of ``regex``; with ``counted`` (``counted.with_placeholders``' regex
-        and kinds, and the character regex) its long strings are spliced in, not determinised."""
-        if counted is not None:
-            replaced, kinds, character = counted
-            if character not in characters:
-                characters[character] = build(character)
-            spliced = splice_counted(build(replaced), kinds, characters[character])
-            if spliced is not None:
-                return spliced
+    def build_counted(regex: str, character: str | None) -> dict:
+        """The automaton of ``regex``; with ``character`` (a JSON string character's regex) its
+        long strings of that character are spliced in, not determinised."""
+        if character is not None:
+            replaced, kinds = with_placeholders(regex, character)
+            if kinds:
+                if character not in characters:
+                    characters[character] = build(character)
+                spliced = splice_counted(build(replaced), kinds, characters[character])
+                if spliced is not None:
+                    return spliced
         return build(regex)
 
     while True:
         try:
-            regex, counted = _read_frame(requests)
+            regex, character = _read_frame(requests)
         except EOFError:
             return
         started = time.perf_counter()
         try:
-            arrays = build_counted(regex, counted)
+            arrays = build_counted(regex, character)
         except MemoryError:
             _write_frame(replies, ("error", _OUT_OF_MEMORY, "the compile ran out of its memory budget"))
             continue
@@ -162,15 +164,16 @@ class CompileWorker:
         self._process = None
 
     def compile(self, regex: str, timeout: float, meanwhile=None,
-                counted=None) -> tuple[str, object]:
+                character: str | None = None) -> tuple[str, object]:
         """Returns ("ok", the automaton's arrays) or ("timeout"|"out-of-memory"|<error name>,
         message). ``meanwhile()``, if given, runs in this process while the child builds (the
         tokenizer's arrays of a first compile: the two then share the build's time).
-        ``counted`` (placeholder regex, kinds, character regex) splices long counted strings."""
+        ``character`` (a JSON string character's regex) splices the long strings of it
+        (``counted.with_placeholders``, run by the child, inside the budget)."""
         deadline = time.monotonic() + timeout
         with self._exchange:  # the wait for the lock counts against this compile's budget
             self.start()
-            return self._request((regex, counted), deadline, meanwhile)
+            return self._request((regex, character), deadline, meanwhile)
 
     def _request(self, message, deadline: float, meanwhile=None):
         try:

@@ -48,7 +48,6 @@ from structgen.constraint.cache import (
     write_tables,
 )
 from structgen.constraint.compiled import CompiledConstraint
-from structgen.constraint.counted import with_placeholders
 from structgen.constraint.llguidance_backend import (
     GrammarConstraint,
     json_schema_grammar,
@@ -177,9 +176,7 @@ class ConstraintCompiler:
 
     def _build(self, key: str, regex: str, budget: float, requested: float,
                meanwhile=None) -> ByteAutomaton:
-        replaced, kinds = with_placeholders(regex)
-        counted = (replaced, kinds, STRING_CHAR) if kinds else None
-        status, payload = self._worker.compile(regex, budget, meanwhile, counted)
+        status, payload = self._worker.compile(regex, budget, meanwhile, STRING_CHAR)
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
             automaton = ByteAutomaton.from_arrays(arrays)

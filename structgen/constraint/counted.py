@@ -13,29 +13,39 @@ The result is the same language as the original regex, in an ordinary ``ByteAuto
 walker, distances and caches read it as any other. Splicing is only done where it is provably
 the same: the placeholder bytes can be matched nowhere else in the regex (checked here), and a
 state that may open a counted string may not also start anything else with ``"`` (checked by
-``automaton.splice_counted``; else the build falls back to the plain regex).
+``automaton.splice_counted``; else the build falls back to the plain regex). The compile worker
+runs all of it, so the scan counts against the build's time budget; this module imports nothing
+of the schema compiler (the character regex comes with the request).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
+from structgen._sre import sre_constants, sre_parse
 from structgen.constraint.automaton import END_MARK, START_MARK
-from structgen.schema.layout import STRING_CHAR
-from structgen.schema.regex_text import sre_constants, sre_parse
 
 #: Counted strings whose larger bound is at least this are spliced; smaller ones determinise fast.
 MIN_COUNT = 64
 #: Control bytes no JSON text holds (``\t``, ``\n`` and ``\r`` are whitespace; the automaton's
 #: end and start marks are taken): one per distinct (minLength, maxLength).
 PLACEHOLDERS = tuple(b for b in range(0x20) if b not in (0x09, 0x0A, 0x0D, END_MARK, START_MARK))
-_COUNTED = re.compile(re.escape(f'"{STRING_CHAR}') + r"\{(\d+)(,(\d*))?\}\"(?![?*+{])")
 
 
-def with_placeholders(regex: str, min_count: int = MIN_COUNT) -> tuple[str, dict[int, tuple]]:
-    """(``regex`` with each long counted string replaced by a placeholder byte, {byte: (fewest,
-    most or None)}); the regex unchanged and {} where there is none to replace, or where a
-    placeholder byte could be matched by something else in the regex."""
+@functools.lru_cache(maxsize=4)
+def _counted(character: str) -> re.Pattern:
+    """A counted string of ``character``s as the schema compiler writes it: ``"(?:C){m,n}"``."""
+    return re.compile(re.escape(f'"{character}') + r"\{(\d+)(,(\d*))?\}\"(?![?*+{])")
+
+
+def with_placeholders(regex: str, character: str,
+                      min_count: int = MIN_COUNT) -> tuple[str, dict[int, tuple]]:
+    """(``regex`` with each long counted string of ``character`` (the schema compiler's
+    ``STRING_CHAR``) replaced by a placeholder byte, {byte: (fewest, most or None)}); the regex
+    unchanged and {} where there is none to replace, or where a placeholder byte could be
+    matched by something else in the regex. The compile worker runs it, inside the build's
+    time budget (``re``'s parser takes about 1.7 µs per regex character)."""
     kinds: dict[tuple, int] = {}
     written = []  # one entry per placeholder written
 
@@ -52,7 +62,7 @@ def with_placeholders(regex: str, min_count: int = MIN_COUNT) -> tuple[str, dict
         written.append(kinds[kind])
         return f"\\x{kinds[kind]:02x}"
 
-    replaced = _COUNTED.sub(replace, regex)
+    replaced = _counted(character).sub(replace, regex)
     if not kinds:
         return regex, {}
     if _may_match_placeholders(replaced, set(kinds.values()), len(written)):

@@ -10,14 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-# re's own parser and its constants (named sre_* before Python 3.11), in one place: formats and
-# patterns import them from here.
-try:  # Python >= 3.11
-    from re import _constants as sre_constants
-    from re import _parser as sre_parse
-except ImportError:  # pragma: no cover
-    import sre_constants
-    import sre_parse  # noqa: F401 (re-exported)
+from structgen._sre import sre_constants, sre_parse  # noqa: F401 (formats and patterns use them)
 
 _META = frozenset("\\.^$|?*+()[]{}")
 # A fragment that a quantifier can follow without a group: one (escaped) character or a class.
