@@ -285,8 +285,8 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     reach (``_loops``) gets its first ``fewest`` copies, one copy that loops, and its last
     ``2 * COUNTER_LOOKAHEAD`` copies, with a ``counters`` row that says when a sequence moves
     from the loop to them (``ByteAutomaton.advance``): 1,024 characters or 32,767 cost the same
-    rows. None where a state that opens a
-    counted string also starts something else with ``"`` (it would not be deterministic) or
+    rows. None where a state that opens a counted string also starts something else with
+    ``"`` (it would not be deterministic) or
     ``char`` is not a one-character automaton, or where the table would pass ``max_cells``
     (then the plain build, bounded by the compile's time and memory, decides)."""
     table, byte_class = arrays["table"], arrays["byte_class"]

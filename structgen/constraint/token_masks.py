@@ -215,9 +215,6 @@ class Characters:
         self.bytes = np.where(shifts >= 0, distinct[:, None] >> np.maximum(shifts, 0).astype(np.uint32),
                               0).astype(np.uint8)
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
 
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
 
@@ -323,7 +320,8 @@ class Walker:
 
     def _string_split(self, same: np.ndarray, steps_one: np.ndarray, loop: bool) -> tuple:
         """(bool [vocab] of the inside tokens where the run loops, else None; their ids and
-        character counts, most characters first; ``_columns_of`` the others): inside are the
+        character counts, most characters first; the others' positions, ``_columns_of`` them and
+        their grouping by first byte class): inside are the
         tokens of whole characters whose ASCII bytes are in ``same`` and whose multi-byte
         characters ``steps_one`` says step one place."""
         characters = self.tokens.characters
@@ -338,26 +336,27 @@ class Walker:
         if loop:
             back = np.zeros(self.tokens.vocab_size, dtype=bool)
             back[inside_ids] = True
-        outside = np.ones(len(self.tokens.ids), dtype=bool)
-        outside[inside] = False
-        ids, going, classes = self._columns_of(np.flatnonzero(outside))
+        is_outside = np.ones(len(self.tokens.ids), dtype=bool)
+        is_outside[inside] = False
+        outside = np.flatnonzero(is_outside)
+        ids, going, classes = self._columns_of(outside)
         first = classes[0] if classes else np.zeros(0, np.uint8)
         by_first = np.argsort(first, kind="stable")
         first_start = np.searchsorted(first[by_first], np.arange(self.width + 1))
-        return back, inside_ids, characters.counts[inside], (ids, going, classes, by_first,
-                                                             first_start)
+        return back, inside_ids, characters.counts[inside], (outside, ids, going, classes,
+                                                             by_first, first_start)
 
-    def _walk_outside(self, row: np.ndarray, ids: np.ndarray, going: list, classes: list,
-                      by_first: np.ndarray, first_start: np.ndarray):
+    def _walk_outside(self, row: np.ndarray, outside: np.ndarray, ids: np.ndarray, going: list,
+                      classes: list, by_first: np.ndarray, first_start: np.ndarray):
         """``_walk_in_place`` over a string's other tokens; where most of them start with a
         byte the state refuses (a string that takes few characters), only those that start
-        well are stepped, found by their first byte's class."""
+        well, found by their first byte's class, are stepped by ``_walk_positions``."""
         taken = np.flatnonzero(row)
         sizes = first_start[taken + 1] - first_start[taken]
         if sizes.sum() * 2 >= len(ids):
             return self._walk_in_place(row, classes, going, ids)
-        position = np.sort(by_first[concatenated_ranges(first_start[taken], sizes)])
-        return self._walk_compacted(row[classes[0][position]], position, classes, going, ids)
+        return self._walk_positions(row, outside[by_first[concatenated_ranges(first_start[taken],
+                                                                               sizes)]])
 
     @functools.cached_property
     def _character_shapes(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
@@ -396,29 +395,6 @@ class Walker:
             np.take(table, stepping, out=stepping)
         allowed = np.flatnonzero(current)
         return ids[allowed], current[allowed].astype(np.int64) // self.width
-
-    def _walk_compacted(self, current: np.ndarray, position: np.ndarray, classes: list,
-                        going: list, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``_walk_in_place`` from the second byte on for the tokens at ``position`` (ascending,
-        ``current`` their states after the first), dropping the dead: a token at position ``p``
-        is done where ``going`` drops to ``p`` or below, so the finished ones are a suffix."""
-        done_positions, done_states = [], []
-        for i in range(1, len(classes)):
-            cut = int(np.searchsorted(position, going[i]))
-            if cut < len(position):
-                done_positions.append(position[cut:])
-                done_states.append(current[cut:])
-                position, current = position[:cut], current[:cut]
-            if not cut:
-                break
-            current = self.table[current + classes[i][position]]
-            alive = current != 0
-            if not alive.all():
-                position, current = position[alive], current[alive]
-        done_positions.append(position)
-        done_states.append(current)
-        following = np.concatenate(done_states).astype(np.int64) // self.width
-        return ids[np.concatenate(done_positions)], following
 
     def _run(self, state: int, row: np.ndarray):
         """(the run's states from ``state`` on, bool [256] of the bytes that step along it)
@@ -498,7 +474,6 @@ class Walker:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return (tokens.ids[np.concatenate(done_positions)],
                 np.concatenate(done_states).astype(np.int64) // self.width)
-
 
     def _loop_after_first(self, position: np.ndarray, current: np.ndarray) -> np.ndarray | None:
         """bool per token at ``position`` (``current``: the states its first byte led to): it is
