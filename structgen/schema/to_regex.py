@@ -625,8 +625,11 @@ class _Compiler:
         """Members in order, optional ones skippable, commas only between present ones.
 
         Optional members before the first required one carry their comma after them; all later
-        ones carry it before them. With no required member at all, each member in turn may be the
-        first one present (quadratic in size, but only then).
+        ones carry it before them. With no required member at all, the members up to the k-th
+        are "those up to the (k-1)-th, then maybe the k-th" or "the k-th alone": each member is
+        written twice, not once per member before it. (Each member starting the list of the rest
+        wrote the rest once per member, quadratic in size, and outlines-core's automaton kept
+        every copy: 24k states for a schema whose minimal automaton has 1.2k.)
         """
         if not members:
             return None, True
@@ -635,8 +638,10 @@ class _Compiler:
             head = "".join(optional(member + self.comma) for member, _ in members[:first_required])
             tail = self._after(members[first_required + 1:])
             return head + members[first_required][0] + tail, False
-        starts = [member + self._after(members[i + 1:]) for i, (member, _) in enumerate(members)]
-        return alt(starts), True
+        present = members[0][0]
+        for member, _ in members[1:]:
+            present = alt([present + optional(self.comma + member), member])
+        return present, True
 
     def _after(self, members: list[tuple[str, bool]]) -> str:
         return "".join(
