@@ -32,6 +32,7 @@ from structgen.constraint.automaton import (
     splice_counted,
 )
 from structgen.constraint.counted import with_placeholders
+from structgen.constraint.repeated import build_with_shared_groups
 
 # Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
 _OUT_OF_MEMORY = "out-of-memory"
@@ -86,16 +87,18 @@ def _serve(memory_limit: int) -> None:
 
     def build_counted(regex: str, character: str | None) -> dict:
         """The automaton of ``regex``; with ``character`` (a JSON string character's regex) its
-        long strings of that character are spliced in, not determinised."""
+        long strings of that character are spliced in, not determinised; its long repeated
+        groups are determinised once (``repeated``)."""
         if character is not None:
             replaced, kinds = with_placeholders(regex, character)
             if kinds:
                 if character not in characters:
                     characters[character] = build(character)
-                spliced = splice_counted(build(replaced), kinds, characters[character])
+                skeleton = build_with_shared_groups(replaced, build, taken=tuple(kinds))
+                spliced = splice_counted(skeleton, kinds, characters[character])
                 if spliced is not None:
                     return spliced
-        return build(regex)
+        return build_with_shared_groups(regex, build)
 
     while True:
         try:

@@ -1,0 +1,161 @@
+"""Repeated groups built once and spliced in (constraint/repeated.py).
+
+The spliced automaton must be the plain build's language exactly: checked by walking both
+automata in step over every byte from every pair of states they reach together (a product
+search), on schemas whose regexes repeat groups, with the splice done, and on regexes where a
+splice would not be deterministic (then the plain build must be what comes back)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from outlines_core import Index
+
+from structgen.constraint import repeated
+from structgen.constraint.automaton import ByteAutomaton, arrays_from_index, byte_vocabulary, marked
+from structgen.constraint.counted import PLACEHOLDERS
+from structgen.constraint.repeated import (
+    build_sharing,
+    build_with_shared_groups,
+    free_bytes,
+    repeated_groups,
+)
+from structgen.schema import schema_to_regex
+
+VOCABULARY = byte_vocabulary()
+
+
+def build(regex: str) -> dict:
+    return arrays_from_index(Index(marked(regex), VOCABULARY))
+
+
+def same_language(a: dict, b: dict) -> bool:
+    """Whether two automata accept the same byte strings: every pair of states reached by one
+    input agrees on acceptance and on which bytes lead on."""
+    first, second = ByteAutomaton.from_arrays(a), ByteAutomaton.from_arrays(b)
+    steps_a = first.table[:, first.byte_class]
+    steps_b = second.table[:, second.byte_class]
+    seen = {(first.initial, second.initial)}
+    todo = list(seen)
+    while todo:
+        x, y = todo.pop()
+        if first.is_final[x] != second.is_final[y]:
+            return False
+        if ((steps_a[x] == 0) != (steps_b[y] == 0)).any():
+            return False
+        for pair in set(zip(steps_a[x].tolist(), steps_b[y].tolist())):
+            if pair[0] and pair not in seen:
+                seen.add(pair)
+                todo.append(pair)
+    return True
+
+
+ITEM = {"type": "object", "properties": {
+    "name": {"type": "string"}, "size": {"type": "integer"},
+    "tags": {"type": "array", "items": {"type": "string", "enum": ["red", "green", "blue"]}},
+    "where": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}}},
+}}
+SCHEMAS = {
+    # a map's member is written before and after each comma
+    "map of objects": {"type": "object", "additionalProperties": ITEM},
+    # a $ref used in several properties, with different continuations
+    "shared definition": {"type": "object", "$defs": {"item": ITEM}, "properties": {
+        "first": {"$ref": "#/$defs/item"}, "second": {"$ref": "#/$defs/item"},
+        "all": {"type": "array", "items": {"$ref": "#/$defs/item"}}}, "required": ["first"]},
+    # free values: arrays and objects nest, each level written several times
+    "free values": {"type": "object", "properties": {"a": {}, "b": {"type": "array"}}},
+}
+
+
+@pytest.fixture
+def small_thresholds(monkeypatch):
+    """Groups and regexes of test size count as long."""
+    monkeypatch.setattr(repeated, "MIN_REGEX", 256)
+    monkeypatch.setattr(repeated, "MIN_GROUP", 64)
+
+
+@pytest.mark.parametrize("whitespace", ["compact", "flexible"])
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_shared_groups_keep_the_language_and_shrink_the_automaton(name, whitespace,
+                                                                   small_thresholds):
+    regex = schema_to_regex(SCHEMAS[name], whitespace=whitespace)
+    assert repeated_groups(regex), "the schema should repeat a group"
+    plain = build(regex)
+    shared = build_sharing(regex, build, free_bytes(regex, list(PLACEHOLDERS)))
+    assert shared is not None, "every splice here is deterministic"
+    assert len(shared["table"]) < len(plain["table"])
+    assert same_language(plain, shared)
+    automaton = ByteAutomaton.from_arrays(shared)
+    document = {"first": {"name": "a", "tags": ["red"], "where": {"x": 1.5}},
+                "a": [1, {"b": None}], "k": {"size": 3}}
+    text = json.dumps(document, separators=(",", ":") if whitespace == "compact" else None)
+    assert automaton.accepts(text.encode()) == ByteAutomaton.from_arrays(plain).accepts(
+        text.encode())
+
+
+def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
+    """The group ``\\{"a":1...\\}`` is entered where ``\\{"b"`` also starts: splicing it would
+    need determinising; ``build_sharing`` gives up and the plain build is used."""
+    group = r'\{"a":1' + "0" * 80 + r"\}"
+    regex = f"\\[(?:{group}|\\{{\"b\":2\\}})(?:,{group})*\\]" + "x" * 300
+    assert repeated_groups(regex)
+    assert build_sharing(regex, build, free_bytes(regex, list(PLACEHOLDERS))) is None
+    built = build_with_shared_groups(regex, build)
+    assert same_language(built, build(regex))
+
+
+def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds):
+    body = '"k":' + "1" * 80
+    quantified = f"\\{{{body}\\}}?"  # the ? binds to the closing brace only
+    assert repeated_groups(f"{quantified},{quantified}") == []
+    barred = f"\\{{{body}|2\\}}"  # the bar splits the text, not a group of its own
+    assert repeated_groups(f"{barred},{barred}") == []
+    assert repeated_groups(f"(?:{barred}),(?:{barred})") == [  # the groups around them are
+        (0, len(barred) + 4), (len(barred) + 5, 2 * len(barred) + 9)]
+    whole = f"\\{{{body}\\}}"
+    assert repeated_groups(f"{whole},{whole}") == [(0, len(whole)), (len(whole) + 1, 2 * len(whole) + 1)]
+
+
+def test_short_regexes_are_built_as_they_are():
+    regex = schema_to_regex({"type": "array", "items": {"type": "integer"}})
+    assert len(regex) < repeated.MIN_REGEX
+    assert np.array_equal(build_with_shared_groups(regex, build)["table"], build(regex)["table"])
+
+
+def test_free_bytes_are_those_nothing_in_the_regex_can_match():
+    candidates = list(PLACEHOLDERS)
+    json_string = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])*"'
+    assert free_bytes(json_string, candidates) == candidates
+    free = free_bytes(r"a\x05b[\x01-\x03]\u0006\07", candidates)
+    assert not {1, 2, 3, 5, 6, 7} & set(free) and 4 in free
+    assert free_bytes("a\x02", candidates)[:2] == [1, 3]  # a raw control character
+    for anything in ("a.b", "(?i)ab", r"\s", "[^a]", r"(a)\1", "(?=a)"):
+        assert free_bytes(anything, candidates) == [], anything
+    assert free_bytes(r"\d\w\.\b[a-z]", candidates) == candidates
+
+
+def test_the_compile_worker_splices_groups_and_counted_strings_together():
+    """The worker's path: long counted strings become placeholders first, then the repeated
+    groups around them are shared; the result is still the plain regex's language."""
+    from structgen.constraint._worker import CompileWorker
+    from structgen.schema.layout import STRING_CHAR
+
+    item = {"type": "object", "properties": {
+        "label": {"type": "string", "maxLength": 100},
+        "where": {"type": "object", "properties": {"x": {"type": "number"}, "y": {"type": "number"}}},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["red", "green", "blue"]}}}}
+    books = {"type": "object", "additionalProperties": item}
+    regex = schema_to_regex({"type": "object", "properties": {"old": books, "new": books}},
+                            whitespace="flexible")
+    assert len(regex) >= repeated.MIN_REGEX and repeated_groups(regex)
+    worker = CompileWorker(2 << 30)
+    try:
+        status, arrays = worker.compile(regex, 60.0, character=STRING_CHAR)
+    finally:
+        worker.stop()
+    assert status == "ok" and not len(arrays["counters"])
+    plain = build(regex)
+    assert len(arrays["table"]) < len(plain["table"])
+    assert same_language(plain, {name: arrays[name] for name in plain})
