@@ -97,13 +97,19 @@ def test_shared_groups_keep_the_language_and_shrink_the_automaton(name, whitespa
 
 def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
     """The group ``\\{"a":1...\\}`` is entered where ``\\{"b"`` also starts: splicing it would
-    need determinising; ``build_sharing`` gives up and the plain build is used."""
+    need determinising, so the group is written out again and the regex built as it is."""
     group = r'\{"a":1' + "0" * 80 + r"\}"
     regex = f"\\[(?:{group}|\\{{\"b\":2\\}})(?:,{group})*\\]" + "x" * 300
     assert repeated_groups(regex)
-    assert build_sharing(regex, build, free_bytes(regex, list(PLACEHOLDERS))) is None
-    built = build_with_shared_groups(regex, build)
-    assert same_language(built, build(regex))
+    built = []
+
+    def recording(text: str) -> dict:
+        built.append(text)
+        return build(text)
+
+    arrays = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)))
+    assert built[-1] == regex  # the last build: nothing left to share
+    assert same_language(arrays, build(regex))
 
 
 def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds):
@@ -159,3 +165,46 @@ def test_the_compile_worker_splices_groups_and_counted_strings_together():
     plain = build(regex)
     assert len(arrays["table"]) < len(plain["table"])
     assert same_language(plain, {name: arrays[name] for name in plain})
+
+
+def test_string_characters_are_determinised_once():
+    """Each JSON string's character (a large Unicode class) is a placeholder in what
+    outlines-core builds; the character's automaton is spliced in per place."""
+    from structgen.schema.layout import STRING_CHAR
+
+    regex = schema_to_regex({"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": "array", "items": {"type": "string"}}}})
+    built = []
+
+    def recording(text: str) -> dict:
+        built.append(text)
+        return build(text)
+
+    arrays = build_with_shared_groups(regex, recording, (), STRING_CHAR, {})
+    assert built.count(STRING_CHAR) == 1 and all(STRING_CHAR not in text for text in built
+                                                 if text != STRING_CHAR)
+    assert same_language(arrays, build(regex))
+
+
+def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresholds):
+    """Where a string also starts an enum's "abc", its character cannot be spliced; the skeleton
+    is rebuilt with the character written out, and the repeated object is still shared."""
+    from structgen.schema.layout import STRING_CHAR
+
+    item = {"type": "object", "properties": {"n": {"type": "integer"}, "m": {"type": "boolean"},
+                                             "k": {"type": "number"}}}
+    regex = schema_to_regex({"type": "object", "properties": {
+        "s": {"anyOf": [{"type": "string"}, {"enum": ["abc", 1]}]},
+        "x": item, "y": {"type": "array", "items": item}}})
+    built = []
+
+    def recording(text: str) -> dict:
+        built.append(text)
+        return build(text)
+
+    shared = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)), {},
+                           frozenset([STRING_CHAR]))
+    plain = build(regex)
+    assert shared is not None and same_language(shared, plain)
+    assert len(shared["table"]) < len(plain["table"])
+    assert any(STRING_CHAR in text for text in built[1:])  # a rebuild wrote it out

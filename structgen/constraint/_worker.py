@@ -87,18 +87,20 @@ def _serve(memory_limit: int) -> None:
 
     def build_counted(regex: str, character: str | None) -> dict:
         """The automaton of ``regex``; with ``character`` (a JSON string character's regex) its
-        long strings of that character are spliced in, not determinised; its long repeated
-        groups are determinised once (``repeated``)."""
-        if character is not None:
-            replaced, kinds = with_placeholders(regex, character)
-            if kinds:
-                if character not in characters:
-                    characters[character] = build(character)
-                skeleton = build_with_shared_groups(replaced, build, taken=tuple(kinds))
-                spliced = splice_counted(skeleton, kinds, characters[character])
-                if spliced is not None:
-                    return spliced
-        return build_with_shared_groups(regex, build)
+        long strings of that character are spliced in, not determinised, and the character is
+        determinised once; its long repeated groups are determinised once (``repeated``)."""
+        if character is None:
+            return build_with_shared_groups(regex, build)
+        if character not in characters:
+            characters[character] = build(character)
+        known = {character: characters[character]}
+        replaced, kinds = with_placeholders(regex, character)
+        if kinds:
+            skeleton = build_with_shared_groups(replaced, build, tuple(kinds), character, known)
+            spliced = splice_counted(skeleton, kinds, characters[character])
+            if spliced is not None:
+                return spliced
+        return build_with_shared_groups(regex, build, (), character, known)
 
     while True:
         try:

@@ -37,6 +37,8 @@ from structgen.constraint.counted import PLACEHOLDERS
 MIN_REGEX = 4_096
 #: Groups shorter than this are left in place (a build of their own costs more than the copies).
 MIN_GROUP = 256
+#: Skeletons rebuilt with a refused group written out, before the plain build decides.
+MAX_REBUILDS = 3
 
 # What a scan for groups must step over whole: an escape, a class (with its escapes), an opening
 # (non-capturing or not) and a closing parenthesis, and an alternation bar.
@@ -44,11 +46,13 @@ _TOKENS = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?:|\(|\)|\|", re.S)
 _OPENING = {"\\{": "\\}", "\\[": "\\]"}
 
 
-def repeated_groups(regex: str) -> list[tuple[int, int]]:
+def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
+                    kept: set[str] | frozenset[str] = frozenset()) -> list[tuple[int, int]]:
     r"""Spans of the outermost groups of at least ``MIN_GROUP`` characters whose text occurs as
     such a group more than once (the whole regex never counts). A group is a ``(?:...)`` or an
     object's or array's ``\{...\}``/``\[...\]`` that could stand alone: balanced in parentheses,
-    no ``|`` of its own, no quantifier after it."""
+    no ``|`` of its own, no quantifier after it. A ``(?:...)`` whose text is in ``always`` counts
+    whatever its length and however often it occurs; none whose text is in ``kept`` does."""
     frames: list[list] = []  # [start, what closes it, saw a bar of its own]
     spans = []
     for match in _TOKENS.finditer(regex):
@@ -63,7 +67,8 @@ def repeated_groups(regex: str) -> list[tuple[int, int]]:
                 frames.pop()  # a brace left open inside the group: not a group of its own
             if frames:
                 start, closes, _ = frames.pop()
-                if closes == ")" and match.end() - start >= MIN_GROUP:
+                if closes == ")" and (match.end() - start >= MIN_GROUP
+                                      or regex[start:match.end()] in always):
                     spans.append((start, match.end()))
         elif token in _OPENING:
             frames.append([match.start(), _OPENING[token], False])
@@ -73,26 +78,32 @@ def repeated_groups(regex: str) -> list[tuple[int, int]]:
             if (not barred and end - start >= MIN_GROUP
                     and (end == len(regex) or regex[end] not in "?*+{")):
                 spans.append((start, end))
-    spans = [(start, end) for start, end in spans
-             if (start, end) != (0, len(regex)) and _opens_a_value(regex, start)]
-    counts = Counter(regex[start:end] for start, end in spans)
+    texts = {span: regex[span[0]:span[1]] for span in spans}
+    spans = [span for span in spans if span != (0, len(regex)) and texts[span] not in kept
+             and (texts[span] in always or _opens_a_value(regex, span[0]))]
+    counts = Counter(texts[span] for span in spans)
     chosen: list[tuple[int, int]] = []
-    for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
-        if chosen and start < chosen[-1][1]:
+    for span in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if chosen and span[0] < chosen[-1][1]:
             continue  # inside a chosen group: its own build handles it
-        if counts[regex[start:end]] > 1:
-            chosen.append((start, end))
+        if counts[texts[span]] > 1 or texts[span] in always:
+            chosen.append(span)
     return chosen
 
 
 def build_with_shared_groups(regex: str, build: Callable[[str], dict],
-                             taken: tuple[int, ...] = ()) -> dict:
+                             taken: tuple[int, ...] = (), character: str | None = None,
+                             groups: dict[str, dict | None] | None = None) -> dict:
     """``build(regex)``, its repeated groups built once (``build_sharing``) where the regex is
-    long and it can be done; ``taken``: placeholder bytes already standing for something."""
-    if len(regex) >= MIN_REGEX:
+    long, and each JSON string ``character`` (its regex, a group) where it occurs twice or more:
+    its Unicode class costs outlines-core about 0.4 ms per place it is written. ``taken``:
+    placeholder bytes already standing for something; ``groups``: automata of groups built
+    before (kept by the worker between compiles)."""
+    always = frozenset([character] if character and regex.count(character) > 1 else [])
+    if len(regex) >= MIN_REGEX or always:
         free = free_bytes(regex, [b for b in PLACEHOLDERS if b not in taken])
         try:
-            arrays = build_sharing(regex, build, free) if free else None
+            arrays = build_sharing(regex, build, free, groups, always) if free else None
         except ValueError:  # outlines-core refused a piece: the plain build decides
             arrays = None
         if arrays is not None:
@@ -163,36 +174,43 @@ def _opens_a_value(regex: str, start: int) -> bool:
 
 
 def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[int],
-                  groups: dict[str, dict | None] | None = None) -> dict | None:
-    """``build(regex)``'s language as arrays (no counters), repeated groups built once and
-    spliced in (``placeholders``: the bytes free to stand for them); None where a splice would
-    not be deterministic. ``groups`` keeps each group's automaton for the groups it recurs in."""
+                  groups: dict[str, dict | None] | None = None,
+                  always: frozenset[str] = frozenset()) -> dict | None:
+    """``build(regex)``'s language as arrays (no counters), repeated groups (and any group whose
+    text is in ``always``) built once and spliced in (``placeholders``: the bytes free to stand
+    for them). A group whose splice would not be deterministic is written out again and the
+    skeleton rebuilt, at most ``MAX_REBUILDS`` times; then None. ``groups`` keeps each group's
+    automaton (None: it could not be built so) for the groups it recurs in."""
     groups = {} if groups is None else groups
-    spans = repeated_groups(regex)
-    byte_of: dict[str, int] = {}
-    pieces, position = [], 0
-    for start, end in spans:
-        text = regex[start:end]
-        if text not in byte_of:
-            if len(byte_of) == len(placeholders):
-                continue  # out of bytes: this group stays written out
-            byte_of[text] = placeholders[len(byte_of)]
-        pieces += [regex[position:start], f"\\x{byte_of[text]:02x}"]
-        position = end
-    if not byte_of:
-        return build(regex)
-    arrays = build("".join(pieces) + regex[position:])
-    pending = list(byte_of.values())
-    for text, byte in byte_of.items():
-        if text not in groups:
-            groups[text] = build_sharing(text, build, placeholders, groups)
-        if groups[text] is None:
-            return None
-        arrays = splice_group(arrays, byte, groups[text], pending)
-        if arrays is None:
-            return None
-        pending.remove(byte)
-    return arrays
+    kept: set[str] = set()  # groups written out: their splice was refused
+    for _ in range(MAX_REBUILDS + 1):
+        byte_of: dict[str, int] = {}
+        pieces, position = [], 0
+        for start, end in repeated_groups(regex, always, kept):
+            text = regex[start:end]
+            if text not in byte_of:
+                if len(byte_of) == len(placeholders):
+                    continue  # out of bytes: this group stays written out
+                byte_of[text] = placeholders[len(byte_of)]
+            pieces += [regex[position:start], f"\\x{byte_of[text]:02x}"]
+            position = end
+        if not byte_of:
+            return build(regex)
+        arrays = build("".join(pieces) + regex[position:])
+        pending = list(byte_of.values())
+        for text, byte in byte_of.items():
+            if text not in groups:
+                groups[text] = build_sharing(text, build, placeholders, groups, always)
+            spliced = None if groups[text] is None else splice_group(arrays, byte, groups[text],
+                                                                     pending)
+            if spliced is None:
+                kept.add(text)
+                break
+            arrays = spliced
+            pending.remove(byte)
+        else:
+            return arrays
+    return None
 
 
 def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> dict | None:
@@ -246,5 +264,5 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
             "initial": arrays["initial"], "counters": NO_COUNTERS}
 
 
-__all__ = ["MIN_GROUP", "MIN_REGEX", "build_sharing", "build_with_shared_groups", "free_bytes",
-           "repeated_groups", "splice_group"]
+__all__ = ["MAX_REBUILDS", "MIN_GROUP", "MIN_REGEX", "build_sharing", "build_with_shared_groups",
+           "free_bytes", "repeated_groups", "splice_group"]
