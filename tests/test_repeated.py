@@ -14,7 +14,13 @@ import pytest
 from outlines_core import Index
 
 from structgen.constraint import repeated
-from structgen.constraint.automaton import ByteAutomaton, arrays_from_index, byte_vocabulary, marked
+from structgen.constraint.automaton import (
+    ByteAutomaton,
+    arrays_from_index,
+    byte_vocabulary,
+    marked,
+    reachable_backwards,
+)
 from structgen.constraint.counted import PLACEHOLDERS
 from structgen.constraint.repeated import (
     build_sharing,
@@ -29,6 +35,13 @@ VOCABULARY = byte_vocabulary()
 
 def build(regex: str) -> dict:
     return arrays_from_index(Index(marked(regex), VOCABULARY))
+
+
+def no_dead_ends(arrays: dict) -> bool:
+    """Whether every transition leads to a state from which an accepting one is reachable (what
+    the masks rely on: a token allowed is a token that can still be completed)."""
+    table = arrays["table"]
+    return bool(reachable_backwards(table, arrays["is_final"])[table[table != 0]].all())
 
 
 def same_language(a: dict, b: dict) -> bool:
@@ -86,7 +99,7 @@ def test_shared_groups_keep_the_language_and_shrink_the_automaton(name, whitespa
     shared = build_sharing(regex, build, free_bytes(regex, list(PLACEHOLDERS)))
     assert shared is not None, "every splice here is deterministic"
     assert len(shared["table"]) < len(plain["table"])
-    assert same_language(plain, shared)
+    assert same_language(plain, shared) and no_dead_ends(shared)
     automaton = ByteAutomaton.from_arrays(shared)
     document = {"first": {"name": "a", "tags": ["red"], "where": {"x": 1.5}},
                 "a": [1, {"b": None}], "k": {"size": 3}}
@@ -164,7 +177,7 @@ def test_the_compile_worker_splices_groups_and_counted_strings_together():
     assert status == "ok" and not len(arrays["counters"])
     plain = build(regex)
     assert len(arrays["table"]) < len(plain["table"])
-    assert same_language(plain, {name: arrays[name] for name in plain})
+    assert same_language(plain, {name: arrays[name] for name in plain}) and no_dead_ends(arrays)
 
 
 def test_string_characters_are_determinised_once():
@@ -205,6 +218,6 @@ def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresh
     shared = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)), {},
                            frozenset([STRING_CHAR]))
     plain = build(regex)
-    assert shared is not None and same_language(shared, plain)
+    assert shared is not None and same_language(shared, plain) and no_dead_ends(shared)
     assert len(shared["table"]) < len(plain["table"])
     assert any(STRING_CHAR in text for text in built[1:])  # a rebuild wrote it out

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from structgen._sre import sre_parse
-from structgen.constraint.automaton import NO_COUNTERS, reachable_backwards
+from structgen.constraint.automaton import NO_COUNTERS
 from structgen.constraint.counted import PLACEHOLDERS
 
 #: Regexes shorter than this determinise in milliseconds: built as they are.
@@ -256,10 +256,10 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     spliced = np.concatenate(blocks)
     if spliced.max(initial=0) >= np.iinfo(np.int32).max:
         return None
+    # Every state stays live (no new dead ends): a path through a placeholder step now runs
+    # through the group's copy, which reaches its accepting states and goes on as the target.
     spliced = np.ascontiguousarray(spliced.astype(np.int32))
     is_final = np.concatenate(is_final)
-    live = reachable_backwards(spliced, is_final)
-    spliced[~live[spliced]] = 0
     return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
             "initial": arrays["initial"], "counters": NO_COUNTERS}
 
