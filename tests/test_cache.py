@@ -222,7 +222,8 @@ def a_quiet_lie(arrays: dict, name: str) -> tuple[int, int]:
     }[name]()
 
 
-@pytest.mark.parametrize("array", [name for name in ARRAY_NAMES if name != "counters"])
+@pytest.mark.parametrize("array", [name for name in ARRAY_NAMES
+                                   if name not in ("counters", "byte_distance")])
 def test_a_flipped_byte_in_any_array_is_found_on_load(
         cache, info, smollm2_tokenizer, array, read_path):
     """Every array is CRC-checked when the file is read: a flipped byte anywhere is never used,
@@ -233,11 +234,32 @@ def test_a_flipped_byte_in_any_array_is_found_on_load(
     element, bits = a_quiet_lie(pristine, array)
     lie = {name: value.copy() for name, value in pristine.items()}
     lie[array].reshape(-1).view(np.uint8)[element * lie[array].itemsize] ^= bits
+    del lie["byte_distance"]  # the lying automaton's own distances (a file could carry them)
     honest, lying = ByteAutomaton.from_arrays(pristine), ByteAutomaton.from_arrays(lie)
     assert any(honest.is_final[honest.step(honest.initial, text)]
                != lying.is_final[lying.step(lying.initial, text)]
                for text in (b"", b"1", b"12", b"123", b"1234", b"a23", b"12a"))
     flip_bits_of(path, array, element, bits)
+    assert_compiled_afresh(cache, info, smollm2_tokenizer)
+
+
+def test_byte_distances_that_are_not_the_tables_are_refused(cache, info, smollm2_tokenizer,
+                                                            read_path):
+    """The distances the budget rule counts from are cached beside the table: a flipped byte
+    there is found by the CRC, and distances that are not those the table implies (one state a
+    byte nearer its end than it is, so the budget would let an answer run one byte too long)
+    are refused by ``from_arrays`` whatever the file says."""
+    (path,) = cached(cache, info, DIGITS)
+    pristine = {name: np.array(value) for name, value in
+                read_tables(path, key=path.stem, regex=DIGITS).items()}
+    ByteAutomaton.from_arrays(pristine)  # the cached distances are the table's
+    initial = int(pristine["initial"])
+    assert pristine["byte_distance"][initial] > 0
+    nearer = {name: value.copy() for name, value in pristine.items()}
+    nearer["byte_distance"][initial] -= 1
+    with pytest.raises(ValueError, match="byte distances"):
+        ByteAutomaton.from_arrays(nearer)
+    flip_bits_of(path, "byte_distance", initial, 1)
     assert_compiled_afresh(cache, info, smollm2_tokenizer)
 
 

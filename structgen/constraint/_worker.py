@@ -28,6 +28,8 @@ import numpy as np
 from structgen.constraint.automaton import (
     arrays_from_index,
     byte_vocabulary,
+    column_edges,
+    distances_to_accept,
     marked,
     splice_counted,
 )
@@ -116,6 +118,9 @@ def _serve(memory_limit: int) -> None:
         except Exception as error:  # outlines-core raises ValueError for regexes it rejects
             _write_frame(replies, ("error", type(error).__name__, str(error)))
             continue
+        if "byte_distance" not in arrays:  # spliced: one search over the whole table
+            arrays["byte_distance"] = distances_to_accept(arrays["is_final"],
+                                                          *column_edges(arrays["table"]))
         arrays["index_seconds"] = np.float64(time.perf_counter() - started)
         _write_frame(replies, ("ok", arrays))
 

@@ -38,7 +38,7 @@ START_MARK = 0x1F  # the byte put before it, so that its first byte starts nothi
 UNREACHABLE = np.iinfo(np.int32).max
 
 #: The arrays a ``ByteAutomaton`` is made of (what the disk cache stores).
-ARRAY_NAMES = ("table", "byte_class", "is_final", "initial", "counters")
+ARRAY_NAMES = ("table", "byte_class", "is_final", "initial", "counters", "byte_distance")
 #: The most characters a token may hold inside a counted string whose middle is one looping
 #: copy and a counter (``splice_counted``); Llama-3's longest token is 128 bytes.
 COUNTER_LOOKAHEAD = 256
@@ -88,20 +88,34 @@ def arrays_from_index(index) -> dict:
                               for column in by_byte), np.int64, 256)
     first_of_class = np.unique(byte_class, return_index=True)[1]
     table = np.ascontiguousarray(by_byte[first_of_class].T, dtype=np.int32)
-    live = reachable_backwards(table, is_final)
-    table[~live[table]] = 0  # into a dead end: dead
+    distance = distances_to_accept(is_final, *column_edges(table))
+    table[distance[table] == UNREACHABLE] = 0  # into a dead end: dead
     return {
         "table": table,
         "byte_class": byte_class.reshape(256).astype(np.uint8),
         "is_final": is_final,
         "initial": np.int64(start),
         "counters": NO_COUNTERS,
+        "byte_distance": distance,  # dead ends were never on a shortest path: still exact
     }
 
 
 def reachable_backwards(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
     """Which states reach an accepting state over any bytes."""
     return distances_to_accept(is_final, *column_edges(table)) < UNREACHABLE
+
+
+def implied_distances(table: np.ndarray, is_final: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """What each state's distance to acceptance is, given ``distance`` for its successors: 0 at
+    an accepting state, else one more than its nearest successor's (``UNREACHABLE`` with none).
+    Breadth-first distances are the one ``distance`` this returns unchanged."""
+    if distance.min(initial=0) < 0:
+        return np.full_like(distance, -1)
+    nearest = distance[table].min(axis=1, initial=UNREACHABLE)
+    after = np.where(nearest < UNREACHABLE, nearest.astype(np.int64) + 1, UNREACHABLE)
+    implied = np.where(is_final, 0, after).astype(np.int32)
+    implied[0] = UNREACHABLE  # the dead state
+    return implied
 
 
 def column_edges(table: np.ndarray, columns=None) -> tuple[np.ndarray, np.ndarray]:
@@ -161,9 +175,15 @@ class ByteAutomaton:
     is_final: np.ndarray  # bool [states + 1]
     initial: int
     counters: np.ndarray = field(default_factory=lambda: NO_COUNTERS)  # int64 [loops, 5]
+    #: int32 [states + 1]: fewest bytes from each state to acceptance (``UNREACHABLE``: none)
+    byte_distance: np.ndarray | None = None
 
     @classmethod
     def from_arrays(cls, arrays: dict) -> "ByteAutomaton":
+        """The automaton of ``arrays``, checked: a ``ValueError`` names arrays that do not form
+        one. ``byte_distance`` is computed where absent, and where given must be the distances
+        the table implies (zero at accepting states, one more than the nearest successor's
+        elsewhere), so that no file can make the budget rule count wrong."""
         table = np.asarray(arrays["table"])
         byte_class = np.asarray(arrays["byte_class"])
         is_final = np.asarray(arrays["is_final"])
@@ -184,7 +204,16 @@ class ByteAutomaton:
                                   and (0 < last).all()
                                   and (last + (2 * COUNTER_LOOKAHEAD) * width < len(table)).all()):
             raise ValueError("the arrays do not form a byte automaton")
-        return cls(table, byte_class, is_final, initial, counters)
+        given = arrays.get("byte_distance")
+        if given is None:
+            byte_distance = distances_to_accept(is_final, *column_edges(table))
+        else:
+            byte_distance = np.asarray(given)
+            if (byte_distance.dtype != np.int32 or byte_distance.shape != (len(table),)
+                    or not np.array_equal(byte_distance, implied_distances(table, is_final,
+                                                                          byte_distance))):
+                raise ValueError("the byte distances are not the automaton's")
+        return cls(table, byte_class, is_final, initial, counters, byte_distance)
 
     @property
     def num_states(self) -> int:

@@ -27,7 +27,8 @@ def token_distances(automaton: ByteAutomaton, tokens: TokenBytes) -> np.ndarray:
     tokens found in the shortest answer (its keys, separators and indentation), so the bound is
     close to the fewest tokens an answer needs rather than its fewest bytes (a 3-field object in
     indented whitespace: 42 single bytes, 20 with SmolLM2's tokens)."""
-    by_bytes = automaton.distances(tokens.single_bytes)
+    every_byte = bool(np.all(tokens.single_bytes))  # a byte-level BPE vocabulary
+    by_bytes = automaton.byte_distance if every_byte else automaton.distances(tokens.single_bytes)
     shortest = automaton.shortest_completion(by_bytes, automaton.initial, limit=1024)
     helpful = tokens.found_in(shortest)
     helpful = helpful[:max(0, DISTANCE_STEPS // (len(automaton.table) * 4))]

@@ -76,7 +76,7 @@ MAX_REGEX_CHARS = 2_000_000
 _MEMORY_CACHE_SIZE = 16
 _AUTOMATA_CACHE_SIZE = 64
 _TOKENIZERS_CACHE_SIZE = 4
-TABLES_FORMAT = 7  # bump when the meaning of the cached arrays changes (7: counters)
+TABLES_FORMAT = 8  # bump when the meaning of the cached arrays changes (8: byte_distance)
 ENGINES = ("auto", "outlines-core", "llguidance")
 
 
