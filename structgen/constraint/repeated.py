@@ -41,25 +41,31 @@ MIN_GROUP = 256
 MAX_REBUILDS = 3
 
 # What a scan for groups must step over whole: an escape, a class (with its escapes), an opening
-# (non-capturing or not) and a closing parenthesis, and an alternation bar.
-_TOKENS = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?:|\(|\)|\|", re.S)
-_OPENING = {"\\{": "\\}", "\\[": "\\]"}
+# (non-capturing or not) and a closing parenthesis, an alternation bar and a quote.
+_TOKENS = re.compile(r'\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?:|\(|\)|\||"', re.S)
+_OPENING = {"\\{": "\\}", "\\[": "\\]", '"': '"'}
+# A quoted literal: characters and escaped punctuation only, no class, group or escaped code.
+_QUOTED_LITERAL = re.compile(r'"(?:[^"\\\[(]|\\[^0-9A-Za-z])*"')
 
 
 def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
                     kept: set[str] | frozenset[str] = frozenset()) -> list[tuple[int, int]]:
     r"""Spans of the outermost groups of at least ``MIN_GROUP`` characters whose text occurs as
-    such a group more than once (the whole regex never counts). A group is a ``(?:...)`` or an
-    object's or array's ``\{...\}``/``\[...\]`` that could stand alone: balanced in parentheses,
-    no ``|`` of its own, no quantifier after it. A ``(?:...)`` whose text is in ``always`` counts
-    whatever its length and however often it occurs; none whose text is in ``kept`` does."""
+    such a group more than once (the whole regex never counts). A group is a ``(?:...)``, or an
+    object's ``\{...\}``, an array's ``\[...\]`` or a string's ``"..."`` that could stand alone:
+    balanced in parentheses, no ``|`` of its own, no quantifier after it. A ``(?:...)`` whose
+    text is in ``always`` counts whatever its length and however often it occurs; none whose
+    text is in ``kept`` does."""
     frames: list[list] = []  # [start, what closes it, saw a bar of its own]
     spans = []
     for match in _TOKENS.finditer(regex):
         token = match.group()
         if token == "|":
-            if frames:
-                frames[-1][2] = True
+            # the bar splits the innermost parenthesis, and every brace or quote opened in it
+            for frame in reversed(frames):
+                frame[2] = True
+                if frame[1] in (")", "capture"):
+                    break
         elif token[0] == "(":
             frames.append([match.start(), ")" if token == "(?:" else "capture", False])
         elif token == ")":
@@ -70,14 +76,14 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
                 if closes == ")" and (match.end() - start >= MIN_GROUP
                                       or regex[start:match.end()] in always):
                     spans.append((start, match.end()))
-        elif token in _OPENING:
-            frames.append([match.start(), _OPENING[token], False])
         elif frames and token == frames[-1][1]:
             start, _, barred = frames.pop()
             end = match.end()
             if (not barred and end - start >= MIN_GROUP
                     and (end == len(regex) or regex[end] not in "?*+{")):
                 spans.append((start, end))
+        elif token in _OPENING:
+            frames.append([match.start(), _OPENING[token], False])
     texts = {span: regex[span[0]:span[1]] for span in spans}
     spans = [span for span in spans if span != (0, len(regex)) and texts[span] not in kept
              and (texts[span] in always or _opens_a_value(regex, span[0]))]
@@ -164,12 +170,16 @@ def _class_covers(text: str, candidates: tuple[int, ...]) -> frozenset[int] | No
 
 
 def _opens_a_value(regex: str, start: int) -> bool:
-    """Whether the group at ``start`` begins with an object's, an array's or a literal's first
-    byte: not a class (whitespace), a separator, or a quote (a member's key, which its sibling
-    members' keys start alike): groups that begin so are seldom entered deterministically."""
+    """Whether the group at ``start`` begins as a value does: not with a class (whitespace), a
+    separator, or a quoted literal (a member's key or an enum's value, which its siblings start
+    alike): groups that begin so are seldom entered deterministically. A string with a class
+    or a group in it (a free or patterned string, a free value whose first kind is a string)
+    does count."""
     while regex.startswith("(?:", start):
         start += 3
-    return regex[start] not in '[,:"'
+    if regex[start] == '"':
+        return _QUOTED_LITERAL.match(regex, start) is None
+    return regex[start] not in "[,:"
 
 
 
