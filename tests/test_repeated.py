@@ -221,3 +221,18 @@ def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresh
     assert shared is not None and same_language(shared, plain) and no_dead_ends(shared)
     assert len(shared["table"]) < len(plain["table"])
     assert any(STRING_CHAR in text for text in built[1:])  # a rebuild wrote it out
+
+
+def test_string_values_are_groups_and_quoted_literals_are_not(small_thresholds):
+    """A string value with a class in it is cut out where it repeats; a quoted literal (a
+    member's key, an enum's value: its siblings start alike) is not; and a bar splits every
+    brace or quote opened at its level, so a span it splits is never cut out."""
+    value = '"[a-z]' + "x" * 80 + '"'
+    assert repeated_groups(f"\\[{value},{value}\\]") == [(2, 2 + len(value)),
+                                                       (3 + len(value), 3 + 2 * len(value))]
+    literal = '"' + "k" * 80 + '"'
+    assert repeated_groups(f"\\[{literal},{literal}\\]") == []
+    split = '"[a-z]\\{' + "a" * 40 + "|" + "b" * 40 + '\\}"'  # the bar is at the quote's level
+    assert repeated_groups(f"(?:{split}),(?:{split})") == [  # only the groups around them
+        (0, len(split) + 4), (len(split) + 5, 2 * len(split) + 9)]
+    assert repeated_groups(f"{split},{split}") == []
