@@ -246,22 +246,35 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     entry = inner[group_start] != 0
     if (outer[sources][:, entry] != 0).any():
         return None
-    width = len(inner) - 1  # the group's states but its dead one
-    bases = len(outer) + np.arange(len(targets)) * width - 1  # copy c's state k: row bases[c] + k
-    entry_columns = np.flatnonzero(entry)
-    outer[np.ix_(sources, entry_columns)] = (
-        inner[group_start, entry_columns][None] + bases[leads_to][:, None])
     finals = np.flatnonzero(group_final)
     leaving = (inner[finals] != 0).any(axis=0)
+    # An accepting state the group cannot go on from is the target itself (a string's closing
+    # character leads back to the string's own state, as outlines-core's automaton has it);
+    # the others are copied, and those of them that accept take on the target's transitions.
+    closing = finals[~(inner[finals] != 0).any(axis=1)]
+    kept = np.setdiff1d(np.arange(1, len(inner)), closing)
+    slot = np.full(len(inner), -1, np.int64)
+    slot[kept] = np.arange(len(kept))
+    bases = len(outer) + np.arange(len(targets)) * len(kept)
+
+    def placed(states, base, target):
+        """Where ``states`` (the group's) are in the copy at ``base`` leading to ``target``."""
+        return np.where(states == 0, 0, np.where(slot[states] >= 0, base + slot[states], target))
+
+    entry_columns = np.flatnonzero(entry)
+    outer[np.ix_(sources, entry_columns)] = placed(
+        inner[group_start, entry_columns][None], bases[leads_to][:, None],
+        targets[leads_to][:, None])
     if (outer[targets][:, leaving] != 0).any():
         return None
+    merged = np.flatnonzero(group_final[kept])  # the copy's rows that accept
     blocks, is_final = [outer], [arrays["is_final"]]
     for base, target in zip(bases.tolist(), targets.tolist()):
-        block = np.where(inner[1:] != 0, inner[1:] + base, 0)
-        block[finals - 1] = np.where(block[finals - 1] != 0, block[finals - 1], outer[target])
+        block = placed(inner[kept], base, target)
+        block[merged] = np.where(block[merged] != 0, block[merged], outer[target])
         blocks.append(block)
-        final = np.zeros(width, dtype=bool)
-        final[finals - 1] = arrays["is_final"][target]
+        final = np.zeros(len(kept), dtype=bool)
+        final[merged] = arrays["is_final"][target]
         is_final.append(final)
     spliced = np.concatenate(blocks)
     if spliced.max(initial=0) >= np.iinfo(np.int32).max:
