@@ -58,9 +58,10 @@ Restrictions of the strategies in (a), each a departure documented in docs/schem
   (structgen writes properties in that order).
 - No extra properties: every object schema has ``additionalProperties: false`` (structgen writes
   only the declared properties).
-- Digit caps: integers on an unbounded side have at most 12 digits; numbers are written without
-  exponent with at most 15 significant and 12 fraction digits, and bounded numbers are never
-  ``-0.0`` (instances outside are filtered out; the number schemas are bounded).
+- Digit caps: integers on an unbounded side have at most 16 digits; numbers are written without
+  exponent with at most 15 digits in all (the integer part's too) and 16 fraction digits, and
+  bounded numbers are never ``-0.0`` (instances outside are filtered out; the number schemas are
+  bounded).
 - Integers are written as integers: a float such as ``1.0`` under ``"type": "integer"`` is
   filtered out (jsonschema counts it as an integer; structgen writes ``1``).
 - No ``\\u`` surrogate escapes: the default-separator text is written with ``ensure_ascii=True``
@@ -97,6 +98,7 @@ from layouts import BOUNDED, dumps, relaid
 import structgen
 from structgen.errors import StructgenError
 from structgen.schema import WHITESPACE_MODES
+from structgen.schema.numbers import DEFAULT_MAX_DIGITS
 
 # passing > validation error > compile error; an invalidation error always fails.
 RANK = {"passing": 2, "validation error": 1, "compile error": 0}
@@ -332,7 +334,7 @@ PROPERTY_SCHEMAS = {
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, database=None,
                              suppress_health_check=[HealthCheck.too_slow])
 WALK_TOKENS = 60
-UNBOUNDED_DIGITS = 12  # docs/schema-support.md, "Digit caps"
+UNBOUNDED_DIGITS = DEFAULT_MAX_DIGITS  # docs/schema-support.md, "Digit caps"
 
 
 def validator_of(schema):
@@ -380,9 +382,9 @@ def _number_fits(value: float, schema: dict) -> bool:
     if "e" in text or "E" in text:
         return False
     whole, _, fraction = text.lstrip("-").partition(".")
-    significant = (whole + fraction).lstrip("0")
+    # at most 15 digits in all, as the regex counts them: the integer part's too (``0.`` is one)
     return len(whole) <= UNBOUNDED_DIGITS and len(fraction) <= UNBOUNDED_DIGITS and \
-        len(significant) <= 15
+        len(whole) + len(fraction) <= 15
 
 
 def in_schema_form(value, schema: dict, root: dict):

@@ -744,11 +744,18 @@ def test_strings_accept_escapes_but_not_surrogates():
     assert not re.fullmatch(regex, r'"\ud83d\ude00"') and not re.fullmatch(regex, '"\x01"')
 
 
-def test_open_values_nest_two_levels_with_twelve_digits_by_default():
-    """The caps that existed only for outlines-core's build time (depth 1, 6 digits) are gone."""
+def test_open_values_nest_two_levels_with_sixteen_digits_by_default():
+    """The caps that existed only for outlines-core's build time (depth 1, 6 digits, then 12) are
+    gone: a millisecond timestamp (13 digits) and 2**53 (16) are numbers, in open values and
+    in typed ones."""
     regex = schema_to_regex({}, whitespace="compact")
     assert re.fullmatch(regex, '{"a":[1,2]}') and not re.fullmatch(regex, '{"a":[[1]]}')
-    assert re.fullmatch(regex, "[123456789012]") and not re.fullmatch(regex, "[1234567890123]")
+    assert re.fullmatch(regex, "[1643723400000]") and re.fullmatch(regex, f"[{2**53}]")
+    assert not re.fullmatch(regex, "[12345678901234567]")
+    typed = schema_to_regex({"type": "integer"}, whitespace="compact")
+    assert re.fullmatch(typed, str(2**53)) and not re.fullmatch(typed, "1" * 17)
+    number = schema_to_regex({"type": "number"}, whitespace="compact")
+    assert re.fullmatch(number, "1643723400000.25") and re.fullmatch(number, "0." + "1" * 16)
 
 
 def test_untyped_values_nest_at_most_max_any_depth():

@@ -9,6 +9,11 @@ from __future__ import annotations
 from structgen.schema.regex_text import alt, repeat
 
 _FLOAT_DIGITS = 15  # significant decimal digits that a double holds exactly
+#: Digits of an integer part or a fraction where a schema leaves a number unbounded: 16 spell
+#: every integer JavaScript holds exactly (2**53 has 16 digits), milliseconds and microseconds
+#: since 1970. Each digit costs states in every number's automaton: against 12 digits, an object
+#: of eight numbers (eight integers) built 13% (22%) slower with 16, 43% (44%) with 19 (int64's).
+DEFAULT_MAX_DIGITS = 16
 
 
 def unbounded_number(max_digits: int) -> str:

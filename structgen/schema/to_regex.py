@@ -51,7 +51,12 @@ from structgen.schema.normalize import (
     merge,
     normalize,
 )
-from structgen.schema.numbers import integer_range, number_range, unbounded_number
+from structgen.schema.numbers import (
+    DEFAULT_MAX_DIGITS,
+    integer_range,
+    number_range,
+    unbounded_number,
+)
 from structgen.schema.patterns import pattern_regex
 from structgen.schema.regex_text import (
     alt,
@@ -82,7 +87,7 @@ def schema_to_regex(
     schema: dict | bool,
     *,
     whitespace: str = DEFAULT_WHITESPACE,
-    max_digits: int = 12,
+    max_digits: int = DEFAULT_MAX_DIGITS,
     max_any_depth: int = 2,
     max_recursion: int | None = None,
     timeout: float | None = None,
