@@ -44,6 +44,8 @@ MAX_REBUILDS = 3
 # (non-capturing or not) and a closing parenthesis, an alternation bar and a quote.
 _TOKENS = re.compile(r'\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?:|\(|\)|\||"', re.S)
 _OPENING = {"\\{": "\\}", "\\[": "\\]", '"': '"'}
+# What follows a plain string's repeated character: its count, then the closing quote.
+_CLOSES_A_STRING = re.compile(r'(?:[*+]|\{\d+(?:,\d*)?\})"')
 # A quoted literal: characters and escaped punctuation only, no class, group or escaped code.
 _QUOTED_LITERAL = re.compile(r'"(?:[^"\\\[(]|\\[^0-9A-Za-z])*"')
 
@@ -74,7 +76,8 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
             if frames:
                 start, closes, _ = frames.pop()
                 if closes == ")" and (match.end() - start >= MIN_GROUP
-                                      or regex[start:match.end()] in always):
+                                      or (regex[start:match.end()] in always
+                                          and _in_a_plain_string(regex, start, match.end()))):
                     spans.append((start, match.end()))
         elif frames and token == frames[-1][1]:
             start, _, barred = frames.pop()
@@ -167,6 +170,14 @@ def _class_covers(text: str, candidates: tuple[int, ...]) -> frozenset[int] | No
         elif not (op.name == "CATEGORY" and av.name in ("CATEGORY_DIGIT", "CATEGORY_WORD")):
             return None
     return frozenset(set(candidates) - covered if negate else covered)
+
+
+def _in_a_plain_string(regex: str, start: int, end: int) -> bool:
+    """Whether the group at ``start:end`` is a string's repeated character, ``"(?:C)*"``,
+    ``+`` or ``{m,n}``: there nothing but the closing quote starts beside it. (In a pattern it
+    may stand beside letters it also matches, ``"(?:dev(?:C)*|...)"``, and its splice would be
+    refused, costing a rebuild of the skeleton.)"""
+    return regex[start - 1:start] == '"' and _CLOSES_A_STRING.match(regex, end) is not None
 
 
 def _opens_a_value(regex: str, start: int) -> bool:
