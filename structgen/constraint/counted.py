@@ -105,15 +105,22 @@ def _may_match_placeholders(regex: str, placeholders: set[int], written: int) ->
 
 def _class_may_match(items, placeholders: set[int]) -> bool:
     """Whether a ``[...]`` class matches any of ``placeholders``."""
+    covered = class_covers(items, placeholders)
+    return covered is None or bool(covered)
+
+
+def class_covers(items, candidates: set[int]) -> set[int] | None:
+    """Which ``candidates`` (control bytes) the items of a parsed ``[...]`` class match; None
+    where it may match any of them (``\\s``, ``\\D``, ``\\W`` and the like hold control bytes)."""
     negate, covered = False, set()
     for op, av in items:
         if op is sre_constants.NEGATE:
             negate = True
         elif op is sre_constants.LITERAL:
-            covered |= {av} & placeholders
+            covered |= {av} & candidates
         elif op is sre_constants.RANGE:
-            covered |= {p for p in placeholders if av[0] <= p <= av[1]}
+            covered |= {c for c in candidates if av[0] <= c <= av[1]}
         elif not (op is sre_constants.CATEGORY and av in (sre_constants.CATEGORY_DIGIT,
                                                           sre_constants.CATEGORY_WORD)):
-            return True  # \s, \D, \W and the like hold control bytes
-    return covered != placeholders if negate else bool(covered)
+            return None
+    return candidates - covered if negate else covered

@@ -6,18 +6,20 @@ it, a free value's arrays and objects four times per nesting level. outlines-cor
 every copy, and its automaton keeps them all: 36k states for Github_easy o68821, whose minimal
 automaton has 2k, built in 0.8 s.
 
-So, for a long regex, the build replaces each long ``(?:...)`` group that occurs more than once
-by a placeholder byte, lets outlines-core determinise that skeleton, builds each group's own
-automaton once (the same way, for the groups inside it), and writes the group's states into the
-skeleton's table in numpy: one copy per state the placeholder leads to (copies that continue
-alike are one copy). A state with a placeholder transition takes the group's first transitions;
-the group's accepting states take the transitions of the state it leads to.
+So, for a long regex, the build replaces each long group (a ``(?:...)``, an object, an array or
+a string value) that occurs more than once, and a JSON string's character in every plain
+string, by a placeholder byte; lets outlines-core determinise that skeleton; builds each group's
+own automaton once (the same way, for the groups inside it); and writes the group's states into
+the skeleton's table in numpy: one copy per state the placeholder leads to. A state with a
+placeholder transition takes the group's first transitions; the group's accepting states take
+the transitions of the state it leads to, and one it cannot go on from is that state.
 
 That is the same language only where it stays deterministic; ``splice_group`` checks it (the
 group's first bytes start nothing else where it is entered, its accepting states continue with
-nothing the state after it starts, and it cannot be empty) and otherwise gives up, and the
-plain build decides. Placeholder bytes are control bytes no JSON text holds, and only those the
-regex cannot match anywhere (``free_bytes``).
+nothing the state after it starts, and it cannot be empty). A refused group is written out and
+the skeleton rebuilt (``MAX_REBUILDS``); past that the plain build decides. Placeholder bytes are
+control bytes no JSON text holds, and only those the regex cannot match anywhere
+(``free_bytes``).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from structgen._sre import sre_parse
+from structgen._sre import sre_constants, sre_parse
 from structgen.constraint.automaton import NO_COUNTERS
-from structgen.constraint.counted import PLACEHOLDERS
+from structgen.constraint.counted import PLACEHOLDERS, class_covers
 
 #: Regexes shorter than this determinise in milliseconds: built as they are.
 MIN_REGEX = 4_096
@@ -156,20 +158,10 @@ def _class_covers(text: str, candidates: tuple[int, ...]) -> frozenset[int] | No
     if len(parsed) != 1:
         return None
     op, av = parsed[0]
-    if op.name in ("AT", "SUBPATTERN"):
+    if op is sre_constants.AT or op is sre_constants.SUBPATTERN:
         return frozenset()  # an anchor (``\b``, ``\A``) matches no byte
-    items = av if op.name == "IN" else [(op, av)]
-    negate, covered = False, set()
-    for op, av in items:
-        if op.name == "NEGATE":
-            negate = True
-        elif op.name == "LITERAL":
-            covered |= {av} & set(candidates)
-        elif op.name == "RANGE":
-            covered |= {c for c in candidates if av[0] <= c <= av[1]}
-        elif not (op.name == "CATEGORY" and av.name in ("CATEGORY_DIGIT", "CATEGORY_WORD")):
-            return None
-    return frozenset(set(candidates) - covered if negate else covered)
+    covered = class_covers(av if op is sre_constants.IN else [(op, av)], set(candidates))
+    return None if covered is None else frozenset(covered)
 
 
 def _in_a_plain_string(regex: str, start: int, end: int) -> bool:
@@ -191,7 +183,6 @@ def _opens_a_value(regex: str, start: int) -> bool:
     if regex[start] == '"':
         return _QUOTED_LITERAL.match(regex, start) is None
     return regex[start] not in "[,:"
-
 
 
 def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[int],
@@ -258,11 +249,12 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     if (outer[sources][:, entry] != 0).any():
         return None
     finals = np.flatnonzero(group_final)
-    leaving = (inner[finals] != 0).any(axis=0)
+    goes_on = inner[finals] != 0  # [accepting state, class]: the group continues there
+    leaving = goes_on.any(axis=0)
     # An accepting state the group cannot go on from is the target itself (a string's closing
     # character leads back to the string's own state, as outlines-core's automaton has it);
     # the others are copied, and those of them that accept take on the target's transitions.
-    closing = finals[~(inner[finals] != 0).any(axis=1)]
+    closing = finals[~goes_on.any(axis=1)]
     kept = np.setdiff1d(np.arange(1, len(inner)), closing)
     slot = np.full(len(inner), -1, np.int64)
     slot[kept] = np.arange(len(kept))
