@@ -14,16 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from outlines_core import Index
 
 import structgen
 from structgen.constraint._worker import CompileWorker
 from structgen.constraint.automaton import (
     COUNTER_LOOKAHEAD,
     ByteAutomaton,
-    arrays_from_index,
-    byte_vocabulary,
-    marked,
+    build_arrays,
     splice_counted,
 )
 from structgen.constraint.compiler import ConstraintCompiler
@@ -32,21 +29,14 @@ from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex
 from structgen.schema.layout import STRING_CHAR
 
-VOCABULARY = byte_vocabulary()
-
-
-def build(regex: str) -> dict:
-    return arrays_from_index(Index(marked(regex), VOCABULARY))
-
-
-CHARACTER = build(STRING_CHAR)
+CHARACTER = build_arrays(STRING_CHAR)
 
 
 def spliced(regex: str, min_count: int = 2) -> ByteAutomaton | None:
     replaced, kinds = with_placeholders(regex, STRING_CHAR, min_count)
     if not kinds:
         return None
-    arrays = splice_counted(build(replaced), kinds, CHARACTER)
+    arrays = splice_counted(build_arrays(replaced), kinds, CHARACTER)
     return None if arrays is None else ByteAutomaton.from_arrays(arrays)
 
 
@@ -114,14 +104,14 @@ def test_a_state_that_could_open_two_things_with_a_quote_is_not_spliced():
     regex = schema_to_regex(schema, whitespace="compact")
     replaced, kinds = with_placeholders(regex, STRING_CHAR)
     assert kinds  # found, but the quote would be ambiguous
-    assert splice_counted(build(replaced), kinds, CHARACTER) is None
+    assert splice_counted(build_arrays(replaced), kinds, CHARACTER) is None
 
 
 def test_a_splice_past_its_size_bound_is_refused():
     regex = repeat_string(0, 1000)
     replaced, kinds = with_placeholders(regex, STRING_CHAR)
-    assert splice_counted(build(replaced), kinds, CHARACTER, max_cells=10_000) is None
-    assert splice_counted(build(replaced), kinds, CHARACTER) is not None
+    assert splice_counted(build_arrays(replaced), kinds, CHARACTER, max_cells=10_000) is None
+    assert splice_counted(build_arrays(replaced), kinds, CHARACTER) is not None
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +230,7 @@ def test_counters_that_overlap_or_point_past_the_table_are_no_automaton():
 
 def with_placeholders_built(regex: str) -> tuple[dict, dict]:
     replaced, kinds = with_placeholders(regex, STRING_CHAR)
-    return build(replaced), kinds
+    return build_arrays(replaced), kinds
 
 
 def test_the_worker_finds_and_splices_long_strings_itself_without_the_schema_compiler():

@@ -11,14 +11,11 @@ import json
 
 import numpy as np
 import pytest
-from outlines_core import Index
 
 from structgen.constraint import repeated
 from structgen.constraint.automaton import (
     ByteAutomaton,
-    arrays_from_index,
-    byte_vocabulary,
-    marked,
+    build_arrays,
     reachable_backwards,
 )
 from structgen.constraint.counted import PLACEHOLDERS
@@ -29,12 +26,6 @@ from structgen.constraint.repeated import (
     repeated_groups,
 )
 from structgen.schema import schema_to_regex
-
-VOCABULARY = byte_vocabulary()
-
-
-def build(regex: str) -> dict:
-    return arrays_from_index(Index(marked(regex), VOCABULARY))
 
 
 def no_dead_ends(arrays: dict) -> bool:
@@ -95,8 +86,8 @@ def test_shared_groups_keep_the_language_and_shrink_the_automaton(name, whitespa
                                                                    small_thresholds):
     regex = schema_to_regex(SCHEMAS[name], whitespace=whitespace)
     assert repeated_groups(regex), "the schema should repeat a group"
-    plain = build(regex)
-    shared = build_sharing(regex, build, free_bytes(regex, list(PLACEHOLDERS)))
+    plain = build_arrays(regex)
+    shared = build_sharing(regex, build_arrays, free_bytes(regex, list(PLACEHOLDERS)))
     assert shared is not None, "every splice here is deterministic"
     assert len(shared["table"]) < len(plain["table"])
     assert same_language(plain, shared) and no_dead_ends(shared)
@@ -118,11 +109,11 @@ def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
 
     def recording(text: str) -> dict:
         built.append(text)
-        return build(text)
+        return build_arrays(text)
 
     arrays = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)))
     assert built[-1] == regex  # the last build: nothing left to share
-    assert same_language(arrays, build(regex))
+    assert same_language(arrays, build_arrays(regex))
 
 
 def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds):
@@ -140,7 +131,8 @@ def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(sma
 def test_short_regexes_are_built_as_they_are():
     regex = schema_to_regex({"type": "array", "items": {"type": "integer"}})
     assert len(regex) < repeated.MIN_REGEX
-    assert np.array_equal(build_with_shared_groups(regex, build)["table"], build(regex)["table"])
+    assert np.array_equal(build_with_shared_groups(regex, build_arrays)["table"],
+                          build_arrays(regex)["table"])
 
 
 def test_free_bytes_are_those_nothing_in_the_regex_can_match():
@@ -175,7 +167,7 @@ def test_the_compile_worker_splices_groups_and_counted_strings_together():
     finally:
         worker.stop()
     assert status == "ok" and not len(arrays["counters"])
-    plain = build(regex)
+    plain = build_arrays(regex)
     assert len(arrays["table"]) < len(plain["table"])
     assert same_language(plain, {name: arrays[name] for name in plain}) and no_dead_ends(arrays)
 
@@ -192,12 +184,12 @@ def test_string_characters_are_determinised_once():
 
     def recording(text: str) -> dict:
         built.append(text)
-        return build(text)
+        return build_arrays(text)
 
     arrays = build_with_shared_groups(regex, recording, (), STRING_CHAR, {})
     assert built.count(STRING_CHAR) == 1 and all(STRING_CHAR not in text for text in built
                                                  if text != STRING_CHAR)
-    assert same_language(arrays, build(regex)) and no_dead_ends(arrays)
+    assert same_language(arrays, build_arrays(regex)) and no_dead_ends(arrays)
     # a character leads from inside a string back to the same state, as outlines-core's own
     # automaton has it (the mask walker places a loop's tokens without stepping them)
     automaton = ByteAutomaton.from_arrays(arrays)
@@ -220,11 +212,11 @@ def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresh
 
     def recording(text: str) -> dict:
         built.append(text)
-        return build(text)
+        return build_arrays(text)
 
     shared = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)), {},
                            frozenset([STRING_CHAR]))
-    plain = build(regex)
+    plain = build_arrays(regex)
     assert shared is not None and same_language(shared, plain) and no_dead_ends(shared)
     assert len(shared["table"]) < len(plain["table"])
     assert any(STRING_CHAR in text for text in built[1:])  # a rebuild wrote it out

@@ -26,11 +26,10 @@ import weakref
 import numpy as np
 
 from structgen.constraint.automaton import (
-    arrays_from_index,
+    build_arrays,
     byte_vocabulary,
     column_edges,
     distances_to_accept,
-    marked,
     splice_counted,
 )
 from structgen.constraint.counted import with_placeholders
@@ -79,30 +78,26 @@ def _serve(memory_limit: int) -> None:
     requests = sys.stdin.buffer
     if memory_limit:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-    from outlines_core import Index
-
-    vocabulary = byte_vocabulary()
+    byte_vocabulary()  # outlines-core imported and the vocabulary built before the first request
     characters: dict[str, dict] = {}  # a string character's regex -> its automaton
-
-    def build(regex: str) -> dict:
-        return arrays_from_index(Index(marked(regex), vocabulary))
 
     def build_counted(regex: str, character: str | None) -> dict:
         """The automaton of ``regex``; with ``character`` (a JSON string character's regex) its
         long strings of that character are spliced in, not determinised, and the character is
         determinised once; its long repeated groups are determinised once (``repeated``)."""
         if character is None:
-            return build_with_shared_groups(regex, build)
+            return build_with_shared_groups(regex, build_arrays)
         if character not in characters:
-            characters[character] = build(character)
+            characters[character] = build_arrays(character)
         known = {character: characters[character]}
         replaced, kinds = with_placeholders(regex, character)
         if kinds:
-            skeleton = build_with_shared_groups(replaced, build, tuple(kinds), character, known)
+            skeleton = build_with_shared_groups(replaced, build_arrays, tuple(kinds), character,
+                                                known)
             spliced = splice_counted(skeleton, kinds, characters[character])
             if spliced is not None:
                 return spliced
-        return build_with_shared_groups(regex, build, (), character, known)
+        return build_with_shared_groups(regex, build_arrays, (), character, known)
 
     while True:
         try:

@@ -50,11 +50,20 @@ def marked(regex: str) -> str:
     return f"\\x{START_MARK:02x}(?:{regex})\\x{END_MARK:02x}"
 
 
+@functools.cache
 def byte_vocabulary():
     """outlines-core's vocabulary of the 256 single bytes: token id ``b`` is byte ``b``."""
     from outlines_core import Vocabulary  # the worker process imports it; the parent never needs it
 
     return Vocabulary(256, {bytes([b]): [b] for b in range(256)})
+
+
+def build_arrays(regex: str) -> dict:
+    """``ARRAY_NAMES`` of ``regex``'s automaton, determinised by outlines-core in this process:
+    one blocking call with no bound on its time or memory, so the compile worker's (and tests')."""
+    from outlines_core import Index  # as in byte_vocabulary
+
+    return arrays_from_index(Index(marked(regex), byte_vocabulary()))
 
 
 def arrays_from_index(index) -> dict:
