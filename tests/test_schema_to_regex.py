@@ -977,6 +977,20 @@ def test_schema_dependencies_narrow_the_object():
     assert caught.value.pointer == "/dependentSchemas"
 
 
+def test_a_pattern_translated_once_still_names_each_place():
+    """Translations are kept per (pattern, lengths): the same pattern elsewhere reuses one, and
+    a length no string of it fits is still refused at its own pointer."""
+    pattern = {"type": "string", "pattern": "^[a-z]{2}$"}
+    schema = {"type": "object", "required": ["a", "b", "c"], "properties": {
+        "a": pattern, "b": pattern, "c": {**pattern, "minLength": 3}}}
+    with pytest.raises(UnsatisfiableSchemaError) as refused:
+        schema_to_regex(schema)
+    assert refused.value.pointer == "/properties/c/pattern"
+    fits = {**schema, "properties": {"a": pattern, "b": pattern, "c": pattern}}
+    assert re.fullmatch(schema_to_regex(fits, whitespace="compact"), '{"a":"xy","b":"zz","c":"ab"}')
+    assert not re.fullmatch(schema_to_regex(fits, whitespace="compact"), '{"a":"xy","b":"zzz","c":"ab"}')
+
+
 def test_pattern_properties():
     """One pattern on an object with nothing declared: keys matching it, its schema's values.
     Beside declared properties none of which it matches: the record alone."""

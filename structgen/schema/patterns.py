@@ -56,6 +56,13 @@ _STARTS = (sre_constants.AT_BEGINNING, sre_constants.AT_BEGINNING_STRING)
 _ENDS = (sre_constants.AT_END, sre_constants.AT_END_STRING)
 
 
+#: Translations made, (pattern, min_length, max_length) -> regex: a large schema writes a few
+#: patterns hundreds of times (Github_hard o21260: 3 patterns, 719 uses over the recursion
+#: depths tried), and each translation parses and re-emits the whole pattern.
+_TRANSLATED: dict[tuple[str, int, int | None], str] = {}
+_TRANSLATED_KEPT = 4096
+
+
 def pattern_regex(pattern: str, min_length: int, max_length: int | None, where: str) -> str:
     """Regex of the JSON string contents (between the quotes) whose decoded text the ECMA regex
     ``pattern`` finds (search semantics, so unanchored sides are padded with any characters),
@@ -63,7 +70,20 @@ def pattern_regex(pattern: str, min_length: int, max_length: int | None, where: 
 
     Each character of the pattern is spelled one way in the JSON text: raw, or its short escape
     (``\\"``, ``\\\\``, ``\\n``...), or ``\\u00XX`` for other control characters.
+    ``where`` (the pattern's JSON pointer) only names the place in an error, so a translation
+    made once serves every place the pattern is written.
     """
+    key = (pattern, min_length, max_length)
+    regex = _TRANSLATED.get(key)
+    if regex is None:
+        regex = _translate(pattern, min_length, max_length, where)
+        if len(_TRANSLATED) >= _TRANSLATED_KEPT:
+            _TRANSLATED.clear()
+        _TRANSLATED[key] = regex
+    return regex
+
+
+def _translate(pattern: str, min_length: int, max_length: int | None, where: str) -> str:
     try:
         parsed = sre_parse.parse(pattern)
     except re.error as error:
