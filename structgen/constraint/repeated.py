@@ -122,9 +122,17 @@ def build_with_shared_groups(regex: str, build: Callable[[str], dict],
     return build(regex)
 
 
-# What ``free_bytes`` reads: a class, an escape, a group's opening, any other character.
-_PIECES = re.compile(r"\[\^?\]?(?:\\.|[^\]\\])*\]|\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}"
-                     r"|\\U[0-9a-fA-F]{8}|\\[0-7]{1,3}|\\.|\(\?.?|.", re.S)
+# What ``free_bytes`` reads: a class, an escape, a group's opening, a dot. Every other
+# character of the regex matches itself and is stepped over by the scan unless it is one of the
+# candidates (``_pieces``).
+_READ = (r"\[\^?\]?(?:\\.|[^\]\\])*\]|\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\U[0-9a-fA-F]{8}"
+         r"|\\[0-7]{1,3}|\\.|\(\?.?|\.")
+
+
+@functools.lru_cache(maxsize=16)
+def _pieces(candidates: tuple[int, ...]) -> re.Pattern:
+    written = "".join(re.escape(chr(b)) for b in candidates)
+    return re.compile(f"{_READ}|[{written}]" if written else _READ, re.S)
 
 
 def free_bytes(regex: str, candidates: list[int]) -> list[int]:
@@ -132,7 +140,7 @@ def free_bytes(regex: str, candidates: list[int]) -> list[int]:
     escape or ``.``): free to stand for its groups. None of them where the regex has a
     construct this scan does not read (inline flags, look-around, back-references)."""
     matched: set[int] = set()
-    for piece in _PIECES.findall(regex):
+    for piece in set(_pieces(tuple(candidates)).findall(regex)):  # each distinct piece once
         if piece[0] in "[\\" and len(piece) > 1:
             covered = _class_covers(piece, tuple(candidates))
             if covered is None:
@@ -143,8 +151,8 @@ def free_bytes(regex: str, candidates: list[int]) -> list[int]:
                 return []  # inline flags or look-around
         elif piece == ".":
             return []
-        elif ord(piece) in candidates:
-            matched.add(ord(piece))
+        else:
+            matched.add(ord(piece))  # a candidate, written as itself
     return [b for b in candidates if b not in matched]
 
 
