@@ -246,16 +246,8 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     keys[pending] = -1 - np.asarray(pending)
     _, first, new_class = np.unique(keys, return_index=True, return_inverse=True)
     new_class = new_class.reshape(256)
-    outer = table[:, byte_class[first]].astype(np.int64)
     inner = group_table[:, group_class[first]].astype(np.int64)
-    column = outer[:, new_class[byte]].copy()
-    outer[:, new_class[byte]] = 0
     inner[:, new_class[pending]] = 0
-    sources = np.flatnonzero(column)
-    targets, leads_to = np.unique(column[sources], return_inverse=True)
-    entry = inner[group_start] != 0
-    if (outer[sources][:, entry] != 0).any():
-        return None
     finals = np.flatnonzero(group_final)
     goes_on = inner[finals] != 0  # [accepting state, class]: the group continues there
     leaving = goes_on.any(axis=0)
@@ -264,6 +256,22 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     # the others are copied, and those of them that accept take on the target's transitions.
     closing = finals[~goes_on.any(axis=1)]
     kept = np.setdiff1d(np.arange(1, len(inner)), closing)
+    column = table[:, byte_class[byte]]
+    sources = np.flatnonzero(column)
+    targets, leads_to = np.unique(column[sources], return_inverse=True)
+    rows = len(table) + len(targets) * len(kept)
+    if rows >= np.iinfo(np.int32).max:
+        return None
+    # One table for the result: the outer automaton's rows (its classes refined by the
+    # group's), then one copy of the group per target.
+    spliced = np.empty((rows, len(first)), np.int32)
+    outer = spliced[:len(table)]
+    np.take(table.astype(np.int32, copy=False), byte_class[first], axis=1, out=outer,
+            mode="clip")  # (every index is a class: "clip" only spares a buffered copy)
+    outer[:, new_class[byte]] = 0
+    entry = inner[group_start] != 0
+    if (outer[sources][:, entry] != 0).any():
+        return None
     slot = np.full(len(inner), -1, np.int64)
     slot[kept] = np.arange(len(kept))
     bases = len(outer) + np.arange(len(targets)) * len(kept)
@@ -279,20 +287,16 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     if (outer[targets][:, leaving] != 0).any():
         return None
     merged = np.flatnonzero(group_final[kept])  # the copy's rows that accept
-    blocks, is_final = [outer], [arrays["is_final"]]
+    is_final = [arrays["is_final"]]
     for base, target in zip(bases.tolist(), targets.tolist()):
-        block = placed(inner[kept], base, target)
+        block = spliced[base:base + len(kept)]
+        block[:] = placed(inner[kept], base, target)
         block[merged] = np.where(block[merged] != 0, block[merged], outer[target])
-        blocks.append(block)
         final = np.zeros(len(kept), dtype=bool)
         final[merged] = arrays["is_final"][target]
         is_final.append(final)
-    spliced = np.concatenate(blocks)
-    if spliced.max(initial=0) >= np.iinfo(np.int32).max:
-        return None
     # Every state stays live (no new dead ends): a path through a placeholder step now runs
     # through the group's copy, which reaches its accepting states and goes on as the target.
-    spliced = np.ascontiguousarray(spliced.astype(np.int32))
     is_final = np.concatenate(is_final)
     return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
             "initial": arrays["initial"], "counters": NO_COUNTERS}
