@@ -172,6 +172,36 @@ def test_the_compile_worker_splices_groups_and_counted_strings_together():
     assert same_language(plain, {name: arrays[name] for name in plain}) and no_dead_ends(arrays)
 
 
+def test_group_automata_are_kept_between_compiles():
+    """A group determinised for one regex is spliced into the next one without a build of its
+    own, and the next regex keeps its plain language; past their cells the oldest go first."""
+    from structgen.constraint._worker import GroupAutomata
+
+    books = {"type": "object", "additionalProperties": ITEM}
+    first = schema_to_regex({"type": "object", "properties": {"old": books, "new": books}},
+                            whitespace="flexible")
+    second = schema_to_regex({"type": "array", "items": books}, whitespace="flexible")
+    known = GroupAutomata()
+    build_with_shared_groups(first, build_arrays, (), None, known)
+    before = set(known)
+    built = []
+
+    def recording(text: str) -> dict:
+        built.append(text)
+        return build_arrays(text)
+
+    arrays = build_with_shared_groups(second, recording, (), None, known)
+    assert before & {second[start:end] for start, end in repeated_groups(second)}
+    assert not before & set(built)
+    assert same_language(arrays, build_arrays(second)) and no_dead_ends(arrays)
+
+    kept = GroupAutomata(max_cells=100)
+    for text, cells in (("a", 60), ("b", None), ("c", 30), ("d", 50)):
+        kept[text] = None if cells is None else {"table": np.zeros((cells, 1), np.int32)}
+    kept.trim()
+    assert list(kept) == ["b", "c", "d"]
+
+
 def test_string_characters_are_determinised_once():
     """Each JSON string's character (a large Unicode class) is a placeholder in what
     outlines-core builds; the character's automaton is spliced in per place."""

@@ -35,6 +35,9 @@ from structgen.constraint.automaton import (
 from structgen.constraint.counted import with_placeholders
 from structgen.constraint.repeated import build_with_shared_groups
 
+#: Table cells (4 bytes each) of group automata the child keeps between compiles: 128 MiB.
+GROUP_CELLS = 1 << 25
+
 # Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
 _OUT_OF_MEMORY = "out-of-memory"
 
@@ -80,16 +83,18 @@ def _serve(memory_limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     byte_vocabulary()  # outlines-core imported and the vocabulary built before the first request
     characters: dict[str, dict] = {}  # a string character's regex -> its automaton
+    known = GroupAutomata()
 
     def build_counted(regex: str, character: str | None) -> dict:
         """The automaton of ``regex``; with ``character`` (a JSON string character's regex) its
         long strings of that character are spliced in, not determinised, and the character is
-        determinised once; its long repeated groups are determinised once (``repeated``)."""
+        determinised once; its long repeated groups are determinised once (``repeated``), and
+        kept for the next compiles (``known``)."""
         if character is None:
-            return build_with_shared_groups(regex, build_arrays)
+            return build_with_shared_groups(regex, build_arrays, (), None, known)
         if character not in characters:
             characters[character] = build_arrays(character)
-        known = {character: characters[character]}
+        known[character] = characters[character]
         replaced, kinds = with_placeholders(regex, character)
         if kinds:
             skeleton = build_with_shared_groups(replaced, build_arrays, tuple(kinds), character,
@@ -107,6 +112,7 @@ def _serve(memory_limit: int) -> None:
         started = time.perf_counter()
         try:
             arrays = build_counted(regex, character)
+            known.trim()
         except MemoryError:
             _write_frame(replies, ("error", _OUT_OF_MEMORY, "the compile ran out of its memory budget"))
             continue
@@ -118,6 +124,28 @@ def _serve(memory_limit: int) -> None:
                                                           *column_edges(arrays["table"]))
         arrays["index_seconds"] = np.float64(time.perf_counter() - started)
         _write_frame(replies, ("ok", arrays))
+
+
+class GroupAutomata(dict):
+    """The automata of repeated groups (``repeated.build_sharing``'s ``groups``), kept between
+    one process's compiles: a free value (``{}``) at each depth, a shared definition or a long
+    string pattern recurs across schemas, and is determinised once. A group's automaton is a
+    function of its text alone (its placeholders are all spliced in). Past ``max_cells`` table
+    cells the oldest are dropped."""
+
+    def __init__(self, max_cells: int = GROUP_CELLS):
+        super().__init__()
+        self.max_cells = max_cells
+
+    def trim(self) -> None:
+        cells = {text: 0 if arrays is None else arrays["table"].size
+                 for text, arrays in self.items()}
+        total = sum(cells.values())
+        for text in list(self):  # oldest first: a dict keeps insertion order
+            if total <= self.max_cells:
+                break
+            total -= cells[text]
+            del self[text]
 
 
 def _end_process(process: subprocess.Popen) -> None:
