@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 import structgen
 from structgen.constraint.automaton import UNREACHABLE
+from structgen.constraint.compiler import ConstraintCompiler
 from structgen.constraint.vocabulary import TokenizerInfo
+from structgen.schema import schema_to_regex
 
 SCHEMAS = {
     "person": {"type": "object", "properties": {
@@ -137,6 +139,33 @@ def test_multi_byte_tokens_shorten_the_distance_soundly(smollm2_tokenizer):
         assert allowed, "the budget rule left no token"
         assert matcher.advance(allowed[-1])  # the highest id: rarely the shortest path's own
     assert matcher.is_accepting()  # with EOS taken, or at the last token of the budget
+
+
+def test_token_distances_wait_for_a_budget_that_needs_them(smollm2_tokenizer):
+    """A matcher far from its budget runs on the single-byte bound alone; when a budget comes
+    near, masks made before the token distances existed are judged by them, exactly."""
+    info = TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    compiler = ConstraintCompiler(disk_cache=False)  # a constraint of its own, never read before
+    try:
+        constraint = compiler.compile_regex(
+            schema_to_regex(SCHEMAS["person"], whitespace="indented"), info)
+        matcher = constraint.matcher(max_tokens=500)  # far from it: the bound answers
+        for _ in range(12):
+            allowed = [i for i in matcher.allowed_token_ids() if i != info.eos_token_id]
+            assert matcher.advance(allowed[len(allowed) // 2])
+        assert constraint.masks._distance is None, "nothing needed the token distances yet"
+        walked = constraint.initial_state
+        for _ in range(12):
+            for tokens_left in (0, 3, 8, 20):
+                expected, following = brute_force(constraint, info, walked)
+                for token_id, after in following.items():
+                    expected[token_id] = constraint.distance(after) <= tokens_left
+                assert np.array_equal(constraint.mask(walked, tokens_left), expected)
+            allowed = np.flatnonzero(constraint.mask(walked, tokens_left=400))
+            walked = constraint.next_state(walked, int(allowed[len(allowed) // 2]))[0]
+        assert constraint.masks._distance is not None
+    finally:
+        compiler.close()
 
 
 def test_masks_are_shared_by_matchers_and_bounded(info):

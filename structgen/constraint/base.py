@@ -30,5 +30,10 @@ class Constraint:
     def min_tokens(self) -> int:
         return 1
 
+    def fits(self, tokens: int) -> bool:
+        """Whether the shortest answer fits in ``tokens`` (``min_tokens <= tokens``, which an
+        engine may answer without computing ``min_tokens``)."""
+        return self.min_tokens <= tokens
+
     def matcher(self, max_tokens: int | None = None):
         raise NotImplementedError

@@ -22,13 +22,24 @@ from structgen.types import OutputType
 DISTANCE_STEPS = 4_000_000
 
 
-def token_distances(automaton: ByteAutomaton, tokens: TokenBytes) -> np.ndarray:
-    """Each state's distance to acceptance in tokens: single-byte tokens, plus the multi-byte
-    tokens found in the shortest answer (its keys, separators and indentation), so the bound is
-    close to the fewest tokens an answer needs rather than its fewest bytes (a 3-field object in
-    indented whitespace: 42 single bytes, 20 with SmolLM2's tokens)."""
-    every_byte = bool(np.all(tokens.single_bytes))  # a byte-level BPE vocabulary
-    by_bytes = automaton.byte_distance if every_byte else automaton.distances(tokens.single_bytes)
+def single_byte_distances(automaton: ByteAutomaton, tokens: TokenBytes) -> np.ndarray:
+    """Each state's distance to acceptance in single-byte tokens: an upper bound on
+    ``token_distances`` (which adds edges), known at once for a byte-level vocabulary (the
+    automaton's byte distances), a search otherwise."""
+    if np.all(tokens.single_bytes):  # a byte-level BPE vocabulary
+        return automaton.byte_distance
+    return automaton.distances(tokens.single_bytes)
+
+
+def token_distances(automaton: ByteAutomaton, tokens: TokenBytes,
+                    by_bytes: np.ndarray | None = None) -> np.ndarray:
+    """Each state's distance to acceptance in tokens: single-byte tokens (``by_bytes``, the
+    ``single_byte_distances``), plus the multi-byte tokens found in the shortest answer (its
+    keys, separators and indentation), so the bound is close to the fewest tokens an answer
+    needs rather than its fewest bytes (a 3-field object in indented whitespace: 42 single
+    bytes, 20 with SmolLM2's tokens)."""
+    if by_bytes is None:
+        by_bytes = single_byte_distances(automaton, tokens)
     shortest = automaton.shortest_completion(by_bytes, automaton.initial, limit=1024)
     helpful = tokens.found_in(shortest)
     helpful = helpful[:max(0, DISTANCE_STEPS // (len(automaton.table) * 4))]
@@ -42,7 +53,9 @@ class CompiledConstraint(Constraint):
     ``mask_bytes`` of packed masks, least recently used evicted); ``next_state`` walks a token's
     bytes through the automaton; ``distance`` is ``token_distances``' bound on the tokens to
     acceptance, which is what the budget rule and ``min_tokens`` count (an answer may need fewer
-    tokens when other tokens spell it, never more).
+    tokens when other tokens spell it, never more). Those distances are computed on first need
+    (about 2 ms for a median schema at Llama-3's vocabulary): ``within`` and ``fits`` ask the
+    single-byte bound first, so a sequence far from its budget never waits for them.
     """
 
     engine = "outlines-core"
@@ -68,11 +81,12 @@ class CompiledConstraint(Constraint):
                 raise CompileTooLargeError(
                     f"this tokenizer has tokens of {int(tokens.lengths[0])} bytes; a string "
                     f"counted by a loop needs tokens of at most {COUNTER_LOOKAHEAD}")
-            distance = token_distances(automaton, tokens)
-            masks = MaskStore(automaton, tokens, distance, eos_token_id, max_bytes=mask_bytes)
+            bound = single_byte_distances(automaton, tokens)
+            masks = MaskStore(automaton, tokens, bound,
+                              lambda: token_distances(automaton, tokens, bound), eos_token_id,
+                              max_bytes=mask_bytes)
         self.masks = masks
         self._tokens = tokens
-        self._distance = masks.distance
 
     def with_request(self, *, output_type: OutputType | None, whitespace: str,
                      from_cache: str) -> "CompiledConstraint":
@@ -92,7 +106,10 @@ class CompiledConstraint(Constraint):
         """Fewest tokens of any accepted answer as the budget counts them (``token_distances``; EOS
         not counted); ``automaton.UNREACHABLE`` when this tokenizer lacks a single-byte token
         every answer needs."""
-        return int(self._distance[self.initial_state])
+        return int(self.masks.distance[self.initial_state])
+
+    def fits(self, tokens: int) -> bool:
+        return self.within(self.initial_state, tokens)
 
     def matcher(self, max_tokens: int | None = None) -> Matcher:
         """A fresh per-sequence cursor; with ``max_tokens`` it steers to finish within that many."""
@@ -104,7 +121,13 @@ class CompiledConstraint(Constraint):
         return bool(self.automaton.is_final[state])
 
     def distance(self, state: int) -> int:
-        return int(self._distance[state])
+        return int(self.masks.distance[state])
+
+    def within(self, state: int, tokens: int) -> bool:
+        """Whether acceptance is at most ``tokens`` tokens from ``state`` (``distance(state) <=
+        tokens``; the single-byte bound answers first, so that an answer far from its budget
+        never needs the token distances)."""
+        return bool(self.masks.bound[state] <= tokens) or self.distance(state) <= tokens
 
     def next_state(self, state: int, token_id: int, count: int = 0) -> tuple[int, int] | None:
         """(the state after ``token_id``, the characters counted in a long string's loop,
@@ -117,7 +140,7 @@ class CompiledConstraint(Constraint):
 
     def needs_budget_mask(self, state: int, tokens_left: int) -> bool:
         """True when some token of ``state`` leads where no valid ending fits in ``tokens_left``."""
-        return tokens_left < self.masks.entry(state)[1]
+        return self.masks.needs_budget_mask(state, tokens_left)
 
     def mask(self, state: int, tokens_left: int | None = None) -> np.ndarray:
         """Boolean mask over the vocabulary of tokens allowed in ``state``.
@@ -140,4 +163,4 @@ class CompiledConstraint(Constraint):
                 f"compile_seconds={self.compile_seconds:.3f}, from_cache={self.from_cache!r})")
 
 
-__all__ = ["CompiledConstraint", "token_distances"]
+__all__ = ["CompiledConstraint", "single_byte_distances", "token_distances"]

@@ -71,7 +71,7 @@ class Matcher(Cursor):
     """Per-sequence state: ``allowed_token_ids``, ``fill_bitmask``, ``advance``, ``is_accepting``."""
 
     def __init__(self, constraint, max_tokens: int | None = None):
-        if max_tokens is not None and max_tokens < constraint.min_tokens:
+        if max_tokens is not None and not constraint.fits(max_tokens):
             raise BudgetTooSmallError(max_tokens, constraint.min_tokens)
         self.constraint = constraint
         self.state = constraint.initial_state
@@ -127,7 +127,7 @@ class Matcher(Cursor):
             return False
         following, count = advanced
         if self.max_tokens is not None:
-            if self.constraint.distance(following) > self.tokens_left - 1:
+            if not self.constraint.within(following, self.tokens_left - 1):
                 return False
         self.state, self.count = following, count
         self.tokens_consumed += 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -503,26 +503,59 @@ def pack_bitmask(mask: np.ndarray) -> np.ndarray:
     return packed.view(np.int32)
 
 
-class MaskStore:
-    """Per-state masks of one (automaton, tokenizer) pair, computed on first visit, LRU-bounded."""
+def _worst(state: int, back: np.ndarray | None, following: np.ndarray,
+           distance: np.ndarray) -> int:
+    """The largest ``distance`` after a token allowed in ``state`` (``back``: the tokens that
+    stay in it, a string's characters; ``following``: where the others lead)."""
+    worst = int(distance[following].max()) if len(following) else 0
+    if back is not None:
+        worst = max(worst, int(distance[state]))
+    return worst
 
-    def __init__(self, automaton: ByteAutomaton, tokens: TokenBytes, distance: np.ndarray,
-                 eos_token_id: int, max_bytes: int = DEFAULT_MASK_BYTES):
+
+class MaskStore:
+    """Per-state masks of one (automaton, tokenizer) pair, computed on first visit, LRU-bounded.
+
+    ``bound`` (each state's distance in single-byte tokens, known now) is an upper bound on
+    ``distance`` (in tokens, ``compiled.token_distances``), which ``exact()`` computes on first
+    need. Each entry keeps its state's worst distance after an allowed token, from whichever was
+    known when it was made; the bound's is replaced by the exact one when a budget comes near
+    it (``needs_budget_mask``)."""
+
+    def __init__(self, automaton: ByteAutomaton, tokens: TokenBytes, bound: np.ndarray,
+                 exact: Callable[[], np.ndarray], eos_token_id: int,
+                 max_bytes: int = DEFAULT_MASK_BYTES):
         self.automaton = automaton
         self.tokens = tokens
         self.walker = Walker(automaton, tokens)
-        self.distance = distance
+        self.bound = bound
+        self._exact = exact
+        self._distance: np.ndarray | None = None
         self.eos_token_id = eos_token_id
         self.vocab_size = tokens.vocab_size
         words = (self.vocab_size + 31) // 32
         self.max_entries = max(1, max_bytes // (words * 4))
-        self._entries: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+        # state -> (packed bitmask, worst distance after any allowed token, whether exact)
+        self._entries: OrderedDict[int, tuple[np.ndarray, int, bool]] = OrderedDict()
         self._last_walk: tuple[int, tuple] | None = None
         self._lock = threading.Lock()
+        self._distance_lock = threading.Lock()
         self.walks = 0  # states walked so far (a cache miss each)
 
-    def entry(self, state: int) -> tuple[np.ndarray, int]:
-        """(packed bitmask, worst distance after any allowed token) of ``state``."""
+    @property
+    def distance(self) -> np.ndarray:
+        """Each state's distance to acceptance in tokens (computed on the first read)."""
+        distance = self._distance
+        if distance is None:
+            with self._distance_lock:
+                if self._distance is None:
+                    self._distance = self._exact()
+                distance = self._distance
+        return distance
+
+    def entry(self, state: int) -> tuple[np.ndarray, int, bool]:
+        """(packed bitmask, worst distance after any allowed token, whether that worst is
+        exact or the bound's) of ``state``."""
         with self._lock:  # an eviction between get and move_to_end would raise KeyError
             entry = self._entries.get(state)
             if entry is not None:
@@ -532,24 +565,36 @@ class MaskStore:
         bits = np.zeros(self.vocab_size, dtype=bool) if back is None else back.copy()
         bits[ids] = True
         bits[self.eos_token_id] = self.automaton.is_final[state]
-        worst = int(self.distance[following].max()) if len(following) else 0
-        if back is not None:
-            worst = max(worst, int(self.distance[state]))
-        entry = (pack_bitmask(bits), worst)
+        exact = self._distance
+        worst = _worst(state, back, following, self.bound if exact is None else exact)
+        entry = (pack_bitmask(bits), worst, exact is not None)
         with self._lock:
             self._entries[state] = entry
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return entry
 
+    def needs_budget_mask(self, state: int, tokens_left: int) -> bool:
+        """True when some token of ``state`` leads where no valid ending fits in ``tokens_left``."""
+        packed, worst, exact = self.entry(state)
+        if tokens_left >= worst or exact:
+            return tokens_left < worst
+        back, _, following = self._walk(state)  # near the budget: the exact worst, kept
+        worst = _worst(state, back, following, self.distance)
+        with self._lock:
+            if state in self._entries:
+                self._entries[state] = (packed, worst, True)
+        return tokens_left < worst
+
     def budgeted(self, state: int, tokens_left: int) -> np.ndarray:
         """Boolean mask of the tokens after which acceptance stays within ``tokens_left`` tokens."""
         back, ids, following = self._walk(state)
-        if back is not None and self.distance[state] <= tokens_left:
+        distance = self.distance
+        if back is not None and distance[state] <= tokens_left:
             bits = back.copy()
         else:
             bits = np.zeros(self.vocab_size, dtype=bool)
-        bits[ids[self.distance[following] <= tokens_left]] = True
+        bits[ids[distance[following] <= tokens_left]] = True
         bits[self.eos_token_id] = self.automaton.is_final[state]
         return bits
 

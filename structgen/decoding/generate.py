@@ -88,18 +88,18 @@ def chat_ids(model: Model, messages: list[dict]) -> list[int]:
     return model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def token_budget(model: Model, min_tokens: int, n_prompt: int, max_tokens: int) -> int:
-    """max_tokens, cut to what the context window leaves; typed errors when fewer than
-    ``min_tokens`` (the shortest valid answer, 1 for free text) fit."""
+def token_budget(model: Model, constraint: Constraint, n_prompt: int, max_tokens: int) -> int:
+    """max_tokens, cut to what the context window leaves; typed errors when the constraint's
+    shortest valid answer (1 token for free text) does not fit."""
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise GenerationError(f"max_tokens must be an int, not {type(max_tokens).__name__}")
     if max_tokens < 1:
-        raise BudgetTooSmallError(max_tokens, min_tokens)
+        raise BudgetTooSmallError(max_tokens, constraint.min_tokens)
     if n_prompt >= model.context_length:
         raise PromptTooLongError(n_prompt, model.context_length)
     budget = min(max_tokens, model.context_length - n_prompt)
-    if budget < min_tokens:
-        raise BudgetTooSmallError(budget, min_tokens)
+    if not constraint.fits(budget):
+        raise BudgetTooSmallError(budget, constraint.min_tokens)
     return budget
 
 
@@ -128,9 +128,9 @@ def prepare_row(model: Model, constraint: Constraint, messages: list[dict],
     For a retry (``attempts``: the refused ones) the conversation has grown by them: when it
     leaves no room for the shortest answer, ``PromptTooLongError`` says so and carries them."""
     ids = chat_ids(model, messages)
-    if attempts and len(ids) + constraint.min_tokens > model.context_length:
+    if attempts and not constraint.fits(model.context_length - len(ids)):
         raise PromptTooLongError(len(ids), model.context_length, list(attempts))
-    budget = token_budget(model, constraint.min_tokens, len(ids), max_tokens)
+    budget = token_budget(model, constraint, len(ids), max_tokens)
     return Row(prompt_ids=ids, matcher=constraint.matcher(max_tokens=budget))
 
 

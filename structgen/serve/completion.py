@@ -35,6 +35,8 @@ from structgen.prompts.hermes import as_messages, hermes_message
 from structgen.serve.protocol import APIError, ChatRequest, Message
 from structgen.serve.tool_deltas import ToolCallDeltas
 
+FREE_TEXT = Constraint()  # what free text's budget is checked against: one token at least
+
 SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
@@ -103,7 +105,7 @@ def prepare(model: Model, request: ChatRequest, *, whitespace: str, max_tokens: 
         else:
             ids = chat_ids(model, as_messages(prompt))
             row = Row(prompt_ids=ids, matcher=Unconstrained(model.eos_token_id,
-                                                           token_budget(model, 1, len(ids), budget)))
+                                                           token_budget(model, FREE_TEXT, len(ids), budget)))
     except BudgetTooSmallError as error:
         raise api_error(error, request.budget_field) from error
     except GenerationError as error:
