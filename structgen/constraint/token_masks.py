@@ -171,7 +171,8 @@ class Characters:
     ``complete`` (bool per position, ``TokenBytes`` order): the token is whole characters;
     ``bytes``/``lengths``: the distinct multi-byte characters (uint8 [n, 4], zero-padded);
     ``token``/``index``: each multi-byte character of a complete token, the token's position
-    and the character's row; ``counts``: characters per token."""
+    and the character's row; ``counts``: characters per token (``by_count``: the positions by
+    it, most first)."""
 
     def __init__(self, columns: list[np.ndarray], going: list[int], lengths: np.ndarray):
         count = going[0] if going else 0
@@ -204,6 +205,9 @@ class Characters:
             sizes.append(need)
         self.complete = ~broken & (continuations == covered)
         self.counts = lengths - continuations  # characters per token (complete ones)
+        # positions by character count, most first (ties in position order): a string's inside
+        # tokens are these, filtered, without a sort per string
+        self.by_count = np.argsort(-self.counts, kind="stable")
         token = np.concatenate(tokens) if tokens else np.zeros(0, np.int64)
         key = np.concatenate(keys) if keys else np.zeros(0, np.uint32)
         length = np.concatenate(sizes) if sizes else np.zeros(0, np.int32)
@@ -329,8 +333,8 @@ class Walker:
         ascii_or_high[0x80:] = True  # a complete token's high bytes are its characters'
         stray = np.bincount(characters.token[~steps_one[characters.index]],
                             minlength=len(self.tokens.ids)) > 0
-        inside = np.flatnonzero(self.tokens.made_of(ascii_or_high) & characters.complete & ~stray)
-        inside = inside[np.argsort(-characters.counts[inside], kind="stable")]
+        keep = self.tokens.made_of(ascii_or_high) & characters.complete & ~stray
+        inside = characters.by_count[keep[characters.by_count]]  # most characters first
         inside_ids = self.tokens.ids[inside]
         back = None
         if loop:
