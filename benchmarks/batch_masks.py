@@ -124,7 +124,7 @@ def main() -> None:
                      f"{p['avg']:.2f} | {p['max']:.1f} |")
     lines += ["", f"llguidance p50 / structgen p50 after the first {WARM_AFTER} rows: "
               f"{ratio:.1f}x. structgen computed {states} state masks for all {args.rows} rows "
-              f"(compile {compile_s * 1000:.0f} ms: automaton, tokenizer arrays, distances).", ""]
+              f"(compile {compile_s * 1000:.0f} ms: automaton, tokenizer arrays).", ""]
     report = "\n".join(lines)
     print(report)
     RESULTS.mkdir(exist_ok=True)
