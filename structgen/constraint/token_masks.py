@@ -78,6 +78,7 @@ class TokenBytes:
         self._multi: tuple[int, np.ndarray, np.ndarray] | None = None
         self._splits: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._splits_lock = threading.Lock()
+        self._string_splits: OrderedDict[bytes, StringSplit] = OrderedDict()
 
     def made_of(self, byte_set: np.ndarray) -> np.ndarray:
         """bool per position: the token's bytes all lie in ``byte_set`` (bool [256]), computed
@@ -98,6 +99,26 @@ class TokenBytes:
             while len(self._splits) > SPLITS_KEPT:
                 self._splits.popitem(last=False)
         return inside
+
+    def string_split(self, same: np.ndarray, steps_one: np.ndarray, loop: bool) -> "StringSplit":
+        """The vocabulary split for a string's run (``Walker._walk_string``): inside are the
+        tokens of whole characters whose ASCII bytes are in ``same`` (bool [256]) and whose
+        multi-byte characters ``steps_one`` (bool per ``characters`` row) says step one place;
+        the others are walked. Made once per (byte set, verdicts, loop) and kept for the last
+        ``SPLITS_KEPT``, for every automaton of this tokenizer: every schema's free strings
+        share one."""
+        key = bytes([loop]) + np.packbits(same).tobytes() + np.packbits(steps_one).tobytes()
+        with self._splits_lock:
+            split = self._string_splits.get(key)
+            if split is not None:
+                self._string_splits.move_to_end(key)
+                return split
+        split = StringSplit(self, same, steps_one, loop)
+        with self._splits_lock:
+            self._string_splits[key] = split
+            while len(self._string_splits) > SPLITS_KEPT:
+                self._string_splits.popitem(last=False)
+        return split
 
     @functools.cached_property
     def characters(self) -> "Characters":
@@ -220,6 +241,58 @@ class Characters:
                               0).astype(np.uint8)
 
 
+class StringSplit:
+    """``TokenBytes.string_split``: ``inside_ids`` and ``inside_counts`` (their characters),
+    most characters first; ``back`` (bool [vocab] of them) where the run loops, else None;
+    the other tokens' positions (``outside``), ids, ``going`` counts and byte ``columns`` in
+    the layout ``Walker._walk_in_place`` reads, and their grouping by first byte
+    (``by_first[first_start[b]:first_start[b + 1]]``)."""
+
+    def __init__(self, tokens: TokenBytes, same: np.ndarray, steps_one: np.ndarray, loop: bool):
+        characters = tokens.characters
+        ascii_or_high = same.copy()
+        ascii_or_high[0x80:] = True  # a complete token's high bytes are its characters'
+        stray = np.bincount(characters.token[~steps_one[characters.index]],
+                            minlength=len(tokens.ids)) > 0
+        keep = tokens.made_of(ascii_or_high) & characters.complete & ~stray
+        inside = characters.by_count[keep[characters.by_count]]  # most characters first
+        self.inside_ids = tokens.ids[inside]
+        self.inside_counts = characters.counts[inside]
+        self.back = None
+        if loop:
+            self.back = np.zeros(tokens.vocab_size, dtype=bool)
+            self.back[self.inside_ids] = True
+        is_outside = np.ones(len(tokens.ids), dtype=bool)
+        is_outside[inside] = False
+        self.outside = outside = np.flatnonzero(is_outside)
+        self.ids = tokens.ids[outside]
+        self.going = going_counts(tokens.lengths[outside])
+        self.columns = [column[outside[:n]] for column, n in zip(tokens.columns, self.going)]
+        first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
+        self.by_first = np.argsort(first, kind="stable")
+        self.first_start = np.searchsorted(first[self.by_first], np.arange(257))
+        self.rest = self._rests(tokens, same) if loop else None
+
+    def _rests(self, tokens: TokenBytes, same: np.ndarray) -> tuple:
+        """Where the run loops, each outside token stays in the state until its first byte
+        outside ``same`` (a quote, a backslash, a control byte, a character's lead byte): only
+        the rest of it is walked, from the state itself. (ids ordered by the rest's length,
+        longest first; how many have a rest; ``going`` counts and byte columns of the rests.)
+        Llama-3's outside tokens run to 82 bytes (comment lines that end in a newline); their
+        rests to a few."""
+        lengths = tokens.lengths[self.outside]
+        leaves = lengths.copy()  # the first position whose byte leaves; the length if none
+        for place, column in enumerate(self.columns):
+            found = leaves[:len(column)]
+            found[(found == lengths[:len(column)]) & ~same[column]] = place
+        rests = lengths - leaves
+        order = np.argsort(-rests, kind="stable")
+        going = going_counts(rests[order])
+        starts = tokens.starts[self.outside[order]] + leaves[order]
+        columns = [tokens.flat[starts[:n] + place] for place, n in enumerate(going)]
+        return self.ids[order], (going[0] if going else 0), going, columns
+
+
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
 
 
@@ -233,8 +306,6 @@ class Walker:
         dtype = np.int32 if automaton.table.size < 2**31 else np.int64
         self.table = (automaton.table.astype(dtype) * self.width).reshape(-1)
         self.byte_class = automaton.byte_class
-        self._splits: dict[bytes, tuple] = {}  # a run's byte set and verdicts -> _string_split
-        self._lock = threading.Lock()
 
     @functools.cached_property
     def classes(self) -> list[np.ndarray]:
@@ -302,19 +373,11 @@ class Walker:
         for k in (1, 2, 3):
             current[:, longer[k]] = self.table[current[:, longer[k]] + shapes[k][longer[k]]]
         steps_one = (current == premultiplied[1:, None]).all(axis=0)
-        key = bytes([loop]) + np.packbits(same).tobytes() + np.packbits(steps_one).tobytes()
-        with self._lock:
-            split = self._splits.get(key)
-        if split is None:
-            split = self._string_split(same, steps_one[shape_of], loop)
-            with self._lock:
-                self._splits[key] = split
-                while len(self._splits) > SPLITS_KEPT:
-                    self._splits.pop(next(iter(self._splits)))
-        back, inside_ids, inside_counts, outside = split
-        ids, following = self._walk_outside(row, *outside)
+        split = self.tokens.string_split(same, steps_one[shape_of], loop)
+        inside_ids, inside_counts = split.inside_ids, split.inside_counts
+        ids, following = self._walk_outside(row, split, int(chain[0]))
         if loop:
-            return back, ids, following
+            return split.back, ids, following
         dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
         if len(dead):  # inside tokens are most characters first: those too long are a prefix
             kept = np.searchsorted(-inside_counts, -int(dead[0]), side="right")
@@ -322,45 +385,31 @@ class Walker:
         return None, np.concatenate([inside_ids, ids]), np.concatenate([chain[inside_counts],
                                                                          following])
 
-    def _string_split(self, same: np.ndarray, steps_one: np.ndarray, loop: bool) -> tuple:
-        """(bool [vocab] of the inside tokens where the run loops, else None; their ids and
-        character counts, most characters first; the others' positions, ``_columns_of`` them and
-        their grouping by first byte class): inside are the
-        tokens of whole characters whose ASCII bytes are in ``same`` and whose multi-byte
-        characters ``steps_one`` says step one place."""
-        characters = self.tokens.characters
-        ascii_or_high = same.copy()
-        ascii_or_high[0x80:] = True  # a complete token's high bytes are its characters'
-        stray = np.bincount(characters.token[~steps_one[characters.index]],
-                            minlength=len(self.tokens.ids)) > 0
-        keep = self.tokens.made_of(ascii_or_high) & characters.complete & ~stray
-        inside = characters.by_count[keep[characters.by_count]]  # most characters first
-        inside_ids = self.tokens.ids[inside]
-        back = None
-        if loop:
-            back = np.zeros(self.tokens.vocab_size, dtype=bool)
-            back[inside_ids] = True
-        is_outside = np.ones(len(self.tokens.ids), dtype=bool)
-        is_outside[inside] = False
-        outside = np.flatnonzero(is_outside)
-        ids, going, classes = self._columns_of(outside)
-        first = classes[0] if classes else np.zeros(0, np.uint8)
-        by_first = np.argsort(first, kind="stable")
-        first_start = np.searchsorted(first[by_first], np.arange(self.width + 1))
-        return back, inside_ids, characters.counts[inside], (outside, ids, going, classes,
-                                                             by_first, first_start)
+    def _walk_outside(self, row: np.ndarray, split: StringSplit, state: int):
+        """``_walk_in_place`` over a string's other tokens (``split.outside``); where most of
+        them start with a byte the state refuses (a string that takes few characters), only
+        those that start well, found by their first byte, are stepped by ``_walk_positions``."""
+        if split.rest is not None:  # a loop: each token from its first byte that leaves
+            return self._walk_rests(row, split.rest, state)
+        taken = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
+        starts = split.first_start[taken]
+        sizes = split.first_start[taken + 1] - starts
+        if sizes.sum() * 2 >= len(split.ids):
+            return self._walk_in_place(row, split.columns, split.going, split.ids,
+                                       self.byte_class)
+        return self._walk_positions(row, split.outside[split.by_first[
+            concatenated_ranges(starts, sizes)]])
 
-    def _walk_outside(self, row: np.ndarray, outside: np.ndarray, ids: np.ndarray, going: list,
-                      classes: list, by_first: np.ndarray, first_start: np.ndarray):
-        """``_walk_in_place`` over a string's other tokens; where most of them start with a
-        byte the state refuses (a string that takes few characters), only those that start
-        well, found by their first byte's class, are stepped by ``_walk_positions``."""
-        taken = np.flatnonzero(row)
-        sizes = first_start[taken + 1] - first_start[taken]
-        if sizes.sum() * 2 >= len(ids):
-            return self._walk_in_place(row, classes, going, ids)
-        return self._walk_positions(row, outside[by_first[concatenated_ranges(first_start[taken],
-                                                                               sizes)]])
+    def _walk_rests(self, row: np.ndarray, rest: tuple,
+                    state: int) -> tuple[np.ndarray, np.ndarray]:
+        """``StringSplit._rests`` walked from the looping ``state`` (its ``row``): tokens with
+        a rest step it in place; those without one end in the state."""
+        ids, walked, going, columns = rest
+        found, following = self._walk_in_place(row, columns, going, ids[:walked], self.byte_class)
+        if walked == len(ids):
+            return found, following
+        return (np.concatenate([found, ids[walked:]]),
+                np.concatenate([following, np.full(len(ids) - walked, state, np.int64)]))
 
     @functools.cached_property
     def _character_shapes(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
@@ -380,26 +429,22 @@ class Walker:
         shapes = [np.maximum(distinct[:, k], 0).astype(self.table.dtype) for k in range(4)]
         return shapes, shape_of.reshape(-1), [np.flatnonzero(lengths > k) for k in range(4)]
 
-    def _columns_of(self, positions: np.ndarray) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
-        """(ids, ``going``, ``classes``) of the tokens at ``positions`` (longest first), in the
-        layout ``_walk_in_place`` reads."""
-        going = going_counts(self.tokens.lengths[positions])
-        classes = [self.byte_class[column[positions[:n]]]
-                   for column, n in zip(self.tokens.columns, going)]
-        return self.tokens.ids[positions], going, classes
-
-    def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
-                       ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _walk_in_place(self, row: np.ndarray, classes: list, going: list, ids: np.ndarray,
+                       byte_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, next states) of the tokens ``ids`` (longest first; ``classes[i]`` is the
-        ``i``-th byte class of the first ``going[i]``) that the state ``row`` takes, stepped
-        together a byte position at a time in one array, without compaction."""
+        ``i``-th byte class of the first ``going[i]``, or their bytes where ``byte_class`` maps
+        them) that the state ``row`` takes, stepped together a byte position at a time in one
+        array, without compaction."""
         if not classes:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         table = self.table
-        current = row[classes[0]]
+        first = classes[0] if byte_class is None else byte_class[classes[0]]
+        current = row[first]
         for i in range(1, len(classes)):
             stepping = current[:going[i]]
-            stepping += classes[i]
+            if i >= LONG_FEW and not stepping.any():
+                break  # every longer token is dead (a string's rests: runs of control bytes)
+            stepping += classes[i] if byte_class is None else byte_class[classes[i]]
             np.take(table, stepping, out=stepping)
         allowed = np.flatnonzero(current)
         return ids[allowed], current[allowed].astype(np.int64) // self.width
