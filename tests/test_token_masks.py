@@ -215,6 +215,21 @@ def assert_walk_is_brute_force(constraint, info, prefix: bytes, run: bool | None
     return back
 
 
+def test_a_string_split_serves_every_automaton_of_a_tokenizer(info):
+    """Free strings of two schemas (two automata, two whitespace modes) share the tokenizer's
+    split of the vocabulary, made once; each walk from it, each outside token walked from its
+    first byte that leaves the string, equals the brute-force walk."""
+    first = structgen.compile_constraint(SCHEMAS["prose"], info, whitespace="indented")
+    second = structgen.compile_constraint(
+        {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}, info,
+        whitespace="compact")
+    assert first.masks.walker.tokens is second.masks.walker.tokens
+    assert_walk_is_brute_force(first, info, b'{\n  "note": "ab', run=True)
+    splits = dict(first.masks.walker.tokens._string_splits)
+    assert_walk_is_brute_force(second, info, b'{"x":"ab', run=True)
+    assert second.masks.walker.tokens._string_splits == splits  # no split of its own
+
+
 PATTERNED = b'{\n  "code": "'
 
 
