@@ -271,15 +271,15 @@ class StringSplit:
         first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
         self.by_first = np.argsort(first, kind="stable")
         self.first_start = np.searchsorted(first[self.by_first], np.arange(257))
-        self.rest = self._rests(tokens, same) if loop else None
+        self.rest = self._rests(tokens, same)
 
     def _rests(self, tokens: TokenBytes, same: np.ndarray) -> tuple:
-        """Where the run loops, each outside token stays in the state until its first byte
-        outside ``same`` (a quote, a backslash, a control byte, a character's lead byte): only
-        the rest of it is walked, from the state itself. (ids ordered by the rest's length,
-        longest first; how many have a rest; ``going`` counts and byte columns of the rests.)
-        Llama-3's outside tokens run to 82 bytes (comment lines that end in a newline); their
-        rests to a few."""
+        """Each outside token steps one place down the run per byte in ``same`` until its first
+        byte outside it (a quote, a backslash, a control byte, a character's lead byte): only
+        the rest of it is walked, from the place it reached (in a loop, the state itself).
+        (ids ordered by the rest's length, longest first; how many have a rest; ``going``
+        counts and byte columns of the rests; the places they start from.) Llama-3's outside
+        tokens run to 82 bytes (comment lines that end in a newline); their rests to a few."""
         lengths = tokens.lengths[self.outside]
         leaves = lengths.copy()  # the first position whose byte leaves; the length if none
         for place, column in enumerate(self.columns):
@@ -290,7 +290,7 @@ class StringSplit:
         going = going_counts(rests[order])
         starts = tokens.starts[self.outside[order]] + leaves[order]
         columns = [tokens.flat[starts[:n] + place] for place, n in enumerate(going)]
-        return self.ids[order], (going[0] if going else 0), going, columns
+        return self.ids[order], (going[0] if going else 0), going, columns, leaves[order]
 
 
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
@@ -375,7 +375,7 @@ class Walker:
         steps_one = (current == premultiplied[1:, None]).all(axis=0)
         split = self.tokens.string_split(same, steps_one[shape_of], loop)
         inside_ids, inside_counts = split.inside_ids, split.inside_counts
-        ids, following = self._walk_outside(row, split, int(chain[0]))
+        ids, following = self._walk_outside(row, split, chain)
         if loop:
             return split.back, ids, following
         dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
@@ -385,31 +385,44 @@ class Walker:
         return None, np.concatenate([inside_ids, ids]), np.concatenate([chain[inside_counts],
                                                                          following])
 
-    def _walk_outside(self, row: np.ndarray, split: StringSplit, state: int):
-        """``_walk_in_place`` over a string's other tokens (``split.outside``); where most of
-        them start with a byte the state refuses (a string that takes few characters), only
-        those that start well, found by their first byte, are stepped by ``_walk_positions``."""
-        if split.rest is not None:  # a loop: each token from its first byte that leaves
-            return self._walk_rests(row, split.rest, state)
+    def _walk_outside(self, row: np.ndarray, split: StringSplit, chain: np.ndarray):
+        """A string's other tokens (``split.outside``), each walked from its first byte that
+        leaves the run (``_walk_rests``); where most of them start with a byte the state
+        refuses (a string that takes few characters), only those that start well, found by
+        their first byte, are stepped whole by ``_walk_positions``."""
         taken = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
         starts = split.first_start[taken]
         sizes = split.first_start[taken + 1] - starts
         if sizes.sum() * 2 >= len(split.ids):
-            return self._walk_in_place(row, split.columns, split.going, split.ids,
-                                       self.byte_class)
+            return self._walk_rests(split.rest, chain)
         return self._walk_positions(row, split.outside[split.by_first[
             concatenated_ranges(starts, sizes)]])
 
-    def _walk_rests(self, row: np.ndarray, rest: tuple,
-                    state: int) -> tuple[np.ndarray, np.ndarray]:
-        """``StringSplit._rests`` walked from the looping ``state`` (its ``row``): tokens with
-        a rest step it in place; those without one end in the state."""
-        ids, walked, going, columns = rest
-        found, following = self._walk_in_place(row, columns, going, ids[:walked], self.byte_class)
+    def _walk_rests(self, rest: tuple, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``StringSplit._rests`` walked from the run ``chain`` (its states from here on): each
+        rest steps in place from the place its token's characters reached; a token without one
+        ends there."""
+        ids, walked, going, columns, leaves = rest
+        table, byte_class, width = self.table, self.byte_class, self.width
+        places = chain.astype(table.dtype) * width
+        current = places[leaves[:walked]]
+        if walked:
+            current += byte_class[columns[0]]
+            np.take(table, current, out=current)
+        for i in range(1, len(columns)):
+            stepping = current[:going[i]]
+            if i >= LONG_FEW and not stepping.any():
+                break  # every longer rest is dead (runs of control bytes)
+            stepping += byte_class[columns[i]]
+            np.take(table, stepping, out=stepping)
+        allowed = np.flatnonzero(current)
+        found, following = ids[allowed], current[allowed].astype(np.int64) // width
         if walked == len(ids):
             return found, following
-        return (np.concatenate([found, ids[walked:]]),
-                np.concatenate([following, np.full(len(ids) - walked, state, np.int64)]))
+        ends = chain[leaves[walked:]].astype(np.int64)  # no rest: where the characters led
+        live = ends != 0
+        return (np.concatenate([found, ids[walked:][live]]),
+                np.concatenate([following, ends[live]]))
 
     @functools.cached_property
     def _character_shapes(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
@@ -429,22 +442,18 @@ class Walker:
         shapes = [np.maximum(distinct[:, k], 0).astype(self.table.dtype) for k in range(4)]
         return shapes, shape_of.reshape(-1), [np.flatnonzero(lengths > k) for k in range(4)]
 
-    def _walk_in_place(self, row: np.ndarray, classes: list, going: list, ids: np.ndarray,
-                       byte_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
+                       ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, next states) of the tokens ``ids`` (longest first; ``classes[i]`` is the
-        ``i``-th byte class of the first ``going[i]``, or their bytes where ``byte_class`` maps
-        them) that the state ``row`` takes, stepped together a byte position at a time in one
-        array, without compaction."""
+        ``i``-th byte class of the first ``going[i]``) that the state ``row`` takes, stepped
+        together a byte position at a time in one array, without compaction."""
         if not classes:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         table = self.table
-        first = classes[0] if byte_class is None else byte_class[classes[0]]
-        current = row[first]
+        current = row[classes[0]]
         for i in range(1, len(classes)):
             stepping = current[:going[i]]
-            if i >= LONG_FEW and not stepping.any():
-                break  # every longer token is dead (a string's rests: runs of control bytes)
-            stepping += classes[i] if byte_class is None else byte_class[classes[i]]
+            stepping += classes[i]
             np.take(table, stepping, out=stepping)
         allowed = np.flatnonzero(current)
         return ids[allowed], current[allowed].astype(np.int64) // self.width
