@@ -26,10 +26,10 @@ import structgen.constraint.cache as cache_module
 import structgen.constraint.compiler as compiler_module
 from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
 from structgen.constraint.cache import _TABLES_MAGIC, _tables_data_start, read_tables, write_tables
-from structgen.constraint.compiler import ConstraintCompiler, _schema_key, automaton_key
+from structgen.constraint.compiler import ConstraintCompiler, Options, _schema_key, automaton_key
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import UnsafeCacheWarning
-from structgen.schema import DEFAULT_WHITESPACE, schema_to_regex
+from structgen.schema import DEFAULT_ANY_DEPTH, DEFAULT_WHITESPACE, schema_to_regex
 from structgen.schema.layout import STRING_CHAR
 
 DIGITS = "[0-9]{3}"
@@ -338,8 +338,11 @@ SCHEMA_A = {"type": "object", "properties": {"n": {"type": "integer"}}, "require
 SCHEMA_B = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
 
 
+DEFAULTS = Options(DEFAULT_WHITESPACE, False, DEFAULT_ANY_DEPTH)  # compile_constraint's
+
+
 def alias_path(cache, schema, info) -> Path:
-    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULT_WHITESPACE, False, info)}.regex"
+    return cache / "constraints" / f"schema-{_schema_key(schema, DEFAULTS, info)}.regex"
 
 
 def entry_with(name: str, body: bytes) -> bytes:
@@ -355,7 +358,7 @@ def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
     a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_bytes)
     b.write_bytes(a_bytes)
-    key_a = _schema_key(SCHEMA_A, DEFAULT_WHITESPACE, False, info)
+    key_a = _schema_key(SCHEMA_A, DEFAULTS, info)
     with compiler() as fresh:
         assert fresh.regex_of_schema(key_a) is None and not a.exists()
     with compiler():
@@ -492,7 +495,7 @@ def test_a_read_only_cache_is_no_error(cache, info, smollm2_tokenizer, monkeypat
             assert structgen.compile_constraint(SCHEMA_B, info).regex == schema_to_regex(SCHEMA_B)
         with compiler() as fresh:
             assert fresh.compile_regex(PROSE, info).from_cache == "none"
-            assert fresh.regex_of_schema(_schema_key(SCHEMA_B, DEFAULT_WHITESPACE, False, info)) is None
+            assert fresh.regex_of_schema(_schema_key(SCHEMA_B, DEFAULTS, info)) is None
     assert refused  # the stores were tried, and refused
     assert snapshot(cache / "constraints") == before
 

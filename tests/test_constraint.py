@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structgen
-from structgen.constraint.compiler import ConstraintCompiler, _converted
+from structgen.constraint.compiler import ConstraintCompiler, Options, _converted
 from structgen.constraint.vocabulary import TokenizerInfo
-from structgen.errors import RegexTooLargeError
+from structgen.errors import ConstraintError, RegexTooLargeError
 from structgen.types import as_output_type
 
 WORDS = structgen.Regex(r'\[("[a-zé ]{1,12}"(,"[a-zé ]{1,12}")*)?\]')
@@ -266,5 +266,22 @@ def test_open_values_nest_less_where_the_regex_would_be_too_large():
     schema = {"type": "object", "properties": {name: {} for name in names}, "required": names}
     with pytest.raises(RegexTooLargeError):
         structgen.schema_to_regex(schema, whitespace="compact")
-    regex = _converted(as_output_type(schema), "compact", False, time.monotonic() + 30)
+    regex = _converted(as_output_type(schema), Options("compact", False, 2), time.monotonic() + 30)
     assert regex == structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=1)
+
+
+def test_open_values_nest_as_deep_as_asked(info, smollm2_tokenizer):
+    """``max_any_depth`` reaches the schema compiler (and the schema's cache key): an open value
+    three levels deep is refused at the default depth and taken at 3; a bad depth is a typed
+    error."""
+    schema = {"type": "object", "properties": {"meta": {}}, "required": ["meta"]}
+    deep = '{"meta":{"a":{"b":[1]}}}'
+    default = structgen.compile_constraint(schema, info, whitespace="compact")
+    deeper = structgen.compile_constraint(schema, info, whitespace="compact", max_any_depth=3)
+    assert default.engine == deeper.engine == "outlines-core"
+    assert not _walks(default, smollm2_tokenizer, deep)
+    assert _walks(deeper, smollm2_tokenizer, deep)
+    assert _walks(deeper, smollm2_tokenizer, '{"meta":{"a":1}}')
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ConstraintError, match="max_any_depth"):
+            structgen.compile_constraint(schema, info, max_any_depth=bad)

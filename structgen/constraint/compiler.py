@@ -34,7 +34,7 @@ import zlib
 from collections import OrderedDict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from structgen import __version__
 from structgen.constraint._worker import CompileWorker
@@ -63,7 +63,12 @@ from structgen.errors import (
     RegexTooLargeError,
     UnsupportedSchemaError,
 )
-from structgen.schema import COMPILER_MODULES, DEFAULT_WHITESPACE, schema_to_regex
+from structgen.schema import (
+    COMPILER_MODULES,
+    DEFAULT_ANY_DEPTH,
+    DEFAULT_WHITESPACE,
+    schema_to_regex,
+)
 from structgen.schema.layout import STRING_CHAR, check_whitespace
 from structgen.schema.normalize import without_custom_formats
 from structgen.types import OutputType, as_output_type
@@ -328,7 +333,8 @@ def default_compiler() -> ConstraintCompiler:
 
 def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DEFAULT_WHITESPACE,
                        timeout: float | None = None, engine: str = "auto",
-                       extra_properties: bool = False) -> Constraint:
+                       extra_properties: bool = False,
+                       max_any_depth: int = DEFAULT_ANY_DEPTH) -> Constraint:
     """Compile an output type (or JSON schema, or ``Regex``) for a tokenizer.
 
     ``tokenizer`` may be a transformers tokenizer, a ``TokenizerInfo`` or a loaded
@@ -339,6 +345,9 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     ``extra_properties=True`` also accepts members with undeclared names after the declared ones
     where the schema leaves an object open, as JSON Schema does (to check text written
     elsewhere; a generator should write only what the schema declares, the default).
+    ``max_any_depth``: how deep arrays and objects may nest inside a value the schema leaves
+    open (``{}``, ``dict[str, Any]``); each level more writes about 4x the regex of such a value
+    (compile time grows with it), and where the regex would pass 1 MiB they nest one level.
 
     ``engine="auto"`` (the default) gives the finite-state constraint (lazy token masks, the
     budget guarantee) for every schema structgen's regex compiler takes, and llguidance for the
@@ -347,6 +356,8 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     check_whitespace(whitespace)
     if engine not in ENGINES:
         raise ConstraintError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if isinstance(max_any_depth, bool) or not isinstance(max_any_depth, int) or max_any_depth < 0:
+        raise ConstraintError(f"max_any_depth must be an int >= 0, not {max_any_depth!r}")
     spec = as_output_type(output_type)
     compiler = default_compiler()
     compiler.start()  # a fresh process's worker boots while the tokenizer is read
@@ -354,8 +365,9 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     budget = timeout or compiler.timeout
     deadline = time.monotonic() + budget
     try:
-        regex = spec.regex or _schema_regex(compiler, spec, whitespace, extra_properties, info,
-                                            engine, deadline, budget)
+        regex = spec.regex or _schema_regex(compiler, spec, Options(whitespace, extra_properties,
+                                                                    max_any_depth),
+                                            info, engine, deadline, budget)
     except _GrammarInstead as instead:
         return instead.constraint
     if engine == "llguidance":
@@ -380,13 +392,26 @@ class _GrammarInstead(Exception):
         self.constraint = constraint
 
 
-def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: str,
-                  extra_properties: bool, info: TokenizerInfo, engine: str, deadline: float,
-                  budget: float) -> str:
+class Options(NamedTuple):
+    """What a ``compile_constraint`` call asks of the schema compiler (part of the schema's
+    cache key)."""
+
+    whitespace: str
+    extra_properties: bool
+    max_any_depth: int
+
+    def regex_options(self, **more) -> dict:
+        return dict(whitespace=self.whitespace, extra_properties=self.extra_properties,
+                    max_any_depth=self.max_any_depth, **more)
+
+
+def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, options: Options,
+                  info: TokenizerInfo, engine: str, deadline: float, budget: float) -> str:
     """The schema's regex (remembered from an earlier compile, or converted by ``deadline``),
     or ``_GrammarInstead`` with llguidance's grammar for a schema that is not regular.
     ``budget`` is the whole timeout asked for, which remembered failures are compared with."""
-    schema_key = _schema_key(spec.schema, whitespace, extra_properties, info)
+    whitespace = options.whitespace
+    schema_key = _schema_key(spec.schema, options, info)
     known = compiler.regex_of_schema(schema_key)
     if known:
         return known
@@ -394,7 +419,7 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
     try:
         if failed is not None:
             raise failed
-        regex = _converted(spec, whitespace, extra_properties, deadline)
+        regex = _converted(spec, options, deadline)
     except CompileTimeoutError:
         slow = failed or CompileTimeoutError(
             f"turning the schema into a regex took longer than the {budget:g} s timeout; simplify "
@@ -419,21 +444,23 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, whitespace: st
         if not isinstance(unsupported, RecursionLimitError):
             raise refused from None
         try:  # bounded nesting, when nothing can nest without bound
-            regex = _unrolled_regex(spec, whitespace, extra_properties, deadline)
+            regex = _unrolled_regex(spec, options, deadline)
         except UnsupportedSchemaError:
             raise refused from None
     compiler.remember_schema(schema_key, regex)
     return regex
 
 
-def _converted(spec: OutputType, whitespace: str, extra_properties: bool, deadline: float) -> str:
-    """``schema_to_regex`` at its defaults or, where that regex would be too large (open values
+def _converted(spec: OutputType, options: Options, deadline: float) -> str:
+    """``schema_to_regex`` with ``options`` or, where that regex would be too large (open values
     inlined at every use of a large schema's definitions), with open values nesting one level."""
-    options = dict(whitespace=whitespace, extra_properties=extra_properties)
     try:
-        return schema_to_regex(spec.schema, timeout=_left(deadline), **options)
+        return schema_to_regex(spec.schema, **options.regex_options(timeout=_left(deadline)))
     except RegexTooLargeError:
-        return schema_to_regex(spec.schema, timeout=_left(deadline), max_any_depth=1, **options)
+        if options.max_any_depth <= 1:
+            raise
+        return schema_to_regex(spec.schema, **options._replace(max_any_depth=1).regex_options(
+            timeout=_left(deadline)))
 
 
 #: How often a recursive ``$ref`` is unrolled when llguidance (which nests without bound) cannot
@@ -442,17 +469,16 @@ def _converted(spec: OutputType, whitespace: str, extra_properties: bool, deadli
 UNROLL_RECURSION = 2
 
 
-def _unrolled_regex(spec: OutputType, whitespace: str, extra_properties: bool,
-                    deadline: float) -> str:
+def _unrolled_regex(spec: OutputType, options: Options, deadline: float) -> str:
     """The regex of the deepest unrolling, up to ``UNROLL_RECURSION``, that is not too large.
     Depths are tried from 0 up: one too large makes every deeper one too large, and a failed
     try writes up to a MiB of regex first (Github_hard o21260 spent 0.2 s on depth 2 before)."""
-    options = dict(whitespace=whitespace, extra_properties=extra_properties)
-    regex = schema_to_regex(spec.schema, max_recursion=0, timeout=_left(deadline), **options)
+    regex = schema_to_regex(spec.schema, **options.regex_options(
+        max_recursion=0, timeout=_left(deadline)))
     for depth in range(1, UNROLL_RECURSION + 1):
         try:
-            regex = schema_to_regex(spec.schema, max_recursion=depth, timeout=_left(deadline),
-                                    **options)
+            regex = schema_to_regex(spec.schema, **options.regex_options(
+                max_recursion=depth, timeout=_left(deadline)))
         except RegexTooLargeError:
             break
     return regex
@@ -463,13 +489,12 @@ def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 1e-3)
 
 
-def _schema_key(schema: Any, whitespace: str, extra_properties: bool,
-                info: TokenizerInfo) -> str:
+def _schema_key(schema: Any, options: Options, info: TokenizerInfo) -> str:
     # Key order is kept: property order is part of what the regex writes.
     text = json.dumps(schema, ensure_ascii=False, default=str)
+    chosen = "|".join(map(str, options))
     digest = hashlib.sha256(
-        f"{_schema_compiler_revision()}|{whitespace}|{extra_properties}|{info.fingerprint}|{text}"
-        .encode())
+        f"{_schema_compiler_revision()}|{chosen}|{info.fingerprint}|{text}".encode())
     return digest.hexdigest()[:32]
 
 

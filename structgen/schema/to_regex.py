@@ -83,12 +83,16 @@ _REFUSED_OBJECT_KEYWORDS = (
 MAX_REGEX_CHARS = 1 << 20
 
 
+#: How deep arrays and objects nest inside a value the schema leaves open, by default.
+DEFAULT_ANY_DEPTH = 2
+
+
 def schema_to_regex(
     schema: dict | bool,
     *,
     whitespace: str = DEFAULT_WHITESPACE,
     max_digits: int = DEFAULT_MAX_DIGITS,
-    max_any_depth: int = 2,
+    max_any_depth: int = DEFAULT_ANY_DEPTH,
     max_recursion: int | None = None,
     timeout: float | None = None,
     level: int = 0,
