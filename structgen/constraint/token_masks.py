@@ -84,21 +84,14 @@ class TokenBytes:
         """bool per position: the token's bytes all lie in ``byte_set`` (bool [256]), computed
         once per byte set and kept for the last ``SPLITS_KEPT``: the byte sets a state loops or
         runs on (a free string's characters, JSON whitespace) recur across states and schemas."""
-        key = np.packbits(byte_set).tobytes()
-        with self._splits_lock:
-            inside = self._splits.get(key)
-            if inside is not None:
-                self._splits.move_to_end(key)
-                return inside
-        inside = np.ones(len(self.ids), dtype=bool)
-        for column in self.columns:
-            going = inside[:len(column)]
-            going &= byte_set[column]
-        with self._splits_lock:
-            self._splits[key] = inside
-            while len(self._splits) > SPLITS_KEPT:
-                self._splits.popitem(last=False)
-        return inside
+        def inside() -> np.ndarray:
+            made = np.ones(len(self.ids), dtype=bool)
+            for column in self.columns:
+                going = made[:len(column)]
+                going &= byte_set[column]
+            return made
+
+        return self._kept(self._splits, np.packbits(byte_set).tobytes(), inside)
 
     def string_split(self, same: np.ndarray, steps_one: np.ndarray, loop: bool) -> "StringSplit":
         """The vocabulary split for a string's run (``Walker._walk_string``): inside are the
@@ -108,17 +101,23 @@ class TokenBytes:
         ``SPLITS_KEPT``, for every automaton of this tokenizer: every schema's free strings
         share one."""
         key = bytes([loop]) + np.packbits(same).tobytes() + np.packbits(steps_one).tobytes()
+        return self._kept(self._string_splits, key,
+                          lambda: StringSplit(self, same, steps_one, loop))
+
+    def _kept(self, store: OrderedDict, key: bytes, make: Callable):
+        """``store[key]``, made by ``make()`` (outside the lock: a race makes it twice,
+        harmlessly) where absent; the last ``SPLITS_KEPT`` are kept."""
         with self._splits_lock:
-            split = self._string_splits.get(key)
-            if split is not None:
-                self._string_splits.move_to_end(key)
-                return split
-        split = StringSplit(self, same, steps_one, loop)
+            value = store.get(key)
+            if value is not None:
+                store.move_to_end(key)
+                return value
+        value = make()
         with self._splits_lock:
-            self._string_splits[key] = split
-            while len(self._string_splits) > SPLITS_KEPT:
-                self._string_splits.popitem(last=False)
-        return split
+            store[key] = value
+            while len(store) > SPLITS_KEPT:
+                store.popitem(last=False)
+        return value
 
     @functools.cached_property
     def characters(self) -> "Characters":
@@ -244,9 +243,9 @@ class Characters:
 class StringSplit:
     """``TokenBytes.string_split``: ``inside_ids`` and ``inside_counts`` (their characters),
     most characters first; ``back`` (bool [vocab] of them) where the run loops, else None;
-    the other tokens' positions (``outside``), ids, ``going`` counts and byte ``columns`` in
-    the layout ``Walker._walk_in_place`` reads, and their grouping by first byte
-    (``by_first[first_start[b]:first_start[b + 1]]``)."""
+    the other tokens' positions (``outside``) and ids, their grouping by first byte
+    (``by_first[first_start[b]:first_start[b + 1]]``), and what ``Walker._walk_rests`` walks
+    of them (``rest``, ``_rests``)."""
 
     def __init__(self, tokens: TokenBytes, same: np.ndarray, steps_one: np.ndarray, loop: bool):
         characters = tokens.characters
@@ -266,14 +265,14 @@ class StringSplit:
         is_outside[inside] = False
         self.outside = outside = np.flatnonzero(is_outside)
         self.ids = tokens.ids[outside]
-        self.going = going_counts(tokens.lengths[outside])
-        self.columns = [column[outside[:n]] for column, n in zip(tokens.columns, self.going)]
-        first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
+        going = going_counts(tokens.lengths[outside])
+        columns = [column[outside[:n]] for column, n in zip(tokens.columns, going)]
+        first = columns[0] if columns else np.zeros(0, np.uint8)
         self.by_first = np.argsort(first, kind="stable")
         self.first_start = np.searchsorted(first[self.by_first], np.arange(257))
-        self.rest = self._rests(tokens, same)
+        self.rest = self._rests(tokens, same, columns)
 
-    def _rests(self, tokens: TokenBytes, same: np.ndarray) -> tuple:
+    def _rests(self, tokens: TokenBytes, same: np.ndarray, columns: list[np.ndarray]) -> tuple:
         """Each outside token steps one place down the run per byte in ``same`` until its first
         byte outside it (a quote, a backslash, a control byte, a character's lead byte): only
         the rest of it is walked, from the place it reached (in a loop, the state itself).
@@ -282,15 +281,15 @@ class StringSplit:
         tokens run to 82 bytes (comment lines that end in a newline); their rests to a few."""
         lengths = tokens.lengths[self.outside]
         leaves = lengths.copy()  # the first position whose byte leaves; the length if none
-        for place, column in enumerate(self.columns):
+        for place, column in enumerate(columns):  # the outside tokens' bytes, per position
             found = leaves[:len(column)]
             found[(found == lengths[:len(column)]) & ~same[column]] = place
         rests = lengths - leaves
         order = np.argsort(-rests, kind="stable")
         going = going_counts(rests[order])
         starts = tokens.starts[self.outside[order]] + leaves[order]
-        columns = [tokens.flat[starts[:n] + place] for place, n in enumerate(going)]
-        return self.ids[order], (going[0] if going else 0), going, columns, leaves[order]
+        rest_columns = [tokens.flat[starts[:n] + place] for place, n in enumerate(going)]
+        return self.ids[order], (going[0] if going else 0), going, rest_columns, leaves[order]
 
 
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
