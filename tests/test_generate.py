@@ -6,7 +6,7 @@ import dataclasses
 import re
 from datetime import date
 from enum import Enum
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import jsonschema
 import pydantic
@@ -126,6 +126,25 @@ def test_flexible_whitespace_still_validates(tiny_model):
 
 
 # --- bad input: typed errors ----------------------------------------------------------------
+
+
+def test_deeper_open_values_as_docs_constraints_md_writes_it(tiny_model):
+    """docs/constraints.md: a constraint compiled with ``max_any_depth=3`` is passed to
+    ``generate`` as its output type; the answer validates and the budget still holds."""
+
+    class Item(BaseModel):
+        name: str
+        meta: dict[str, Any]
+
+    constraint = structgen.compile_constraint(Item, tiny_model, max_any_depth=3)
+    generation = structgen.generate_with_details(constraint, "hi", model=tiny_model,
+                                                 max_tokens=80)
+    assert isinstance(generation.value, Item)
+    assert generation.completion_tokens <= 80
+    matcher = constraint.matcher()
+    text = '{\n  "name": "a",\n  "meta": {\n    "x": {\n      "y": [\n        1\n      ]\n    }\n  }\n}'
+    ids = tiny_model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert all(matcher.advance(token) for token in ids) and matcher.is_accepting()
 
 
 def test_budget_below_the_shortest_answer_is_refused(tiny_model):
