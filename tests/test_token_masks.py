@@ -194,7 +194,8 @@ def test_string_states_take_their_characters_tokens_without_a_walk(info, prefix)
 def assert_walk_is_brute_force(constraint, info, prefix: bytes, run: bool | None = None):
     """At the state ``prefix`` leads to, the mask, the walk (``walk_parts``, the tokens that
     loop back included, and ``walk`` joined) and the next states equal the brute-force walk;
-    ``run``: whether the walker finds a string run there. Returns ``walk_parts``' first part."""
+    ``run``: whether the walker finds a string run there. Returns ``walk_parts``' first part
+    (the tokens a string run places)."""
     state = constraint.automaton.step(constraint.initial_state, prefix)
     assert state
     walker = constraint.masks.walker
@@ -205,14 +206,15 @@ def assert_walk_is_brute_force(constraint, info, prefix: bytes, run: bool | None
     assert np.array_equal(constraint.mask(state), expected)
     wanted = {token_id: after for token_id, after in following.items()
               if token_id != info.eos_token_id}
-    back, ids, states = walker.walk_parts(state)
+    placed, ids, states = walker.walk_parts(state)
     walked = dict(zip(ids.tolist(), states.tolist()))
-    if back is not None:
-        walked.update(dict.fromkeys(np.flatnonzero(back).tolist(), state))
+    if placed is not None:
+        assert np.array_equal(np.flatnonzero(placed.bits), np.sort(placed.ids))
+        walked.update(zip(placed.ids.tolist(), placed.chain[placed.counts].tolist()))
     assert walked == wanted
     ids, states = walker.walk(state)
     assert dict(zip(ids.tolist(), states.tolist())) == wanted
-    return back
+    return placed
 
 
 def test_a_string_split_serves_every_automaton_of_a_tokenizer(info):
@@ -285,3 +287,27 @@ def test_long_runs_after_a_first_byte_end_where_it_led(info, prefix):
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
     constraint = structgen.compile_constraint(schema, info, whitespace="flexible")
     assert assert_walk_is_brute_force(constraint, info, prefix, run=False) is None
+
+
+@pytest.mark.parametrize("written", [2, 30, 57])
+def test_counted_string_masks_near_a_budget_equal_a_brute_force_walk(info, written):
+    """In a string of 40 to 60 characters, the tokens of whole characters are placed by count
+    (``Placed``), not listed: near a budget only the counts that still reach an ending in time
+    are allowed, near ``maxLength`` only those that fit, and both masks equal the brute-force
+    walk's."""
+    schema = {"type": "object", "properties": {"code": {"type": "string", "minLength": 40,
+                                                        "maxLength": 60}}, "required": ["code"]}
+    constraint = structgen.compile_constraint(schema, info, whitespace="compact")
+    state = constraint.automaton.step(constraint.initial_state, b'{"code":"' + b"a" * written)
+    assert state
+    expected, following = brute_force(constraint, info, state)
+    assert np.array_equal(constraint.mask(state), expected)
+    nearest = constraint.distance(state)
+    for tokens_left in sorted({0, 1, 2, nearest - 1, nearest, nearest + 1, nearest + 3}):
+        if tokens_left < 0:
+            continue
+        budgeted = np.zeros_like(expected)
+        for token_id, after in following.items():
+            budgeted[token_id] = constraint.distance(after) <= tokens_left
+        budgeted[info.eos_token_id] = expected[info.eos_token_id]
+        assert np.array_equal(constraint.mask(state, tokens_left), budgeted), tokens_left

@@ -24,6 +24,7 @@ import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -242,10 +243,9 @@ class Characters:
 
 class StringSplit:
     """``TokenBytes.string_split``: ``inside_ids`` and ``inside_counts`` (their characters),
-    most characters first; ``back`` (bool [vocab] of them) where the run loops, else None;
-    the other tokens' positions (``outside``) and ids, their grouping by first byte
-    (``by_first[first_start[b]:first_start[b + 1]]``), and what ``Walker._walk_rests`` walks
-    of them (``rest``, ``_rests``)."""
+    most characters first, ``inside_bits`` (bool [vocab] of them) and ``count_values`` (their
+    distinct counts, most first); the other tokens' positions (``outside``), and what
+    ``Walker._walk_rests`` walks of them (``rest``, a ``Rests``)."""
 
     def __init__(self, tokens: TokenBytes, same: np.ndarray, steps_one: np.ndarray, loop: bool):
         characters = tokens.characters
@@ -257,28 +257,23 @@ class StringSplit:
         inside = characters.by_count[keep[characters.by_count]]  # most characters first
         self.inside_ids = tokens.ids[inside]
         self.inside_counts = characters.counts[inside]
-        self.back = None
-        if loop:
-            self.back = np.zeros(tokens.vocab_size, dtype=bool)
-            self.back[self.inside_ids] = True
+        self.inside_bits = np.zeros(tokens.vocab_size, dtype=bool)
+        self.inside_bits[self.inside_ids] = True
+        counts = self.inside_counts
+        self.count_values = counts[np.flatnonzero(np.diff(counts, prepend=counts[:1] + 1))]
         is_outside = np.ones(len(tokens.ids), dtype=bool)
         is_outside[inside] = False
         self.outside = outside = np.flatnonzero(is_outside)
-        self.ids = tokens.ids[outside]
         going = going_counts(tokens.lengths[outside])
         columns = [column[outside[:n]] for column, n in zip(tokens.columns, going)]
-        first = columns[0] if columns else np.zeros(0, np.uint8)
-        self.by_first = np.argsort(first, kind="stable")
-        self.first_start = np.searchsorted(first[self.by_first], np.arange(257))
         self.rest = self._rests(tokens, same, columns)
 
-    def _rests(self, tokens: TokenBytes, same: np.ndarray, columns: list[np.ndarray]) -> tuple:
+    def _rests(self, tokens: TokenBytes, same: np.ndarray, columns: list[np.ndarray]) -> "Rests":
         """Each outside token steps one place down the run per byte in ``same`` until its first
         byte outside it (a quote, a backslash, a control byte, a character's lead byte): only
         the rest of it is walked, from the place it reached (in a loop, the state itself).
-        (ids ordered by the rest's length, longest first; how many have a rest; ``going``
-        counts and byte columns of the rests; the places they start from.) Llama-3's outside
-        tokens run to 82 bytes (comment lines that end in a newline); their rests to a few."""
+        Llama-3's outside tokens run to 82 bytes (comment lines that end in a newline); their
+        rests to a few."""
         lengths = tokens.lengths[self.outside]
         leaves = lengths.copy()  # the first position whose byte leaves; the length if none
         for place, column in enumerate(columns):  # the outside tokens' bytes, per position
@@ -287,9 +282,66 @@ class StringSplit:
         rests = lengths - leaves
         order = np.argsort(-rests, kind="stable")
         going = going_counts(rests[order])
-        starts = tokens.starts[self.outside[order]] + leaves[order]
+        ordered = self.outside[order]
+        starts = tokens.starts[ordered] + leaves[order]
         rest_columns = [tokens.flat[starts[:n] + place] for place, n in enumerate(going)]
-        return self.ids[order], (going[0] if going else 0), going, rest_columns, leaves[order]
+        first = tokens.flat[tokens.starts[ordered]]
+        by_first = np.argsort(first, kind="stable")
+        return Rests(tokens.ids[ordered], going[0] if going else 0, rests[order],
+                     np.array(going + [0], np.int64), rest_columns, leaves[order], by_first,
+                     np.searchsorted(first[by_first], np.arange(257)))
+
+
+class Rests(NamedTuple):
+    """A ``StringSplit``'s outside tokens as ``Walker._walk_rests`` walks them, ordered by the
+    length of their rest, longest first: their ``ids``; how many have a rest (``walked``, a
+    prefix); the rests' ``lengths`` and how many are longer than each place (``going``); their
+    bytes per place (``columns[i]``: the ``i``-th byte of the rests longer than ``i``); the
+    place each token's characters reach (``leaves``); and the tokens grouped by first byte
+    (``by_first[first_start[b]:first_start[b + 1]]``, indices into this order)."""
+
+    ids: np.ndarray
+    walked: int
+    lengths: np.ndarray
+    going: np.ndarray
+    columns: list
+    leaves: np.ndarray
+    by_first: np.ndarray
+    first_start: np.ndarray
+
+
+class Placed(NamedTuple):
+    """A string run's tokens of whole characters, placed without a walk: ``bits`` (bool
+    [vocab], shared: copied before any write), their ``ids`` and character ``counts`` (most
+    first), the distinct counts (``values``), and the run's states ``chain``: token
+    ``ids[i]`` leads to ``chain[counts[i]]`` (in a loop, every place is the state itself)."""
+
+    bits: np.ndarray
+    ids: np.ndarray
+    counts: np.ndarray
+    values: np.ndarray
+    chain: np.ndarray
+
+    def shorter_than(self, count: int) -> "Placed":
+        """Only the tokens of fewer than ``count`` characters (a counted string's last places)."""
+        cut = int(np.searchsorted(-self.counts, -count, side="right"))
+        bits = self.bits.copy()
+        bits[self.ids[:cut]] = False
+        return Placed(bits, self.ids[cut:], self.counts[cut:], self.values[self.values < count],
+                      self.chain)
+
+    def worst(self, distance: np.ndarray) -> int:
+        """The largest ``distance`` after one of these tokens."""
+        return int(distance[self.chain[self.values]].max()) if len(self.values) else 0
+
+    def within(self, distance: np.ndarray, tokens_left: int) -> np.ndarray:
+        """bool [vocab]: those after which ``distance`` is at most ``tokens_left``."""
+        fits = self.values[distance[self.chain[self.values]] <= tokens_left]
+        if len(fits) == len(self.values):
+            return self.bits.copy()
+        bits = np.zeros(len(self.bits), dtype=bool)
+        bits[self.ids[np.isin(self.counts, fits)]] = True
+        return bits
 
 
 _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplier spreads bytes
@@ -316,15 +368,14 @@ class Walker:
     def walk(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids of the tokens allowed in ``state``, the state each leads to); EOS included if it
         has bytes of its own. ``walk_parts`` joined."""
-        back, ids, following = self.walk_parts(state)
-        if back is None:
+        placed, ids, following = self.walk_parts(state)
+        if placed is None:
             return ids, following
-        looping = np.flatnonzero(back)
-        return (np.concatenate([looping, ids]),
-                np.concatenate([np.full(len(looping), state, np.int64), following]))
+        return (np.concatenate([placed.ids, ids]),
+                np.concatenate([placed.chain[placed.counts].astype(np.int64), following]))
 
-    def walk_parts(self, state: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """(bool [vocab] of the tokens that lead from ``state`` back to it, or None; ids of the
+    def walk_parts(self, state: int) -> tuple[Placed | None, np.ndarray, np.ndarray]:
+        """(the tokens a string run places without a walk (``Placed``), or None; ids of the
         other tokens allowed, the state each leads to).
 
         In a string (a run of states its characters step along, ``_run``), a token of whole
@@ -373,55 +424,54 @@ class Walker:
             current[:, longer[k]] = self.table[current[:, longer[k]] + shapes[k][longer[k]]]
         steps_one = (current == premultiplied[1:, None]).all(axis=0)
         split = self.tokens.string_split(same, steps_one[shape_of], loop)
-        inside_ids, inside_counts = split.inside_ids, split.inside_counts
         ids, following = self._walk_outside(row, split, chain)
-        if loop:
-            return split.back, ids, following
+        placed = Placed(split.inside_bits, split.inside_ids, split.inside_counts,
+                        split.count_values, chain)
         dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
         if len(dead):  # inside tokens are most characters first: those too long are a prefix
-            kept = np.searchsorted(-inside_counts, -int(dead[0]), side="right")
-            inside_ids, inside_counts = inside_ids[kept:], inside_counts[kept:]
-        return None, np.concatenate([inside_ids, ids]), np.concatenate([chain[inside_counts],
-                                                                         following])
+            placed = placed.shorter_than(int(dead[0]))
+        return placed, ids, following
 
     def _walk_outside(self, row: np.ndarray, split: StringSplit, chain: np.ndarray):
         """A string's other tokens (``split.outside``), each walked from its first byte that
         leaves the run (``_walk_rests``); where most of them start with a byte the state
         refuses (a string that takes few characters), only those that start well, found by
-        their first byte, are stepped whole by ``_walk_positions``."""
+        their first byte."""
+        rest = split.rest
         taken = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
-        starts = split.first_start[taken]
-        sizes = split.first_start[taken + 1] - starts
-        if sizes.sum() * 2 >= len(split.ids):
-            return self._walk_rests(split.rest, chain)
-        return self._walk_positions(row, split.outside[split.by_first[
-            concatenated_ranges(starts, sizes)]])
+        starts = rest.first_start[taken]
+        sizes = rest.first_start[taken + 1] - starts
+        if sizes.sum() * 2 >= len(rest.ids):
+            return self._walk_rests(rest, chain, None)
+        return self._walk_rests(rest, chain,
+                                np.sort(rest.by_first[concatenated_ranges(starts, sizes)]))
 
-    def _walk_rests(self, rest: tuple, chain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``StringSplit._rests`` walked from the run ``chain`` (its states from here on): each
-        rest steps in place from the place its token's characters reached; a token without one
-        ends there."""
-        ids, walked, going, columns, leaves = rest
-        table, byte_class, width = self.table, self.byte_class, self.width
-        places = chain.astype(table.dtype) * width
-        current = places[leaves[:walked]]
-        if walked:
-            current += byte_class[columns[0]]
-            np.take(table, current, out=current)
-        for i in range(1, len(columns)):
-            stepping = current[:going[i]]
-            if i >= LONG_FEW and not stepping.any():
-                break  # every longer rest is dead (runs of control bytes)
-            stepping += byte_class[columns[i]]
-            np.take(table, stepping, out=stepping)
+    def _walk_rests(self, rest: Rests, chain: np.ndarray,
+                    pick: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``rest``'s tokens (those at the sorted indices ``pick``, or all) walked from the run
+        ``chain`` (its states from here on): each rest steps from the place its token's
+        characters reached (``_step_longest_first``); a token without one ends there."""
+        width = self.width
+        places = chain.astype(self.table.dtype) * width
+        if pick is None:  # all of them: each place's column as it is, until some are dropped
+            index, going = None, rest.going
+            current = places[rest.leaves[:rest.walked]]
+            ended_ids, ended_leaves = rest.ids[rest.walked:], rest.leaves[rest.walked:]
+        else:
+            cut = np.searchsorted(pick, rest.walked)
+            index, ended = pick[:cut], pick[cut:]
+            going = going_after(rest.lengths, index)
+            current = places[rest.leaves[index]]
+            ended_ids, ended_leaves = rest.ids[ended], rest.leaves[ended]
+        index, current = self._step_longest_first(current, index, going, 0, rest.columns,
+                                                  rest.lengths)
         allowed = np.flatnonzero(current)
-        found, following = ids[allowed], current[allowed].astype(np.int64) // width
-        if walked == len(ids):
-            return found, following
-        ends = chain[leaves[walked:]].astype(np.int64)  # no rest: where the characters led
-        live = ends != 0
-        return (np.concatenate([found, ids[walked:][live]]),
-                np.concatenate([following, ends[live]]))
+        found = rest.ids[index[allowed]]
+        following = current[allowed].astype(np.int64) // width
+        ends = chain[ended_leaves].astype(np.int64)  # no rest: where the characters led
+        live_ends = ends != 0
+        return (np.concatenate([found, ended_ids[live_ends]]),
+                np.concatenate([following, ends[live_ends]]))
 
     @functools.cached_property
     def _character_shapes(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
@@ -506,54 +556,87 @@ class Walker:
 
     def _walk_positions(self, row: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, next states) of the tokens at ``position`` that the state ``row`` takes, stepped
-        together and dropped as they finish or die."""
-        tokens, table, byte_class = self.tokens, self.table, self.byte_class
+        together, longest first (``_step_longest_first``)."""
+        tokens, byte_class = self.tokens, self.byte_class
+        position = np.sort(position)
         current = row[byte_class[tokens.columns[0][position]]]
         alive = current != 0
         position, current = position[alive], current[alive]
-        done_positions, done_states = [], []
-        settled = self._loop_after_first(position, current)
+        going = going_after(tokens.lengths, position)
+        settled = self._loop_after_first(position, current, going)
         if settled is not None:  # long tokens whose other bytes all loop where the first led
-            done_positions.append(position[settled])
-            done_states.append(current[settled])
+            done = (tokens.ids[position[settled]], current[settled].astype(np.int64) // self.width)
             position, current = position[~settled], current[~settled]
-        depth = 1
-        while position.size:
-            finished = tokens.lengths[position] == depth
-            if finished.any():
-                done_positions.append(position[finished])
-                done_states.append(current[finished])
-                position, current = position[~finished], current[~finished]
-                if not position.size:
-                    break
-            current = table[current + byte_class[tokens.columns[depth][position]]]
-            alive = current != 0
-            if not alive.all():
-                position, current = position[alive], current[alive]
-            depth += 1
-        if not done_positions:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return (tokens.ids[np.concatenate(done_positions)],
-                np.concatenate(done_states).astype(np.int64) // self.width)
+            going = going_after(tokens.lengths, position)
+        position, current = self._step_longest_first(current, position, going, 1,
+                                                     tokens.columns, tokens.lengths)
+        allowed = np.flatnonzero(current)
+        ids = tokens.ids[position[allowed]]
+        following = current[allowed].astype(np.int64) // self.width
+        if settled is not None:
+            return np.concatenate([done[0], ids]), np.concatenate([done[1], following])
+        return ids, following
 
-    def _loop_after_first(self, position: np.ndarray, current: np.ndarray) -> np.ndarray | None:
-        """bool per token at ``position`` (``current``: the states its first byte led to): it is
-        longer than ``LONG_FEW`` and each of its other bytes loops on that state, so it ends
-        there (a whitespace run after a number, where the state before the run does not loop
-        on it: up to 128 numpy steps otherwise). None where no token is that long."""
-        tokens = self.tokens
-        long = np.flatnonzero(tokens.lengths[position] > LONG_FEW)
-        if not len(long):
+    def _step_longest_first(self, current: np.ndarray, index: np.ndarray | None,
+                            going: np.ndarray, place: int, columns: list,
+                            lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step ``current`` (premultiplied states of byte strings ordered longest first) through
+        their bytes from ``place`` on, in place: ``columns[i]`` holds the ``i``-th byte of those
+        longer than ``i`` and ``lengths`` their lengths, both in that order; ``index`` picks
+        the strings stepped (sorted; None: all of them, each column as it is), ``going[i]`` how
+        many of those are longer than ``i``. The strings still going at a place are a prefix,
+        stepped as one slice (a dead one stays in the dead state); the arrays shrink where most
+        of that prefix has died. Returns (``index``, the states after each string's last byte,
+        0 where it died)."""
+        table, byte_class = self.table, self.byte_class
+        while place < len(going) and going[place]:
+            count = going[place]
+            stepping = current[:count]
+            column = columns[place]
+            stepping += byte_class[column[:count] if index is None else column[index[:count]]]
+            np.take(table, stepping, out=stepping)
+            live = np.count_nonzero(stepping)
+            if live * 4 < count and count > 64:  # most died: drop them
+                keep = current != 0
+                index = np.flatnonzero(keep) if index is None else index[keep]
+                current = current[keep]
+                going = np.concatenate([going[:place + 1], going_after(lengths, index)[place + 1:]])
+            elif not live:
+                break  # every one still going is dead; the shorter ones are done
+            place += 1
+        if index is None:
+            index = np.arange(len(current))
+        return index, current
+
+    def _loop_after_first(self, position: np.ndarray, current: np.ndarray,
+                          going: np.ndarray) -> np.ndarray | None:
+        """bool per token at ``position`` (sorted, longest first; ``current``: the states its
+        first byte led to; ``going``: ``going_after`` of them): it is longer than ``LONG_FEW``
+        and each of its other bytes loops on that state, so it ends there (a whitespace run
+        after a number, where the state before the run does not loop on it: up to 128 numpy
+        steps otherwise). None where no token is that long."""
+        long = int(going[LONG_FEW]) if len(going) > LONG_FEW else 0
+        if not long:
             return None
-        lengths = tokens.lengths[position[long]]
-        offsets = np.arange(1, int(lengths.max()))
+        tokens = self.tokens
+        lengths = tokens.lengths[position[:long]]
+        offsets = np.arange(1, int(lengths[0]))
         inside = offsets[None, :] < lengths[:, None]
-        where = tokens.starts[position[long]][:, None] + np.where(inside, offsets[None, :], 0)
-        states = current[long][:, None]
+        where = tokens.starts[position[:long]][:, None] + np.where(inside, offsets[None, :], 0)
+        states = current[:long][:, None]
         stays = (self.table[states + self.byte_class[tokens.flat[where]]] == states) | ~inside
         settled = np.zeros(len(position), dtype=bool)
-        settled[long[stays.all(axis=1)]] = True
+        settled[:long] = stays.all(axis=1)
         return settled
+
+
+def going_after(lengths: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """For sorted ``index`` into ``lengths`` (longest first): how many of the chosen are longer
+    than ``i``, for each ``i`` up to the longest (``going_counts`` of a subset)."""
+    chosen = lengths[index]
+    if not len(chosen):
+        return np.zeros(1, np.int64)
+    return np.searchsorted(-chosen, -np.arange(int(chosen[0]) + 1), side="left")
 
 
 def pack_bitmask(mask: np.ndarray) -> np.ndarray:
@@ -564,13 +647,12 @@ def pack_bitmask(mask: np.ndarray) -> np.ndarray:
     return packed.view(np.int32)
 
 
-def _worst(state: int, back: np.ndarray | None, following: np.ndarray,
-           distance: np.ndarray) -> int:
-    """The largest ``distance`` after a token allowed in ``state`` (``back``: the tokens that
-    stay in it, a string's characters; ``following``: where the others lead)."""
+def _worst(placed: Placed | None, following: np.ndarray, distance: np.ndarray) -> int:
+    """The largest ``distance`` after an allowed token (``placed``: a string's characters;
+    ``following``: where the others lead)."""
     worst = int(distance[following].max()) if len(following) else 0
-    if back is not None:
-        worst = max(worst, int(distance[state]))
+    if placed is not None:
+        worst = max(worst, placed.worst(distance))
     return worst
 
 
@@ -622,12 +704,12 @@ class MaskStore:
             if entry is not None:
                 self._entries.move_to_end(state)
                 return entry
-        back, ids, following = self._walk(state)
-        bits = np.zeros(self.vocab_size, dtype=bool) if back is None else back.copy()
+        placed, ids, following = self._walk(state)
+        bits = np.zeros(self.vocab_size, dtype=bool) if placed is None else placed.bits.copy()
         bits[ids] = True
         bits[self.eos_token_id] = self.automaton.is_final[state]
         exact = self._distance
-        worst = _worst(state, back, following, self.bound if exact is None else exact)
+        worst = _worst(placed, following, self.bound if exact is None else exact)
         entry = (pack_bitmask(bits), worst, exact is not None)
         with self._lock:
             self._entries[state] = entry
@@ -640,8 +722,8 @@ class MaskStore:
         packed, worst, exact = self.entry(state)
         if tokens_left >= worst or exact:
             return tokens_left < worst
-        back, _, following = self._walk(state)  # near the budget: the exact worst, kept
-        worst = _worst(state, back, following, self.distance)
+        placed, _, following = self._walk(state)  # near the budget: the exact worst, kept
+        worst = _worst(placed, following, self.distance)
         with self._lock:
             if state in self._entries:
                 self._entries[state] = (packed, worst, True)
@@ -649,23 +731,23 @@ class MaskStore:
 
     def budgeted(self, state: int, tokens_left: int) -> np.ndarray:
         """Boolean mask of the tokens after which acceptance stays within ``tokens_left`` tokens."""
-        back, ids, following = self._walk(state)
+        placed, ids, following = self._walk(state)
         distance = self.distance
-        if back is not None and distance[state] <= tokens_left:
-            bits = back.copy()
+        if placed is not None:
+            bits = placed.within(distance, tokens_left)
         else:
             bits = np.zeros(self.vocab_size, dtype=bool)
         bits[ids[distance[following] <= tokens_left]] = True
         bits[self.eos_token_id] = self.automaton.is_final[state]
         return bits
 
-    def _walk(self, state: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    def _walk(self, state: int) -> tuple[Placed | None, np.ndarray, np.ndarray]:
         last = self._last_walk  # a budgeted mask near the end of a budget re-reads its state
         if last is not None and last[0] == state:
             return last[1]
-        back, ids, following = self.walker.walk_parts(state)
+        placed, ids, following = self.walker.walk_parts(state)
         keep = ids != self.eos_token_id
-        parts = (back, ids[keep], following[keep])
+        parts = (placed, ids[keep], following[keep])
         self._last_walk = (state, parts)
         self.walks += 1
         return parts
