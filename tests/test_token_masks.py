@@ -279,11 +279,13 @@ def _has_unchecked_form(data: bytes) -> bool:
         or b"\xf0" in data or b"\xf4" in data
 
 
-@pytest.mark.parametrize("prefix", [b'{"a": 12', b'{"a": 12 ', b'{"a": 12,', b'{"a": 1, "b": -3'])
+@pytest.mark.parametrize("prefix", [b'{"a": 12', b'{"a": 12 ', b'{"a": 12,', b'{"a": 1, "b": -3',
+                                    b"{", b'{"a": 1,'])
 def test_long_runs_after_a_first_byte_end_where_it_led(info, prefix):
-    """After a number in ``flexible`` whitespace the state does not loop on whitespace, the one
-    its first blank leads to does: whitespace runs (up to 128 bytes at Llama-3) end there
-    without a byte-by-byte walk, and the mask and next states equal the brute-force walk."""
+    """After a number, ``{`` or a comma in ``flexible`` whitespace the state does not loop on
+    whitespace, the one its first blank leads to does: whitespace runs (up to 128 bytes at
+    Llama-3) end there without a byte-by-byte walk, and the mask and next states equal the
+    brute-force walk."""
     schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
     constraint = structgen.compile_constraint(schema, info, whitespace="flexible")
     assert assert_walk_is_brute_force(constraint, info, prefix, run=False) is None

@@ -37,7 +37,7 @@ SPLITS_KEPT = 16
 #: A state where this many bytes run together takes the tokens made of them without a walk.
 RUN_BYTES = 32
 #: Where the few tokens a state may take are at most this long, they are stepped as they are;
-#: longer ones that loop on the state (whitespace runs) are split off first.
+#: longer ones whose other bytes loop where the first led (whitespace runs) are split off first.
 LONG_FEW = 16
 
 
@@ -542,17 +542,26 @@ class Walker:
 
     def _walk_few(self, state: int, row: np.ndarray,
                   position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``_walk_positions``, but where ``state`` loops on some bytes (JSON whitespace in
-        ``flexible`` mode), the tokens made only of those lead back to it without a walk: they
-        are the long ones (Llama-3 has whitespace runs of up to 128 bytes, each a numpy step)."""
-        loops = row[self.byte_class] == state * self.width
-        if not loops.any() or not len(position) or self.tokens.lengths[position].max() <= LONG_FEW:
+        """``_walk_positions``, but where the longest token's first byte leads to a state that
+        every byte leading there loops on (JSON whitespace in ``flexible`` mode: the state
+        itself, or the one its first blank leads to, after ``{`` or a number), the tokens made
+        only of those bytes end there without a walk: Llama-3 has whitespace runs of up to 128
+        bytes, and after ``{`` they are most of the tokens that survive two bytes."""
+        tokens, width = self.tokens, self.width
+        lengths = tokens.lengths[position]
+        if not len(position) or lengths.max() <= LONG_FEW:
             return self._walk_positions(row, position)
-        looping = self.tokens.made_of(loops)[position]
-        ids, following = self._walk_positions(row, position[~looping])
-        back = self.tokens.ids[position[looping]]
-        return (np.concatenate([back, ids]),
-                np.concatenate([np.full(len(back), state, np.int64), following]))
+        following = row[self.byte_class]
+        target = int(following[tokens.columns[0][position[np.argmax(lengths)]]])
+        same = following == target
+        if not target or not (self.table[self.byte_class[same].astype(np.int64) + target]
+                              == target).all():
+            return self._walk_positions(row, position)
+        made = tokens.made_of(same)[position]
+        ids, states = self._walk_positions(row, position[~made])
+        ended = tokens.ids[position[made]]
+        return (np.concatenate([ended, ids]),
+                np.concatenate([np.full(len(ended), target // width, np.int64), states]))
 
     def _walk_positions(self, row: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, next states) of the tokens at ``position`` that the state ``row`` takes, stepped
