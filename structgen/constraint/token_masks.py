@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -357,6 +358,8 @@ class Walker:
         dtype = np.int32 if automaton.table.size < 2**31 else np.int64
         self.table = (automaton.table.astype(dtype) * self.width).reshape(-1)
         self.byte_class = automaton.byte_class
+        # a string split's rests as this automaton's byte classes, per split seen
+        self._rest_classes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @functools.cached_property
     def classes(self) -> list[np.ndarray]:
@@ -442,16 +445,20 @@ class Walker:
         starts = rest.first_start[taken]
         sizes = rest.first_start[taken + 1] - starts
         if sizes.sum() * 2 >= len(rest.ids):
-            return self._walk_rests(rest, chain, None)
-        return self._walk_rests(rest, chain,
+            return self._walk_rests(split, chain, None)
+        return self._walk_rests(split, chain,
                                 np.sort(rest.by_first[concatenated_ranges(starts, sizes)]))
 
-    def _walk_rests(self, rest: Rests, chain: np.ndarray,
+    def _walk_rests(self, split: StringSplit, chain: np.ndarray,
                     pick: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``rest``'s tokens (those at the sorted indices ``pick``, or all) walked from the run
-        ``chain`` (its states from here on): each rest steps from the place its token's
-        characters reached (``_step_longest_first``); a token without one ends there."""
-        width = self.width
+        """``split.rest``'s tokens (those at the sorted indices ``pick``, or all) walked from the
+        run ``chain`` (its states from here on): each rest steps from the place its token's
+        characters reached (``_step_longest_first``); a token without one ends there. The
+        rests' bytes are read as this automaton's byte classes, made once per split."""
+        rest, width = split.rest, self.width
+        columns = self._rest_classes.get(split)
+        if columns is None:
+            columns = self._rest_classes[split] = [self.byte_class[c] for c in rest.columns]
         places = chain.astype(self.table.dtype) * width
         if pick is None:  # all of them: each place's column as it is, until some are dropped
             index, going = None, rest.going
@@ -463,8 +470,8 @@ class Walker:
             going = going_after(rest.lengths, index)
             current = places[rest.leaves[index]]
             ended_ids, ended_leaves = rest.ids[ended], rest.leaves[ended]
-        index, current = self._step_longest_first(current, index, going, 0, rest.columns,
-                                                  rest.lengths)
+        index, current = self._step_longest_first(current, index, going, 0, columns,
+                                                  rest.lengths, classes=True)
         allowed = np.flatnonzero(current)
         found = rest.ids[index[allowed]]
         following = current[allowed].astype(np.int64) // width
@@ -588,10 +595,12 @@ class Walker:
 
     def _step_longest_first(self, current: np.ndarray, index: np.ndarray | None,
                             going: np.ndarray, place: int, columns: list,
-                            lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                            lengths: np.ndarray, classes: bool = False
+                            ) -> tuple[np.ndarray, np.ndarray]:
         """Step ``current`` (premultiplied states of byte strings ordered longest first) through
         their bytes from ``place`` on, in place: ``columns[i]`` holds the ``i``-th byte of those
-        longer than ``i`` and ``lengths`` their lengths, both in that order; ``index`` picks
+        longer than ``i`` (already as byte classes where ``classes``) and ``lengths`` their
+        lengths, both in that order; ``index`` picks
         the strings stepped (sorted; None: all of them, each column as it is), ``going[i]`` how
         many of those are longer than ``i``. The strings still going at a place are a prefix,
         stepped as one slice (a dead one stays in the dead state); the arrays shrink where most
@@ -602,7 +611,8 @@ class Walker:
             count = going[place]
             stepping = current[:count]
             column = columns[place]
-            stepping += byte_class[column[:count] if index is None else column[index[:count]]]
+            column = column[:count] if index is None else column[index[:count]]
+            stepping += column if classes else byte_class[column]
             np.take(table, stepping, out=stepping)
             live = np.count_nonzero(stepping)
             if live * 4 < count and count > 64:  # most died: drop them
