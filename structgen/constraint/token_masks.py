@@ -600,12 +600,11 @@ class Walker:
         """Step ``current`` (premultiplied states of byte strings ordered longest first) through
         their bytes from ``place`` on, in place: ``columns[i]`` holds the ``i``-th byte of those
         longer than ``i`` (already as byte classes where ``classes``) and ``lengths`` their
-        lengths, both in that order; ``index`` picks
-        the strings stepped (sorted; None: all of them, each column as it is), ``going[i]`` how
-        many of those are longer than ``i``. The strings still going at a place are a prefix,
-        stepped as one slice (a dead one stays in the dead state); the arrays shrink where most
-        of that prefix has died. Returns (``index``, the states after each string's last byte,
-        0 where it died)."""
+        lengths, both in that order; ``index`` picks the strings stepped (sorted; None: all of
+        them, each column as it is), ``going[i]`` how many of those are longer than ``i``. The
+        strings still going at a place are a prefix, stepped as one slice (a dead one stays in
+        the dead state); the arrays shrink where most of that prefix has died. Returns
+        (``index``, the states after each string's last byte, 0 where it died)."""
         table, byte_class = self.table, self.byte_class
         while place < len(going) and going[place]:
             count = going[place]
