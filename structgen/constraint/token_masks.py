@@ -40,6 +40,8 @@ RUN_BYTES = 32
 #: Where the few tokens a state may take are at most this long, they are stepped as they are;
 #: longer ones whose other bytes loop where the first led (whitespace runs) are split off first.
 LONG_FEW = 16
+#: A string split's rests up to this many bytes are kept as each walker's byte classes.
+REST_CLASS_BYTES = 1 << 16
 
 
 def going_counts(lengths: np.ndarray) -> list[int]:
@@ -453,13 +455,17 @@ class Walker:
                     pick: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``split.rest``'s tokens (those at the sorted indices ``pick``, or all) walked from the
         run ``chain`` (its states from here on): each rest steps from the place its token's
-        characters reached (``_step_longest_first``); a token without one ends there. The
-        rests' bytes are read as this automaton's byte classes, made once per split."""
+        characters reached (``_step_longest_first``); a token without one ends there. Where
+        the rests are few bytes in all (a string that takes most characters: 20 KB at
+        Llama-3), they are read as this automaton's byte classes, made once per split; others
+        (600 KB where a pattern takes few characters) are looked up as they are stepped."""
         rest, width = split.rest, self.width
-        columns = self._rest_classes.get(split)
-        if columns is None:
-            columns = self._rest_classes[split] = [self.byte_class[c] for c in rest.columns]
         places = chain.astype(self.table.dtype) * width
+        columns, classes = rest.columns, False
+        if rest.going.sum() <= REST_CLASS_BYTES:
+            columns, classes = self._rest_classes.get(split), True
+            if columns is None:
+                columns = self._rest_classes[split] = [self.byte_class[c] for c in rest.columns]
         if pick is None:  # all of them: each place's column as it is, until some are dropped
             index, going = None, rest.going
             current = places[rest.leaves[:rest.walked]]
@@ -471,7 +477,7 @@ class Walker:
             current = places[rest.leaves[index]]
             ended_ids, ended_leaves = rest.ids[ended], rest.leaves[ended]
         index, current = self._step_longest_first(current, index, going, 0, columns,
-                                                  rest.lengths, classes=True)
+                                                  rest.lengths, classes)
         allowed = np.flatnonzero(current)
         found = rest.ids[index[allowed]]
         following = current[allowed].astype(np.int64) // width
