@@ -524,13 +524,17 @@ class Walker:
         """(the run's states from ``state`` on, bool [256] of the bytes that step along it)
         where at least ``RUN_BYTES`` bytes step ``state`` to one state and keep stepping together
         for as long as any token is, for two bytes at least: a string's characters, free (the
-        state loops) or counted (``maxLength``: one state per character). None elsewhere (a
-        structural state, the last byte of a character)."""
+        state loops: found first, by the bytes that lead back to it) or counted (``maxLength``:
+        one state per character). None elsewhere (a structural state, the last byte of a
+        character)."""
         width, table = self.width, self.table
         following = row[self.byte_class]
         taken = following[following != 0]
         if len(taken) < RUN_BYTES:
             return None
+        looping = following == state * width
+        if np.count_nonzero(looping) >= RUN_BYTES:  # a free string: it stays where it is
+            return np.full(len(self.tokens.columns) + 1, state, np.int64), looping
         targets, counts = np.unique(taken, return_counts=True)
         if not len(counts) or counts.max() < RUN_BYTES:
             return None
