@@ -7,7 +7,7 @@ state. Inside a string, the tokens of whole characters are not stepped: each dis
 shape is judged once per state, and a token of good characters ends as many states down the
 string as it has characters. Measured on the Llama-3 vocabulary (128k tokens, 831k bytes,
 ``benchmarks/string_walks.py``): a free string, where nearly every token is allowed, about
-0.4 ms; a counted one about 0.45 ms; a structural state (after ``{``, between fields), where
+0.3 ms; a counted one about 0.4 ms; a structural state (after ``{``, between fields), where
 only the tokens that survive their first two bytes are stepped, 0.1-1.5 ms (whitespace runs
 that loop on the state are split off first, not stepped byte by byte).
 
