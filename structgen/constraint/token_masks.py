@@ -24,7 +24,7 @@ import functools
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -291,7 +291,7 @@ class StringSplit:
         first = tokens.flat[tokens.starts[ordered]]
         by_first = np.argsort(first, kind="stable")
         return Rests(tokens.ids[ordered], going[0] if going else 0, rests[order],
-                     np.array(going + [0], np.int64), rest_columns, leaves[order], by_first,
+                     np.array(going, np.int64), rest_columns, leaves[order], by_first,
                      np.searchsorted(first[by_first], np.arange(257)))
 
 
@@ -473,7 +473,7 @@ class Walker:
         else:
             cut = np.searchsorted(pick, rest.walked)
             index, ended = pick[:cut], pick[cut:]
-            going = going_after(rest.lengths, index)
+            going = going_counts(rest.lengths[index])
             current = places[rest.leaves[index]]
             ended_ids, ended_leaves = rest.ids[ended], rest.leaves[ended]
         index, current = self._step_longest_first(current, index, going, 0, columns,
@@ -588,12 +588,12 @@ class Walker:
         current = row[byte_class[tokens.columns[0][position]]]
         alive = current != 0
         position, current = position[alive], current[alive]
-        going = going_after(tokens.lengths, position)
+        going = going_counts(tokens.lengths[position])
         settled = self._loop_after_first(position, current, going)
         if settled is not None:  # long tokens whose other bytes all loop where the first led
             done = (tokens.ids[position[settled]], current[settled].astype(np.int64) // self.width)
             position, current = position[~settled], current[~settled]
-            going = going_after(tokens.lengths, position)
+            going = going_counts(tokens.lengths[position])
         position, current = self._step_longest_first(current, position, going, 1,
                                                      tokens.columns, tokens.lengths)
         allowed = np.flatnonzero(current)
@@ -604,7 +604,7 @@ class Walker:
         return ids, following
 
     def _step_longest_first(self, current: np.ndarray, index: np.ndarray | None,
-                            going: np.ndarray, place: int, columns: list,
+                            going: Sequence[int], place: int, columns: list,
                             lengths: np.ndarray, classes: bool = False
                             ) -> tuple[np.ndarray, np.ndarray]:
         """Step ``current`` (premultiplied states of byte strings ordered longest first) through
@@ -628,7 +628,7 @@ class Walker:
                 keep = current != 0
                 index = np.flatnonzero(keep) if index is None else index[keep]
                 current = current[keep]
-                going = np.concatenate([going[:place + 1], going_after(lengths, index)[place + 1:]])
+                going = np.concatenate([going[:place + 1], going_counts(lengths[index])[place + 1:]])
             elif not live:
                 break  # every one still going is dead; the shorter ones are done
             place += 1
@@ -637,12 +637,12 @@ class Walker:
         return index, current
 
     def _loop_after_first(self, position: np.ndarray, current: np.ndarray,
-                          going: np.ndarray) -> np.ndarray | None:
+                          going: list[int]) -> np.ndarray | None:
         """bool per token at ``position`` (sorted, longest first; ``current``: the states its
-        first byte led to; ``going``: ``going_after`` of them): it is longer than ``LONG_FEW``
-        and each of its other bytes loops on that state, so it ends there (a whitespace run
-        after a number, where the state before the run does not loop on it: up to 128 numpy
-        steps otherwise). None where no token is that long."""
+        first byte led to; ``going``: ``going_counts`` of their lengths): it is longer than
+        ``LONG_FEW`` and each of its other bytes loops on that state, so it ends there (a
+        whitespace run after a number, where the state before the run does not loop on it: up
+        to 128 numpy steps otherwise). None where no token is that long."""
         long = int(going[LONG_FEW]) if len(going) > LONG_FEW else 0
         if not long:
             return None
@@ -656,15 +656,6 @@ class Walker:
         settled = np.zeros(len(position), dtype=bool)
         settled[:long] = stays.all(axis=1)
         return settled
-
-
-def going_after(lengths: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """For sorted ``index`` into ``lengths`` (longest first): how many of the chosen are longer
-    than ``i``, for each ``i`` up to the longest (``going_counts`` of a subset)."""
-    chosen = lengths[index]
-    if not len(chosen):
-        return np.zeros(1, np.int64)
-    return np.searchsorted(-chosen, -np.arange(int(chosen[0]) + 1), side="left")
 
 
 def pack_bitmask(mask: np.ndarray) -> np.ndarray:
