@@ -53,6 +53,48 @@ def test_special_tokens_are_left_out_and_eos_is_end_of_turn(smollm2_tokenizer):
     assert info.vocab_size == len(smollm2_tokenizer)
 
 
+@pytest.mark.parametrize("fixture", ["smollm2_tokenizer", "llama3_tokenizer"])
+def test_the_map_equals_the_vocabulary_read_token_by_token(request, fixture, monkeypatch):
+    monkeypatch.setenv("STRUCTGEN_DISABLE_DISK_CACHE", "1")  # map it, do not load a stored map
+    tokenizer = request.getfixturevalue(fixture)
+    info = TokenizerInfo.from_huggingface(tokenizer)
+    added = tokenizer.added_tokens_decoder
+    expected = {i: vocabulary._byte_level_bytes(token) for token, i in tokenizer.get_vocab().items()
+                if i not in info.special_token_ids and i not in added}
+    expected.update({i: token.content.encode() for i, token in added.items()
+                     if i not in info.special_token_ids})
+    assert dict(info.token_bytes.items()) == expected
+    assert info.vocab_size == max(tokenizer.get_vocab().values()) + 1
+
+
+def _sentencepiece_tokenizer(vocab: dict[str, int]):
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                                     eos_token="</s>")
+    tokenizer.add_tokens([AddedToken("<tool_call>", special=False)])
+    return tokenizer
+
+
+@pytest.mark.parametrize("gap", [False, True])
+def test_a_sentencepiece_vocabulary_with_or_without_gaps_in_its_ids(gap, monkeypatch):
+    """Ids with a gap (4 and 5 unused here) cannot all be asked for one by one: the tokens past
+    the count (id 8) are read from the vocabulary, as are added tokens given a used id."""
+    monkeypatch.setenv("STRUCTGEN_DISABLE_DISK_CACHE", "1")
+    last = 8 if gap else 4
+    tokenizer = _sentencepiece_tokenizer(
+        {"<unk>": 0, "▁hello": 1, "<0x41>": 2, "é": 3, "▁": last} | ({"lo": 7} if gap else {}))
+    info = TokenizerInfo.from_huggingface(tokenizer)
+    tool_call = tokenizer.convert_tokens_to_ids("<tool_call>")
+    assert dict(info.token_bytes.items()) == {1: b" hello", 2: b"A", 3: "é".encode(),
+                                              last: b" ", tool_call: b"<tool_call>"}
+    assert info.special_token_ids == {0, tokenizer.eos_token_id}
+    assert info.vocab_size == max(tokenizer.get_vocab().values()) + 1
+
+
 def test_fingerprint_identifies_the_mapping(smollm2_tokenizer, llama3_tokenizer):
     a = TokenizerInfo.from_huggingface(smollm2_tokenizer)
     b = TokenizerInfo.from_huggingface(smollm2_tokenizer)
