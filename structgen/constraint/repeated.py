@@ -42,10 +42,14 @@ MIN_GROUP = 256
 #: Skeletons rebuilt with a refused group written out, before the plain build decides.
 MAX_REBUILDS = 3
 
-# What a scan for groups must step over whole: an escape, a class (with its escapes), an opening
-# (non-capturing or not) and a closing parenthesis, an alternation bar and a quote.
-_TOKENS = re.compile(r'\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?:|\(|\)|\||"', re.S)
-_OPENING = {"\\{": "\\}", "\\[": "\\]", '"': '"'}
+# The tokens a scan for groups acts on, one capture group each (``match.lastindex`` says which):
+# a bar, an opening (non-capturing or not) and a closing parenthesis, a quote, and an escaped
+# brace or bracket. What lies between them is stepped over inside the match, by the regex
+# engine: other characters and escapes, and classes whole (with their escapes).
+_SCAN = re.compile(r'(?:[^\\\[()|"]+|\\[^{}\[\]]|\[\^?\]?(?:\\.|[^\]\\])*\])*'
+                   r'(?:(\|)|(\(\?:)|(\()|(\))|(")|(\\\{)|(\\\[)|(\\\})|(\\\]))', re.S)
+_BAR, _GROUP, _CAPTURE, _CLOSE, _QUOTE, _OBJECT, _ARRAY, _OBJECT_END, _ARRAY_END = range(1, 10)
+_CLOSER = {_OBJECT: _OBJECT_END, _ARRAY: _ARRAY_END, _QUOTE: _QUOTE}
 # What follows a plain string's repeated character: its count, then the closing quote.
 _CLOSES_A_STRING = re.compile(r'(?:[*+]|\{\d+(?:,\d*)?\})"')
 # A quoted literal: characters and escaped punctuation only, no class, group or escaped code.
@@ -60,35 +64,36 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
     balanced in parentheses, no ``|`` of its own, no quantifier after it. A ``(?:...)`` whose
     text is in ``always`` counts whatever its length and however often it occurs; none whose
     text is in ``kept`` does."""
-    frames: list[list] = []  # [start, what closes it, saw a bar of its own]
+    frames: list[list] = []  # [start, the token that opened it, saw a bar of its own]
     spans = []
-    for match in _TOKENS.finditer(regex):
-        token = match.group()
-        if token == "|":
+    for match in _SCAN.finditer(regex):
+        token = match.lastindex
+        if token == _BAR:
             # the bar splits the innermost parenthesis, and every brace or quote opened in it
             for frame in reversed(frames):
-                frame[2] = True
-                if frame[1] in (")", "capture"):
+                if frame[1] <= _CAPTURE:
                     break
-        elif token[0] == "(":
-            frames.append([match.start(), ")" if token == "(?:" else "capture", False])
-        elif token == ")":
-            while frames and frames[-1][1] not in (")", "capture"):
+                frame[2] = True
+        elif token <= _CAPTURE:
+            frames.append([match.start(token), token, False])
+        elif token == _CLOSE:
+            while frames and frames[-1][1] > _CAPTURE:
                 frames.pop()  # a brace left open inside the group: not a group of its own
             if frames:
-                start, closes, _ = frames.pop()
-                if closes == ")" and (match.end() - start >= MIN_GROUP
-                                      or (regex[start:match.end()] in always
-                                          and _in_a_plain_string(regex, start, match.end()))):
-                    spans.append((start, match.end()))
-        elif frames and token == frames[-1][1]:
+                start, opened, _ = frames.pop()
+                end = match.end()
+                if opened == _GROUP and (end - start >= MIN_GROUP
+                                         or (regex[start:end] in always
+                                             and _in_a_plain_string(regex, start, end))):
+                    spans.append((start, end))
+        elif frames and frames[-1][1] > _CAPTURE and _CLOSER[frames[-1][1]] == token:
             start, _, barred = frames.pop()
             end = match.end()
             if (not barred and end - start >= MIN_GROUP
                     and (end == len(regex) or regex[end] not in "?*+{")):
                 spans.append((start, end))
-        elif token in _OPENING:
-            frames.append([match.start(), _OPENING[token], False])
+        elif token in _CLOSER:
+            frames.append([match.start(token), token, False])
     texts = {span: regex[span[0]:span[1]] for span in spans}
     spans = [span for span in spans if span != (0, len(regex)) and texts[span] not in kept
              and (texts[span] in always or _opens_a_value(regex, span[0]))]
