@@ -45,10 +45,15 @@ MAX_REBUILDS = 3
 # The tokens a scan for groups acts on, one capture group each (``match.lastindex`` says which):
 # a bar, an opening (non-capturing or not) and a closing parenthesis, a quote, and an escaped
 # brace or bracket. What lies between them is stepped over inside the match, by the regex
-# engine: other characters and escapes, and classes whole (with their escapes).
-_SCAN = re.compile(r'(?:[^\\\[()|"]+|\\[^{}\[\]]|\[\^?\]?(?:\\.|[^\]\\])*\])*'
-                   r'(?:(\|)|(\(\?:)|(\()|(\))|(")|(\\\{)|(\\\[)|(\\\})|(\\\]))', re.S)
-_BAR, _GROUP, _CAPTURE, _CLOSE, _QUOTE, _OBJECT, _ARRAY, _OBJECT_END, _ARRAY_END = range(1, 10)
+# engine: other characters and escapes, and classes whole (with their escapes). That stretch is
+# taken whole (a lookahead's capture, then a backreference: an atomic group, which Python 3.10
+# lacks), and the end of the text is a token too, so no match ever backtracks into it or is
+# retried further on: the scan is linear (a nested quantifier was exponential on a long
+# stretch with no token after it).
+_SCAN = re.compile(r'(?=((?:[^\\\[()|"]+|\\[^{}\[\]]|\[\^?\]?(?:\\.|[^\]\\])*\]|\[|\\\Z)*))\1'
+                   r'(?:(\|)|(\(\?:)|(\()|(\))|(")|(\\\{)|(\\\[)|(\\\})|(\\\])|\Z)', re.S)
+(_END, _BAR, _GROUP, _CAPTURE, _CLOSE, _QUOTE, _OBJECT, _ARRAY, _OBJECT_END,
+ _ARRAY_END) = range(1, 11)
 _CLOSER = {_OBJECT: _OBJECT_END, _ARRAY: _ARRAY_END, _QUOTE: _QUOTE}
 # What follows a plain string's repeated character: its count, then the closing quote.
 _CLOSES_A_STRING = re.compile(r'(?:[*+]|\{\d+(?:,\d*)?\})"')
@@ -68,6 +73,8 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
     spans = []
     for match in _SCAN.finditer(regex):
         token = match.lastindex
+        if token == _END:
+            break
         if token == _BAR:
             # the bar splits the innermost parenthesis, and every brace or quote opened in it
             for frame in reversed(frames):
