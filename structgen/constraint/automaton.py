@@ -145,11 +145,18 @@ def concatenated_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Fewest edges from each state to an accepting state over the edges ``source -> target``,
-    breadth-first backwards; dead ends are ``UNREACHABLE``."""
+    breadth-first backwards; dead ends are ``UNREACHABLE``. A level is a few numpy calls, so a
+    long chain of single states (a key's literal bytes) is stepped state by state: an edge
+    through several byte classes is kept once, so one state's predecessors are distinct."""
     n = len(is_final)
-    order = np.argsort(target, kind="stable")
-    predecessors = source[order]
-    starts = np.searchsorted(target[order], np.arange(n + 1))
+    key = target * n + source
+    order = np.argsort(key)
+    key = key[order]
+    distinct = np.ones(len(key), dtype=bool)
+    distinct[1:] = key[1:] != key[:-1]
+    predecessors = source[order][distinct]
+    starts = np.searchsorted(target[order][distinct], np.arange(n + 1))
+    bounds = starts.tolist()
     distance = np.full(n, UNREACHABLE, dtype=np.int32)
     frontier = np.flatnonzero(is_final)
     frontier = frontier[frontier != 0]
@@ -158,6 +165,13 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
     last_seen = np.zeros(n, dtype=np.int64)  # dedupes a level without sorting it
     while frontier.size:
         depth += 1
+        if frontier.size == 1:  # one state: its predecessors, each once
+            state = frontier.item()
+            found = predecessors[bounds[state]:bounds[state + 1]]
+            found = found[distance[found] == UNREACHABLE]
+            distance[found] = depth
+            frontier = found
+            continue
         lengths = starts[frontier + 1] - starts[frontier]
         if not lengths.sum():
             break
