@@ -265,3 +265,14 @@ def test_string_values_are_groups_and_quoted_literals_are_not(small_thresholds):
     assert repeated_groups(f"(?:{split}),(?:{split})") == [  # only the groups around them
         (0, len(split) + 4), (len(split) + 5, 2 * len(split) + 9)]
     assert repeated_groups(f"{split},{split}") == []
+
+
+@pytest.mark.parametrize("tail", ["x" * 5000, "[^a]" * 1000 + "\\d" * 1000, "[" + "y" * 3000])
+def test_the_group_scan_steps_over_long_stretches_without_tokens(small_thresholds, tail):
+    """Classes, escapes and plain characters between tokens, however many, are stepped over once
+    (a nested quantifier once made a token-free tail cost 2^n tries); an unclosed ``[`` is a
+    plain character, as the regex parser would refuse it anyway."""
+    group = "(?:" + "a" * 80 + "|b)"
+    regex = f"{group}c{group}{tail}"
+    spans = repeated_groups(regex)
+    assert [regex[start:end] for start, end in spans] == [group, group]
