@@ -161,3 +161,14 @@ def test_no_map_is_stored_with_the_disk_cache_off(private_cache, smollm2_tokeniz
     monkeypatch.setenv("STRUCTGEN_DISABLE_DISK_CACHE", "1")
     TokenizerInfo.from_huggingface(smollm2_tokenizer)
     assert not private_cache.exists()
+
+
+def test_a_token_outside_byte_level_spelling_is_named(monkeypatch):
+    from tokenizers import Tokenizer, decoders, models
+
+    monkeypatch.setenv("STRUCTGEN_DISABLE_DISK_CACHE", "1")
+    backend = Tokenizer(models.BPE(vocab={"a": 0, "Ġb": 1, "一": 2}, merges=[]))
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="a")
+    with pytest.raises(VocabularyError, match=r"token 2 \('一'\) is not in byte-level BPE"):
+        TokenizerInfo.from_huggingface(tokenizer)

@@ -247,8 +247,10 @@ def _ordinary_tokens(tokenizer, backend, added: dict,
         return np.flatnonzero(keep), list(itertools.compress(spelled, keep.tolist())), size
     vocab = tokenizer.get_vocab()
     every_id = np.fromiter(vocab.values(), np.int64, len(vocab))
-    if not len(every_id) or every_id.min() < 0:
-        raise VocabularyError("the tokenizer has no ordinary tokens, or a negative id")
+    if not len(every_id):
+        raise VocabularyError("the tokenizer has no ordinary tokens")
+    if every_id.min() < 0:
+        raise VocabularyError("token ids must be >= 0 and every token must have bytes")
     seen = int(every_id.max()) + 1
     position = np.full(seen, -1, np.int64)
     ordinary = np.flatnonzero(~np.isin(every_id, list(excluded)))  # positions in the dict
@@ -269,10 +271,10 @@ def _map_vocabulary(ids: np.ndarray, strings: list[str], spelling: str,
         codes = np.frombuffer("".join(strings).encode("utf-32-le"), np.uint32)
         values = _byte_level_codes()[np.minimum(codes, 512)]
         if (values > 255).any():  # name the first token not in byte-level spelling
-            for token in strings:
+            for token_id, token in zip(ids.tolist(), strings):
                 if _byte_level_bytes(token) is None:
-                    raise VocabularyError(f"token {int(ids[strings.index(token)])} ({token!r}) "
-                                          "is not in byte-level BPE spelling")
+                    raise VocabularyError(f"token {token_id} ({token!r}) is not in byte-level "
+                                          "BPE spelling")
         flat = values.astype(np.uint8).tobytes()
         if extra:
             more = TokenMap.from_dict(extra)
