@@ -156,7 +156,6 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
     distinct[1:] = key[1:] != key[:-1]
     predecessors = source[order][distinct]
     starts = np.searchsorted(target[order][distinct], np.arange(n + 1))
-    bounds = starts.tolist()
     distance = np.full(n, UNREACHABLE, dtype=np.int32)
     frontier = np.flatnonzero(is_final)
     frontier = frontier[frontier != 0]
@@ -167,7 +166,7 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
         depth += 1
         if frontier.size == 1:  # one state: its predecessors, each once
             state = frontier.item()
-            found = predecessors[bounds[state]:bounds[state + 1]]
+            found = predecessors[starts.item(state):starts.item(state + 1)]
             found = found[distance[found] == UNREACHABLE]
             distance[found] = depth
             frontier = found
