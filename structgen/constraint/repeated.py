@@ -267,8 +267,9 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     # character leads back to the string's own state, as outlines-core's automaton has it);
     # the others are copied, and those of them that accept take on the target's transitions.
     closing = finals[~goes_on.any(axis=1)]
-    copied = np.ones(len(inner), dtype=bool)  # (np.setdiff1d would import numpy.ma: 10 ms
-    copied[0] = False                          # on a worker's first compile)
+    # (a mask, not np.setdiff1d, which imports numpy.ma: 10 ms on a worker's first compile)
+    copied = np.ones(len(inner), dtype=bool)
+    copied[0] = False
     copied[closing] = False
     kept = np.flatnonzero(copied)
     column = table[:, byte_class[byte]]
