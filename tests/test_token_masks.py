@@ -249,6 +249,33 @@ def test_string_runs_judge_each_character_shape_once(info, prefix):
     assert_walk_is_brute_force(constraint, info, prefix, run=True)
 
 
+def test_character_shapes_serve_automata_whose_classes_are_numbered_apart(info):
+    """Two automata whose bytes 0x80-0xFF fall in the same classes under other numbers (their
+    ASCII classes differ: other key names) share the tokenizer's character shapes, made once,
+    each read in its own numbers: each string walk, where only some multi-byte characters are
+    allowed, still equals the brute-force walk."""
+    renamed = {"type": "object", "properties": {
+        "qvx": {"type": "string", "pattern": "^[A-Za-z\u00e9]+$"},
+        "jk": {"type": "string", "pattern": "^[0-9A-Za-z\u00fc]{2,50}$"},
+        "short": {"type": "string", "maxLength": 30}}, "required": ["qvx", "jk", "short"]}
+    first = structgen.compile_constraint(SCHEMAS["patterned"], info, whitespace="indented")
+    second = structgen.compile_constraint(renamed, info, whitespace="compact")
+    high = [c.automaton.byte_class[0x80:] for c in (first, second)]
+    assert not np.array_equal(*high)  # the same partition, numbered apart
+    assert len(set(zip(*(h.tolist() for h in high)))) == len(set(high[0].tolist()))
+    tokens = first.masks.walker.tokens
+    tokens._shapes.clear()
+    placed = [assert_walk_is_brute_force(first, info, PATTERNED + b"ab", run=True),
+              assert_walk_is_brute_force(second, info, b'{"qvx":"ab', run=True),
+              assert_walk_is_brute_force(second, info, b'{"qvx":"a","jk":"x', run=True)]
+    assert len(tokens._shapes) == (1 if len(tokens.characters.bytes) else 0)
+    spelled = {bytes(b): i for i, b in info.token_bytes.items()}
+    letters = [spelled.get(letter.encode()) for letter in ("\u00e9", "\u00e9", "\u00fc")]
+    assert letters[0] is not None
+    for part, letter in zip(placed, letters):  # the letter's own token is placed, not walked
+        assert letter is None or letter in part.ids
+
+
 def test_characters_split_tokens_as_utf_8_does(info):
     """``TokenBytes.characters``: a token is complete exactly when it decodes as UTF-8 (up to
     the overlong and surrogate forms the automaton refuses anyway), with as many characters as

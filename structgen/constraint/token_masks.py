@@ -87,6 +87,7 @@ class TokenBytes:
         self._splits: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._splits_lock = threading.Lock()
         self._string_splits: OrderedDict[bytes, StringSplit] = OrderedDict()
+        self._shapes: OrderedDict[bytes, tuple] = OrderedDict()
 
     def made_of(self, byte_set: np.ndarray) -> np.ndarray:
         """bool per position: the token's bytes all lie in ``byte_set`` (bool [256]), computed
@@ -126,6 +127,34 @@ class TokenBytes:
             while len(store) > SPLITS_KEPT:
                 store.popitem(last=False)
         return value
+
+    def character_shapes(self, high_classes: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """The distinct shapes of the vocabulary's multi-byte characters (int64 [n, 4]: their
+        bytes' classes per position, -1 past the end) under ``high_classes`` (the byte classes of
+        bytes 0x80-0xFF, numbered in order of first appearance), each character's shape, and
+        per position the shapes longer than it. Kept per such numbering like the splits:
+        automata differ in their ASCII classes (a schema's key names) but mostly share these,
+        and a numbering's shapes cost 0.5 ms at Llama-3, paid by the first string state of
+        every automaton otherwise (a sixth of the slowest 1% of first masks over 250 dev
+        schemas)."""
+        def make():
+            characters = self.characters
+            outside = np.arange(4)[None, :] >= characters.lengths[:, None]
+            classes = high_classes[np.where(outside, 0x80, characters.bytes) - 0x80].astype(np.int64)
+            classes[outside] = -1
+            # one sortable key per row, 9 bits a position (a class + 1 is at most 256):
+            # np.unique over rows (axis=0) took 4.2 ms over Llama-3's 4,084 characters, this 0.5
+            keys = ((classes + 1) << np.array([27, 18, 9, 0], np.int64)).sum(axis=1)
+            _, first, shape_of = np.unique(keys, return_index=True, return_inverse=True)
+            distinct = classes[first]
+            if not len(distinct):
+                distinct = np.zeros((0, 4), np.int64)
+            lengths = (distinct >= 0).sum(axis=1)
+            return distinct, shape_of.reshape(-1), [np.flatnonzero(lengths > k) for k in range(4)]
+
+        key = np.ascontiguousarray(high_classes, np.uint8).tobytes()
+        return self._kept(self._shapes, key, make)
 
     @functools.cached_property
     def characters(self) -> "Characters":
@@ -497,21 +526,19 @@ class Walker:
 
     @functools.cached_property
     def _character_shapes(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
-        """The distinct shapes of the vocabulary's multi-byte characters (their bytes' classes,
-        per position), each character's shape, and per position the shapes longer than it."""
-        characters = self.tokens.characters
-        classes = self.byte_class[characters.bytes].astype(np.int64)
-        classes[np.arange(4)[None, :] >= characters.lengths[:, None]] = -1
-        # one sortable key per row, 9 bits a position (a class + 1 is at most 256): np.unique
-        # over rows (axis=0) took 4.2 ms per automaton over Llama-3's 4,084 characters, this 0.5
-        keys = ((classes + 1) << np.array([27, 18, 9, 0], np.int64)).sum(axis=1)
-        _, first, shape_of = np.unique(keys, return_index=True, return_inverse=True)
-        distinct = classes[first]
-        if not len(distinct):
-            distinct = np.zeros((0, 4), np.int64)
-        lengths = (distinct >= 0).sum(axis=1)
-        shapes = [np.maximum(distinct[:, k], 0).astype(self.table.dtype) for k in range(4)]
-        return shapes, shape_of.reshape(-1), [np.flatnonzero(lengths > k) for k in range(4)]
+        """``TokenBytes.character_shapes`` under this automaton's classes: the shapes' classes
+        per position (as the table's type; 0 past the end), each character's shape, and per
+        position the shapes longer than it."""
+        high = self.byte_class[0x80:]
+        labels, first, numbered = np.unique(high, return_index=True, return_inverse=True)
+        by_appearance = np.argsort(first)
+        rank = np.empty_like(by_appearance)
+        rank[by_appearance] = np.arange(len(by_appearance))
+        distinct, shape_of, longer = self.tokens.character_shapes(rank[numbered.reshape(-1)])
+        actual = labels[by_appearance]  # a numbered class's class in this automaton
+        shapes = [np.where(distinct[:, k] >= 0, actual[np.maximum(distinct[:, k], 0)], 0)
+                  .astype(self.table.dtype) for k in range(4)]
+        return shapes, shape_of, longer
 
     def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
                        ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
