@@ -172,3 +172,32 @@ def test_a_token_outside_byte_level_spelling_is_named(monkeypatch):
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="a")
     with pytest.raises(VocabularyError, match=r"token 2 \('一'\) is not in byte-level BPE"):
         TokenizerInfo.from_huggingface(tokenizer)
+
+
+def test_a_tokenizer_is_read_once_held_weakly_and_left_unchanged(monkeypatch):
+    """``tokenizer_info_of`` reads a tokenizer once per object and keeps the result without
+    holding the tokenizer or writing onto it; the info it hands out still encodes with it, also
+    when the caller dropped its own reference."""
+    import gc
+
+    folder = str(Path(__file__).parent / "fixtures" / "smollm2_tokenizer")
+    reads = []
+    real = TokenizerInfo.from_huggingface.__func__
+    monkeypatch.setattr(TokenizerInfo, "from_huggingface",
+                        classmethod(lambda cls, tok: reads.append(tok) or real(cls, tok)))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    attributes = set(vars(tokenizer))
+    first = vocabulary.tokenizer_info_of(tokenizer)
+    second = vocabulary.tokenizer_info_of(tokenizer)
+    assert len(reads) == 1 and second.fingerprint == first.fingerprint
+    assert set(vars(tokenizer)) == attributes
+    assert second.encode(b'{"a": 1}') == tokenizer.encode('{"a": 1}', add_special_tokens=False)
+    reads.clear()
+    kept = len(vocabulary._INFOS)
+    del tokenizer, first, second
+    gc.collect()
+    assert len(vocabulary._INFOS) == kept - 1  # the kept info did not hold the tokenizer
+    info = vocabulary.tokenizer_info_of(transformers.AutoTokenizer.from_pretrained(folder))
+    gc.collect()
+    reference = transformers.AutoTokenizer.from_pretrained(folder)
+    assert info.encode(b"[1, 2]") == reference.encode("[1, 2]", add_special_tokens=False)

@@ -54,7 +54,7 @@ from structgen.constraint.llguidance_backend import (
     regex_grammar,
 )
 from structgen.constraint.token_masks import TokenBytes
-from structgen.constraint.vocabulary import TokenizerInfo
+from structgen.constraint.vocabulary import TokenizerInfo, tokenizer_info_of
 from structgen.errors import (
     CompileTimeoutError,
     CompileTooLargeError,
@@ -518,19 +518,3 @@ def _llguidance(grammar: str, spec: OutputType, info: TokenizerInfo, whitespace:
                 regex: str | None, reason: str | None = None) -> GrammarConstraint:
     return GrammarConstraint(grammar, info, regex=regex, output_type=spec,
                              whitespace=whitespace, fallback_reason=reason)
-
-
-def tokenizer_info_of(tokenizer: Any) -> TokenizerInfo:
-    if isinstance(tokenizer, TokenizerInfo):
-        return tokenizer
-    info = getattr(tokenizer, "tokenizer_info", None)
-    if isinstance(info, TokenizerInfo):
-        return info
-    cached = getattr(tokenizer, "_structgen_tokenizer_info", None)
-    if cached is None:
-        cached = TokenizerInfo.from_huggingface(tokenizer)
-        try:
-            tokenizer._structgen_tokenizer_info = cached
-        except AttributeError:
-            pass
-    return cached

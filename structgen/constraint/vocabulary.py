@@ -25,8 +25,10 @@ import hashlib
 import itertools
 import json
 import os
+import threading
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -215,6 +217,34 @@ class TokenizerInfo:
             special_token_ids=frozenset(special),
             encode=_Encode(tokenizer),
         )
+
+
+#: tokenizer -> its TokenizerInfo without ``encode``: held weakly, so a tokenizer the user drops
+#: goes with its entry, and nothing is written onto the user's object.
+_INFOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_INFOS_LOCK = threading.Lock()
+
+
+def tokenizer_info_of(tokenizer) -> TokenizerInfo:
+    """``tokenizer``'s TokenizerInfo (itself if it is one, or the ``tokenizer_info`` a structgen
+    model carries), read once per tokenizer object and kept while the tokenizer lives. Each
+    call's info holds the tokenizer for its ``encode``; the kept one does not."""
+    if isinstance(tokenizer, TokenizerInfo):
+        return tokenizer
+    info = getattr(tokenizer, "tokenizer_info", None)
+    if isinstance(info, TokenizerInfo):
+        return info
+    try:
+        with _INFOS_LOCK:
+            kept = _INFOS.get(tokenizer)
+    except TypeError:  # not weakly referenceable or not hashable: read it each time
+        return TokenizerInfo.from_huggingface(tokenizer)
+    if kept is None:
+        info = TokenizerInfo.from_huggingface(tokenizer)
+        with _INFOS_LOCK:
+            _INFOS[tokenizer] = replace(info, encode=None)
+        return info
+    return replace(kept, encode=_Encode(tokenizer))
 
 
 def _spelling(backend) -> str:
