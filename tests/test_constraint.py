@@ -270,6 +270,17 @@ def test_open_values_nest_less_where_the_regex_would_be_too_large():
     assert regex == structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=1)
 
 
+def test_open_values_nest_as_deep_as_fits_below_the_depth_asked():
+    """100 open properties: at depth 3 the regex would pass 1 MiB, at depth 2 it fits, so a
+    compile asked for depth 3 gets depth 2, the deepest that fits, not one level."""
+    names = [f"p{i}" for i in range(100)]
+    schema = {"type": "object", "properties": {name: {} for name in names}, "required": names}
+    with pytest.raises(RegexTooLargeError):
+        structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=3)
+    regex = _converted(as_output_type(schema), Options("compact", False, 3), time.monotonic() + 30)
+    assert regex == structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=2)
+
+
 def test_open_values_nest_as_deep_as_asked(info, smollm2_tokenizer):
     """``max_any_depth`` reaches the schema compiler (and the schema's cache key): an open value
     three levels deep is refused at the default depth and taken at 3; a bad depth is a typed

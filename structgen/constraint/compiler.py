@@ -347,7 +347,8 @@ def compile_constraint(output_type: Any, tokenizer: Any, *, whitespace: str = DE
     elsewhere; a generator should write only what the schema declares, the default).
     ``max_any_depth``: how deep arrays and objects may nest inside a value the schema leaves
     open (``{}``, ``dict[str, Any]``); each level more writes about 4x the regex of such a value
-    (compile time grows with it), and where the regex would pass 1 MiB they nest one level.
+    (compile time grows with it), and where the regex would pass 1 MiB they nest one level less
+    at a time until it fits (down to one level).
 
     ``engine="auto"`` (the default) gives the finite-state constraint (lazy token masks, the
     budget guarantee) for every schema structgen's regex compiler takes, and llguidance for the
@@ -453,14 +454,19 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, options: Optio
 
 def _converted(spec: OutputType, options: Options, deadline: float) -> str:
     """``schema_to_regex`` with ``options`` or, where that regex would be too large (open values
-    inlined at every use of a large schema's definitions), with open values nesting one level."""
-    try:
-        return schema_to_regex(spec.schema, **options.regex_options(timeout=_left(deadline)))
-    except RegexTooLargeError:
-        if options.max_any_depth <= 1:
-            raise
-        return schema_to_regex(spec.schema, **options._replace(max_any_depth=1).regex_options(
-            timeout=_left(deadline)))
+    inlined at every use of a large schema's definitions), with open values nesting one level
+    less at a time, down to one: the deepest nesting that fits, not straight to one level (a
+    schema asked for at depth 4 whose depth-3 regex fits gets depth 3). An attempt stops as soon
+    as one of its values passes the limit."""
+    depth = options.max_any_depth
+    while True:
+        try:
+            return schema_to_regex(spec.schema, **options._replace(max_any_depth=depth)
+                                   .regex_options(timeout=_left(deadline)))
+        except RegexTooLargeError:
+            if depth <= 1:
+                raise
+            depth -= 1
 
 
 #: How often a recursive ``$ref`` is unrolled when llguidance (which nests without bound) cannot
