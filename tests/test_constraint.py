@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structgen
+from structgen.constraint import compiler as compiler_module
 from structgen.constraint.compiler import ConstraintCompiler, Options, _converted
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.errors import ConstraintError, RegexTooLargeError
@@ -279,6 +280,18 @@ def test_open_values_nest_as_deep_as_fits_below_the_depth_asked():
         structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=3)
     regex = _converted(as_output_type(schema), Options("compact", False, 3), time.monotonic() + 30)
     assert regex == structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=2)
+
+
+def test_a_remembered_schema_regex_is_keyed_by_the_code_that_chose_its_depth(monkeypatch):
+    """The key of a remembered schema -> regex alias hashes the schema compiler's source and
+    the constraint compiler's too (``_converted`` chooses the depth a regex is written at): an
+    alias written by code that fell back to one level is not reused by code that does not."""
+    revision = compiler_module._schema_compiler_revision.__wrapped__
+    before = revision()
+    read = Path.read_bytes
+    here = Path(compiler_module.__file__)
+    monkeypatch.setattr(Path, "read_bytes", lambda path: read(path) + b"#" * (path == here))
+    assert revision() != before
 
 
 def test_open_values_nest_as_deep_as_asked(info, smollm2_tokenizer):

@@ -507,10 +507,11 @@ def _schema_key(schema: Any, options: Options, info: TokenizerInfo) -> str:
 @functools.cache
 def _schema_compiler_revision() -> str:
     """The schema→regex compiler's own source, hashed: an alias cached by an older compiler
-    (same structgen version, during development) is never reused."""
+    (same structgen version, during development) is never reused. This module counts too: its
+    ``_converted`` and ``_unrolled_regex`` choose the depth a schema's regex is written at."""
     digest = hashlib.sha256(__version__.encode())
-    for module in COMPILER_MODULES:
-        digest.update(Path(module.__file__).read_bytes())
+    for path in [*(module.__file__ for module in COMPILER_MODULES), __file__]:
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]
 
 
