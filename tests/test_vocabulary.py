@@ -192,7 +192,7 @@ def test_a_tokenizer_is_read_once_held_weakly_and_left_unchanged(monkeypatch):
     assert len(reads) == 1 and second.fingerprint == first.fingerprint
     assert set(vars(tokenizer)) == attributes
     assert second.encode(b'{"a": 1}') == tokenizer.encode('{"a": 1}', add_special_tokens=False)
-    reads.clear()
+    reads.clear()  # the spy held the tokenizer too
     kept = len(vocabulary._INFOS)
     del tokenizer, first, second
     gc.collect()
