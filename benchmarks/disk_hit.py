@@ -8,9 +8,11 @@ token (fill_bitmask + advance: every page the decode touches); and the same walk
 constraint (a later request in the same process). Min and median over HITS hits are printed.
 STRUCTGEN_SOURCE=<dir> times the structgen package in <dir> instead of the installed one.
 """
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,6 +29,8 @@ if os.environ.get("STRUCTGEN_SOURCE"):  # time another checkout's structgen (the
 os.environ["STRUCTGEN_CACHE"] = tempfile.mkdtemp(prefix="disk-hit-")
 import structgen.constraint.compiler as cc
 from structgen.constraint.vocabulary import TokenizerInfo
+
+atexit.register(shutil.rmtree, os.environ["STRUCTGEN_CACHE"], ignore_errors=True)  # not left behind
 
 HITS = 9
 root = Path(sys.argv[1])

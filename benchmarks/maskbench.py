@@ -35,8 +35,10 @@ import queue
 import random
 import resource
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -124,13 +126,12 @@ class Structgen:
     rest."""
 
     def __init__(self, tokenizer, timeout: float, memory_limit: int):
-        import tempfile
-
         import structgen.constraint.compiler as compiler_module
         from structgen.constraint.llguidance_backend import ll_tokenizer
         from structgen.constraint.vocabulary import TokenizerInfo
 
-        os.environ["STRUCTGEN_CACHE"] = tempfile.mkdtemp(prefix="maskbench-")  # cold disk cache
+        # a cold disk cache: the empty folder the parent made for this worker (``Worker``)
+        os.environ["STRUCTGEN_CACHE"] = os.environ["MASKBENCH_CACHE"]
         self.module = compiler_module
         self.info = TokenizerInfo.from_huggingface(tokenizer)
         self.vocab_size = self.info.vocab_size
@@ -404,9 +405,15 @@ def worker_main(engine_name: str, tokenizer_name: str, timeout: float, memory_li
 
 
 class Worker:
+    """One engine's worker process, with an empty cache folder of its own that goes with it: a
+    worker killed at a timeout cannot clean up after itself, and the automata a run caches
+    reach a gigabyte per worker (left behind, a few runs filled this machine's disk)."""
+
     def __init__(self, engine: str, tokenizer: str, timeout: float, memory_gib: float):
+        self.cache = tempfile.mkdtemp(prefix="maskbench-")
         env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(HERE.parent))
+                   TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(HERE.parent),
+                   MASKBENCH_CACHE=self.cache)
         self.key = (engine, tokenizer)
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--worker", engine, tokenizer, str(timeout),
@@ -435,7 +442,7 @@ class Worker:
             return {"status": "timeout", "error": f"no result within {timeout:g} s (killed)"}
         if not line:  # the worker died: the address-space limit, or Rust aborting on allocation
             code = self.process.wait()
-            self.process = None
+            self.kill()
             status = "out of memory" if code in (-6, -9, 134, 137, 1) else "compile error"
             return {"status": status, "error": f"worker exited with {code} after "
                                                 f"{time.monotonic() - started:.1f} s"}
@@ -445,10 +452,12 @@ class Worker:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
+        """End the process (if it still runs) and remove its cache folder."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+        shutil.rmtree(self.cache, ignore_errors=True)
 
 
 def run_all(jobs: list[tuple[str, str, Path]], *, timeout: float, memory_gib: float, parallel: int,

@@ -35,7 +35,17 @@ MODES = ("compact", "spaced", "indented", "flexible")
 
 
 def measure(paths: list[Path], timeout: float) -> list[dict]:
-    os.environ["STRUCTGEN_CACHE"] = tempfile.mkdtemp(prefix="whitespace-modes-")  # cold disk cache
+    """The records of every (schema, mode), compiled into a cold cache folder that is removed
+    afterwards (the automata of 2,000 compiles take over a gigabyte)."""
+    with tempfile.TemporaryDirectory(prefix="whitespace-modes-") as cache:
+        os.environ["STRUCTGEN_CACHE"] = cache
+        try:
+            return _measure(paths, timeout)
+        finally:
+            del os.environ["STRUCTGEN_CACHE"]
+
+
+def _measure(paths: list[Path], timeout: float) -> list[dict]:
     import structgen.constraint.compiler as compiler_module
     from structgen.constraint.vocabulary import TokenizerInfo
     from structgen.errors import StructgenError
