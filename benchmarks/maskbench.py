@@ -28,6 +28,7 @@ samples included), <name>_tbm.png and <name>_ttfm.png.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import os
@@ -118,6 +119,12 @@ class CompileFailed(Exception):
     """The engine says it cannot compile this schema (not a crash of the benchmark)."""
 
 
+def _cache_until_exit() -> str:
+    folder = tempfile.mkdtemp(prefix="maskbench-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 class Structgen:
     """structgen through the path ``generate`` takes: ``compile_constraint`` at its defaults
     (whitespace ``flexible``, which MaskBench's ", "/": " instances need), cold caches, no
@@ -130,8 +137,9 @@ class Structgen:
         from structgen.constraint.llguidance_backend import ll_tokenizer
         from structgen.constraint.vocabulary import TokenizerInfo
 
-        # a cold disk cache: the empty folder the parent made for this worker (``Worker``)
-        os.environ["STRUCTGEN_CACHE"] = os.environ["MASKBENCH_CACHE"]
+        # a cold disk cache: the empty folder the parent made for this worker (``Worker``), or
+        # for an engine made directly (a script of one's own), one removed at exit
+        os.environ["STRUCTGEN_CACHE"] = os.environ.get("MASKBENCH_CACHE") or _cache_until_exit()
         self.module = compiler_module
         self.info = TokenizerInfo.from_huggingface(tokenizer)
         self.vocab_size = self.info.vocab_size
