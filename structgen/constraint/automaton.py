@@ -143,10 +143,18 @@ def concatenated_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return index + np.arange(len(index))
 
 
+#: Below this many states ``distances_to_accept`` searches over Python lists: a numpy level
+#: costs a few calls however small it is, and a small automaton's search is mostly levels of
+#: one to three states (2-3x faster at 100-1,000 states on the dev schemas' automata; numpy
+#: wins from a few thousand on).
+LIST_SEARCH_STATES = 1_000
+
+
 def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Fewest edges from each state to an accepting state over the edges ``source -> target``,
-    breadth-first backwards; dead ends are ``UNREACHABLE``. A level is a few numpy calls, so a
-    long chain of single states (a key's literal bytes) is stepped state by state: an edge
+    breadth-first backwards; dead ends are ``UNREACHABLE``. Below ``LIST_SEARCH_STATES``
+    states the search goes a state at a time over lists; above, a level is a few numpy calls,
+    so a long chain of single states (a key's literal bytes) is stepped state by state. An edge
     through several byte classes is kept once, so one state's predecessors are distinct."""
     n = len(is_final)
     key = target * n + source
@@ -156,9 +164,11 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
     distinct[1:] = key[1:] != key[:-1]
     predecessors = source[order][distinct]
     starts = np.searchsorted(target[order][distinct], np.arange(n + 1))
-    distance = np.full(n, UNREACHABLE, dtype=np.int32)
     frontier = np.flatnonzero(is_final)
     frontier = frontier[frontier != 0]
+    if n < LIST_SEARCH_STATES:
+        return _search_lists(n, predecessors.tolist(), starts.tolist(), frontier.tolist())
+    distance = np.full(n, UNREACHABLE, dtype=np.int32)
     distance[frontier] = 0
     depth = 0
     last_seen = np.zeros(n, dtype=np.int64)  # dedupes a level without sorting it
@@ -181,6 +191,25 @@ def distances_to_accept(is_final: np.ndarray, source: np.ndarray, target: np.nda
         last_seen[found] = where
         frontier = found[last_seen[found] == where]  # each state once
     return distance
+
+
+def _search_lists(n: int, predecessors: list[int], starts: list[int],
+                  frontier: list[int]) -> np.ndarray:
+    """``distances_to_accept``'s search for a small automaton, a state at a time."""
+    distance = [UNREACHABLE] * n
+    for state in frontier:
+        distance[state] = 0
+    depth = 0
+    while frontier:
+        depth += 1
+        found = []
+        for state in frontier:
+            for before in predecessors[starts[state]:starts[state + 1]]:
+                if distance[before] == UNREACHABLE:
+                    distance[before] = depth
+                    found.append(before)
+        frontier = found
+    return np.array(distance, dtype=np.int32)
 
 
 @dataclass(frozen=True, eq=False)
