@@ -258,7 +258,7 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     keys[pending] = -1 - np.asarray(pending)
     _, first, new_class = np.unique(keys, return_index=True, return_inverse=True)
     new_class = new_class.reshape(256)
-    inner = group_table[:, group_class[first]].astype(np.int64)
+    inner = group_table[:, group_class[first]]  # (a copy: fancy indexing)
     inner[:, new_class[pending]] = 0
     finals = np.flatnonzero(group_final)
     goes_on = inner[finals] != 0  # [accepting state, class]: the group continues there
@@ -288,32 +288,29 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
     entry = inner[group_start] != 0
     if (outer[sources][:, entry] != 0).any():
         return None
-    slot = np.full(len(inner), -1, np.int64)
-    slot[kept] = np.arange(len(kept))
-    bases = len(outer) + np.arange(len(targets)) * len(kept)
-
-    def placed(states, base, target):
-        """Where ``states`` (the group's) are in the copy at ``base`` leading to ``target``."""
-        return np.where(states == 0, 0, np.where(slot[states] >= 0, base + slot[states], target))
-
+    # placed[t, s]: where the group's state s is in the copy leading to targets[t]: its row
+    # there, the target itself for a closing state, and 0 (dead) for 0. One gather through it
+    # writes every copy.
+    bases = len(table) + np.arange(len(targets), dtype=np.int64) * len(kept)
+    placed = np.repeat(targets.astype(np.int32)[:, None], len(inner), axis=1)
+    placed[:, kept] = bases[:, None] + np.arange(len(kept))
+    placed[:, 0] = 0
     entry_columns = np.flatnonzero(entry)
-    outer[np.ix_(sources, entry_columns)] = placed(
-        inner[group_start, entry_columns][None], bases[leads_to][:, None],
-        targets[leads_to][:, None])
+    outer[np.ix_(sources, entry_columns)] = placed[leads_to[:, None],
+                                                   inner[group_start, entry_columns][None]]
     if (outer[targets][:, leaving] != 0).any():
-        return None
-    merged = np.flatnonzero(group_final[kept])  # the copy's rows that accept
-    is_final = [arrays["is_final"]]
-    for base, target in zip(bases.tolist(), targets.tolist()):
-        block = spliced[base:base + len(kept)]
-        block[:] = placed(inner[kept], base, target)
-        block[merged] = np.where(block[merged] != 0, block[merged], outer[target])
-        final = np.zeros(len(kept), dtype=bool)
-        final[merged] = arrays["is_final"][target]
-        is_final.append(final)
+        return None  # (checked after the entries: a target may be a source too)
+    copies = spliced[len(table):].reshape(len(targets), len(kept), len(first))
+    np.take(placed, inner[kept], axis=1, out=copies, mode="clip")
+    merged = np.flatnonzero(group_final[kept])  # the copies' rows that accept
+    if len(merged):
+        accepting = copies[:, merged]
+        copies[:, merged] = np.where(accepting != 0, accepting, outer[targets][:, None])
+    final = np.zeros((len(targets), len(kept)), dtype=bool)
+    final[:, merged] = arrays["is_final"][targets][:, None]
     # Every state stays live (no new dead ends): a path through a placeholder step now runs
     # through the group's copy, which reaches its accepting states and goes on as the target.
-    is_final = np.concatenate(is_final)
+    is_final = np.concatenate([arrays["is_final"], final.reshape(-1)])
     return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
             "initial": arrays["initial"], "counters": NO_COUNTERS}
 
