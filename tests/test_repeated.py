@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from structgen.constraint import repeated
 from structgen.constraint.automaton import (
@@ -276,3 +278,50 @@ def test_the_group_scan_steps_over_long_stretches_without_tokens(small_threshold
     regex = f"{group}c{group}{tail}"
     spans = repeated_groups(regex)
     assert [regex[start:end] for start, end in spans] == [group, group]
+
+
+def tokens_one_by_one(regex: str) -> tuple[list[int], list[int], list[int]]:
+    """What the group scan's tokens are, read one character at a time: a backslash and the
+    character after it are one step (a token where that is a brace or bracket), a closed class
+    is one step, an unclosed ``[`` is a plain character."""
+    kinds: tuple[list[int], list[int], list[int]] = ([], [], [])
+    escaped_kind = {"{": repeated._OBJECT, "[": repeated._ARRAY, "}": repeated._OBJECT_END,
+                    "]": repeated._ARRAY_END}
+    plain_kind = {"|": repeated._BAR, ")": repeated._CLOSE, '"': repeated._QUOTE}
+    at = 0
+    while at < len(regex):
+        char, kind, length = regex[at], None, 1
+        if char == "\\":
+            kind, length = escaped_kind.get(regex[at + 1:at + 2]), 2
+        elif char == "[":
+            end = at + 1 + regex.startswith("^", at + 1)
+            end += regex.startswith("]", end)
+            while end < len(regex) and regex[end] != "]":
+                end += 2 if regex[end] == "\\" else 1
+            if end < len(regex):
+                length = end + 1 - at
+        elif char == "(":
+            kind, length = ((repeated._GROUP, 3) if regex.startswith("?:", at + 1)
+                            else (repeated._CAPTURE, 1))
+        else:
+            kind = plain_kind.get(char)
+        if kind is not None:
+            kinds[0].append(kind)
+            kinds[1].append(at)
+            kinds[2].append(at + (2 if char == "\\" else length))
+        at += length
+    return kinds
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='\\[]()|"{}^?:aé', max_size=40))
+def test_the_scans_tokens_are_those_read_one_character_at_a_time(regex):
+    """Escapes (runs of backslashes), classes (with ``]`` or ``^]`` first, escapes inside, a
+    ``[`` inside, none closed), ``(?:`` beside a non-ASCII character: the tokens the regex
+    engine's scan finds (short texts) and those found in numpy (long ones) are those a reading
+    one character at a time finds."""
+    expected = tokens_one_by_one(regex)
+    assert repeated._tokens(regex) == expected
+    assert repeated._tokens_in_numpy(regex) == expected
+    long_text = regex + "a" * repeated.NUMPY_SCAN + regex
+    assert repeated._tokens(long_text) == tokens_one_by_one(long_text)
