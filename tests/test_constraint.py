@@ -296,15 +296,17 @@ def test_a_remembered_schema_regex_is_keyed_by_the_code_that_chose_its_depth(mon
 
 def test_open_values_nest_as_deep_as_asked(info, smollm2_tokenizer):
     """``max_any_depth`` reaches the schema compiler (and the schema's cache key): an open value
-    three levels deep is refused at the default depth and taken at 3; a bad depth is a typed
-    error."""
+    four levels deep is refused at the default depth (3) and taken at 4, one three levels deep
+    is taken at the default and refused at 2; a bad depth is a typed error."""
     schema = {"type": "object", "properties": {"meta": {}}, "required": ["meta"]}
-    deep = '{"meta":{"a":{"b":[1]}}}'
+    three, four = '{"meta":{"a":{"b":[1]}}}', '{"meta":{"a":{"b":[[1]]}}}'
+    shallower = structgen.compile_constraint(schema, info, whitespace="compact", max_any_depth=2)
     default = structgen.compile_constraint(schema, info, whitespace="compact")
-    deeper = structgen.compile_constraint(schema, info, whitespace="compact", max_any_depth=3)
-    assert default.engine == deeper.engine == "outlines-core"
-    assert not _walks(default, smollm2_tokenizer, deep)
-    assert _walks(deeper, smollm2_tokenizer, deep)
+    deeper = structgen.compile_constraint(schema, info, whitespace="compact", max_any_depth=4)
+    assert shallower.engine == default.engine == deeper.engine == "outlines-core"
+    assert not _walks(shallower, smollm2_tokenizer, three)
+    assert _walks(default, smollm2_tokenizer, three) and not _walks(default, smollm2_tokenizer, four)
+    assert _walks(deeper, smollm2_tokenizer, four)
     assert _walks(deeper, smollm2_tokenizer, '{"meta":{"a":1}}')
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ConstraintError, match="max_any_depth"):

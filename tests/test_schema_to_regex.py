@@ -744,12 +744,13 @@ def test_strings_accept_escapes_but_not_surrogates():
     assert not re.fullmatch(regex, r'"\ud83d\ude00"') and not re.fullmatch(regex, '"\x01"')
 
 
-def test_open_values_nest_two_levels_with_sixteen_digits_by_default():
-    """The caps that existed only for outlines-core's build time (depth 1, 6 digits, then 12) are
-    gone: a millisecond timestamp (13 digits) and 2**53 (16) are numbers, in open values and
-    in typed ones."""
+def test_open_values_nest_three_levels_with_sixteen_digits_by_default():
+    """The caps that existed only for outlines-core's build time (depth 1, then 2; 6 digits, then
+    12) are gone: an open value nests three levels, and a millisecond timestamp (13 digits) and
+    2**53 (16) are numbers, in open values and in typed ones."""
     regex = schema_to_regex({}, whitespace="compact")
-    assert re.fullmatch(regex, '{"a":[1,2]}') and not re.fullmatch(regex, '{"a":[[1]]}')
+    assert re.fullmatch(regex, '{"a":[1,2]}') and re.fullmatch(regex, '{"a":{"b":[1]}}')
+    assert not re.fullmatch(regex, '{"a":[[[1]]]}')
     assert re.fullmatch(regex, "[1643723400000]") and re.fullmatch(regex, f"[{2**53}]")
     assert not re.fullmatch(regex, "[12345678901234567]")
     typed = schema_to_regex({"type": "integer"}, whitespace="compact")

@@ -84,7 +84,7 @@ MAX_REGEX_CHARS = 1 << 20
 
 
 #: How deep arrays and objects nest inside a value the schema leaves open, by default.
-DEFAULT_ANY_DEPTH = 2
+DEFAULT_ANY_DEPTH = 3
 
 
 def schema_to_regex(
