@@ -674,6 +674,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per engine × schema")
     parser.add_argument("--memory-gib", type=float, default=8.0, help="address-space limit per worker")
     parser.add_argument("--parallel", type=int, default=2, help="schemas in flight at once")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="engines take turns over this many slices of the sample")
     parser.add_argument("--name", default="maskbench")
     parser.add_argument("--resume", action="store_true",
                         help="keep records already in <name>.jsonl (and their schemas in the sample)")
@@ -698,18 +700,27 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no MaskBench files (*.json) in {args.data}; point --data at a folder of them")
     files = stratified_sample(found, args.sample, args.seed, recorded)
     if not args.report_only:
-        # Engine by engine: an engine's workers share the machine with each other only, so each
-        # engine's timings are taken under its own load (structgen's includes its compile workers).
-        jobs = [(e, t, f) for t in tokenizers for e in engines for f in files]
-        run_all(jobs, timeout=args.timeout, memory_gib=args.memory_gib, parallel=args.parallel,
-                records_path=records_path, done=done)
+        # Engine by engine within a round: an engine's workers share the machine with each other
+        # only, so each engine's timings are taken under its own load (structgen's includes its
+        # compile workers); each round ends before the next begins. The engines take turns over
+        # ``--rounds`` slices of the sample, so a slow or fast stretch of the machine (its speed
+        # swung by a third or more over minutes here) falls on every engine alike instead of on
+        # whichever ran then.
+        rounds = max(1, args.rounds)
+        for tokenizer in tokenizers:
+            for round_ in range(rounds):
+                for engine in engines:
+                    run_all([(engine, tokenizer, f) for f in files[round_::rounds]],
+                            timeout=args.timeout, memory_gib=args.memory_gib,
+                            parallel=args.parallel, records_path=records_path, done=done)
     wanted = {f.name for f in files}
     records = [r for r in map(json.loads, records_path.read_text().splitlines())
                if r["schema"] in wanted and r["tokenizer"] in tokenizers]  # all engines run so far
     command = "python benchmarks/maskbench.py " + " ".join(argv)
     note = (f"{len(files)} schemas from {args.data.name}/ (stratified by source, seed {args.seed}), "
             f"limit {args.timeout:g} s and {args.memory_gib:g} GiB per engine × schema, "
-            f"{args.parallel} in flight at a time")
+            f"{args.parallel} in flight at a time, the engines taking turns over "
+            f"{max(1, args.rounds)} slices of the sample")
     text = report(records, command, note)
     print(text)
     (RESULTS / f"{args.name}.md").write_text(text + "\n")
