@@ -469,8 +469,12 @@ class Worker:
 
 
 def run_all(jobs: list[tuple[str, str, Path]], *, timeout: float, memory_gib: float, parallel: int,
-            records_path: Path, done: set) -> None:
-    """Run jobs (engine, tokenizer, file) on ``parallel`` threads, appending records as they come."""
+            records_path: Path, done: set, workers: dict | None = None) -> None:
+    """Run jobs (engine, tokenizer, file) on ``parallel`` threads, appending records as they come.
+    ``workers`` (thread number -> {(engine, tokenizer): Worker}) keeps each thread's workers
+    between calls, for the caller to end (``end_workers``); without it they end with the call."""
+    own = workers is None
+    workers = {} if own else workers
     todo: queue.Queue = queue.Queue()
     for job in jobs:
         if (job[0], job[1], job[2].name) not in done:
@@ -479,17 +483,18 @@ def run_all(jobs: list[tuple[str, str, Path]], *, timeout: float, memory_gib: fl
     lock = threading.Lock()
     finished = [0]
 
-    def drain():
-        worker: Worker | None = None
+    def drain(number: int):
+        mine = workers.setdefault(number, {})
         while True:
             try:
                 engine, tokenizer, path = todo.get_nowait()
             except queue.Empty:
                 break
-            if worker is None or worker.key != (engine, tokenizer) or not worker.alive():
+            worker = mine.get((engine, tokenizer))
+            if worker is None or not worker.alive():
                 if worker is not None:
                     worker.kill()
-                worker = Worker(engine, tokenizer, timeout, memory_gib)
+                worker = mine[(engine, tokenizer)] = Worker(engine, tokenizer, timeout, memory_gib)
             started = time.monotonic()
             record = worker.run(path, timeout)
             record.update(engine=engine, tokenizer=tokenizer, schema=path.name,
@@ -500,14 +505,22 @@ def run_all(jobs: list[tuple[str, str, Path]], *, timeout: float, memory_gib: fl
                 finished[0] += 1
                 print(f"[{finished[0]}/{total}] {engine:13} {tokenizer:7} {record['status']:18} "
                       f"{record['wall_s']:7.2f}s {path.name}", flush=True)
-        if worker is not None:
-            worker.kill()
 
-    threads = [threading.Thread(target=drain) for _ in range(parallel)]
+    threads = [threading.Thread(target=drain, args=(number,)) for number in range(parallel)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if own:
+        end_workers(workers)
+
+
+def end_workers(workers: dict) -> None:
+    """End every worker ``run_all`` kept (``workers``), and remove their cache folders."""
+    for mine in workers.values():
+        for worker in mine.values():
+            worker.kill()
+    workers.clear()
 
 
 # --- reporting ------------------------------------------------------------------------------
@@ -705,14 +718,20 @@ def main(argv: list[str] | None = None) -> None:
         # compile workers); each round ends before the next begins. The engines take turns over
         # ``--rounds`` slices of the sample, so a slow or fast stretch of the machine (its speed
         # swung by a third or more over minutes here) falls on every engine alike instead of on
-        # whichever ran then.
+        # whichever ran then. Each engine's workers live from round to round (idle while other
+        # engines run), so an engine keeps what a long-lived process keeps between schemas.
         rounds = max(1, args.rounds)
-        for tokenizer in tokenizers:
-            for round_ in range(rounds):
-                for engine in engines:
-                    run_all([(engine, tokenizer, f) for f in files[round_::rounds]],
-                            timeout=args.timeout, memory_gib=args.memory_gib,
-                            parallel=args.parallel, records_path=records_path, done=done)
+        workers: dict = {}
+        try:
+            for tokenizer in tokenizers:
+                for round_ in range(rounds):
+                    for engine in engines:
+                        run_all([(engine, tokenizer, f) for f in files[round_::rounds]],
+                                timeout=args.timeout, memory_gib=args.memory_gib,
+                                parallel=args.parallel, records_path=records_path, done=done,
+                                workers=workers)
+        finally:
+            end_workers(workers)
     wanted = {f.name for f in files}
     records = [r for r in map(json.loads, records_path.read_text().splitlines())
                if r["schema"] in wanted and r["tokenizer"] in tokenizers]  # all engines run so far
