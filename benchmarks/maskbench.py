@@ -422,7 +422,6 @@ class Worker:
         env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(HERE.parent),
                    MASKBENCH_CACHE=self.cache)
-        self.key = (engine, tokenizer)
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--worker", engine, tokenizer, str(timeout),
              str(int(memory_gib * 2**30))],
@@ -712,6 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     if not found:
         parser.error(f"no MaskBench files (*.json) in {args.data}; point --data at a folder of them")
     files = stratified_sample(found, args.sample, args.seed, recorded)
+    rounds = max(1, args.rounds)
     if not args.report_only:
         # Engine by engine within a round: an engine's workers share the machine with each other
         # only, so each engine's timings are taken under its own load (structgen's includes its
@@ -720,7 +720,6 @@ def main(argv: list[str] | None = None) -> None:
         # swung by a third or more over minutes here) falls on every engine alike instead of on
         # whichever ran then. Each engine's workers live from round to round (idle while other
         # engines run), so an engine keeps what a long-lived process keeps between schemas.
-        rounds = max(1, args.rounds)
         workers: dict = {}
         try:
             for tokenizer in tokenizers:
@@ -739,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"{len(files)} schemas from {args.data.name}/ (stratified by source, seed {args.seed}), "
             f"limit {args.timeout:g} s and {args.memory_gib:g} GiB per engine × schema, "
             f"{args.parallel} in flight at a time, the engines taking turns over "
-            f"{max(1, args.rounds)} slices of the sample")
+            f"{rounds} slices of the sample")
     text = report(records, command, note)
     print(text)
     (RESULTS / f"{args.name}.md").write_text(text + "\n")
