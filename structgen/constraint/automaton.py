@@ -69,44 +69,95 @@ def build_arrays(regex: str) -> dict:
 def arrays_from_index(index) -> dict:
     """Flatten an outlines-core ``Index`` over ``byte_vocabulary()`` into ``ARRAY_NAMES``.
 
-    About 70 ns per transition (the Python dict outlines-core hands out dominates): 1 ms for the
-    median schema, 0.1 s for a 46k-state one.
+    The Index's transitions come out as a dict of dicts (about 120 ns per transition); they
+    are read into edge arrays once, and the byte classes are found from the edges
+    (``class_table``): no table of 256 columns is made, nor compared column by column.
     """
     transitions = index.get_transitions()
     initial = index.get_initial_state()
-    states = np.array(sorted(set(transitions) | {initial}), dtype=np.int64)
-    rows = [transitions.get(int(state), {}) for state in states]
-    counts = np.fromiter(map(len, rows), np.int64, len(rows))
+    inner = transitions.values()
+    counts = np.fromiter(map(len, inner), np.int64, len(transitions))
     total = int(counts.sum())
-    byte = np.fromiter(itertools.chain.from_iterable(row.keys() for row in rows), np.int64, total)
-    target = np.fromiter(itertools.chain.from_iterable(row.values() for row in rows), np.int64, total)
-    source = np.repeat(np.arange(1, len(states) + 1), counts)
-    real = byte < 256  # outlines-core's own EOS id (256) follows the end mark: not a byte
+    byte = np.fromiter(itertools.chain.from_iterable(inner), np.int64, total)
+    target = np.fromiter(itertools.chain.from_iterable(map(dict.values, inner)), np.int64, total)
+    keys = np.fromiter(transitions, np.int64, len(transitions))
+    states = np.unique(np.append(keys, initial))  # row i + 1 is states[i]; row 0 is dead
+    # outlines-core's state ids are multiples of its table's stride: a lookup by id / stride
+    stride = int(np.bitwise_or.reduce(states))
+    stride = stride & -stride or 1  # (1 where the only state is id 0)
+    row_of = np.zeros(int(states[-1]) // stride + 1, dtype=np.int64)
+    row_of[states // stride] = np.arange(1, len(states) + 1)
+    source = np.repeat(row_of[keys // stride], counts)
+    target = row_of[target // stride]
+    n = len(states) + 1
+    is_final = np.zeros(n, dtype=bool)
+    is_final[source[byte == END_MARK]] = True
+    initial_row = row_of[initial // stride]
+    start = target[(source == initial_row) & (byte == START_MARK)]
+    # outlines-core's own EOS id (256) follows the end mark, and the marks are not bytes of
+    # the language: their columns are dead
+    real = (byte < 256) & (byte != END_MARK) & (byte != START_MARK)
     byte, target, source = byte[real], target[real], source[real]
-    dense = np.zeros((len(states) + 1, 256), dtype=np.int32)
-    dense[source, byte] = np.searchsorted(states, target) + 1
-    is_final = dense[:, END_MARK] != 0
-    initial_row = np.searchsorted(states, initial) + 1
-    start = dense[initial_row, START_MARK]  # the regex's own start, after the start mark
-    dense[:, [END_MARK, START_MARK]] = 0
-    # bytes with equal columns share a class (a dict of the columns' bytes: np.unique over the
-    # columns sorts them, 80 ms for a 1.7k-state automaton)
-    by_byte = np.ascontiguousarray(dense.T)
-    classes: dict[bytes, int] = {}
-    byte_class = np.fromiter((classes.setdefault(column.tobytes(), len(classes))
-                              for column in by_byte), np.int64, 256)
-    first_of_class = np.unique(byte_class, return_index=True)[1]
-    table = np.ascontiguousarray(by_byte[first_of_class].T, dtype=np.int32)
-    distance = distances_to_accept(is_final, *column_edges(table))
+    byte_class, first_of_class, table = class_table(source, byte, target, n)
+    firsts = first_of_class[byte_class[byte]] == byte  # each class's edges once
+    distance = distances_to_accept(is_final, source[firsts], target[firsts])
     table[distance[table] == UNREACHABLE] = 0  # into a dead end: dead
     return {
         "table": table,
-        "byte_class": byte_class.reshape(256).astype(np.uint8),
+        "byte_class": byte_class.astype(np.uint8),
         "is_final": is_final,
-        "initial": np.int64(start),
+        "initial": np.int64(start[0] if len(start) else 0),
         "counters": NO_COUNTERS,
         "byte_distance": distance,  # dead ends were never on a shortest path: still exact
     }
+
+
+def class_table(source: np.ndarray, byte: np.ndarray, target: np.ndarray,
+                states: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each byte's class, each class's first byte, the table over classes) of the edges
+    ``source -byte-> target``: bytes whose columns are equal share a class, numbered in the
+    order of their first bytes (so the bytes no state takes are class 0 when byte 0 is one).
+
+    A byte's column is summarised by a float sum of a random weight per edge, in edge order:
+    equal columns sum alike, bit for bit. The table is then checked against every edge and
+    every byte's edge count; a collision (unequal columns that sum alike) is resolved exactly
+    by comparing whole columns."""
+    weights = _edge_weights(states)
+    signature = np.bincount(byte, weights=weights[0][source] * weights[1][target], minlength=256)
+    _, first, inverse = np.unique(signature, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    byte_class, first_of_class = rank[inverse.reshape(256)], first[order]
+    table = _table(source, byte_class[byte], target, states, len(first_of_class))
+    if not ((table[source, byte_class[byte]] == target).all()
+            and ((table != 0).sum(axis=0)[byte_class] == np.bincount(byte, minlength=256)).all()):
+        byte_class, first_of_class = _classes_by_columns(source, byte, target, states)
+        table = _table(source, byte_class[byte], target, states, len(first_of_class))
+    return byte_class, first_of_class, table
+
+
+def _edge_weights(states: int) -> np.ndarray:
+    """Two random weights per state for ``class_table``'s sums (seeded: a build repeats)."""
+    return np.random.default_rng(0).random((2, states)) + 0.5
+
+
+def _table(source: np.ndarray, column: np.ndarray, target: np.ndarray, states: int,
+           columns: int) -> np.ndarray:
+    table = np.zeros((states, columns), dtype=np.int32)
+    table[source, column] = target
+    return table
+
+
+def _classes_by_columns(source: np.ndarray, byte: np.ndarray, target: np.ndarray,
+                        states: int) -> tuple[np.ndarray, np.ndarray]:
+    """``class_table``'s classes by comparing whole columns (slower, always exact)."""
+    by_byte = np.zeros((256, states), dtype=np.int64)
+    by_byte[byte, source] = target
+    classes: dict[bytes, int] = {}
+    byte_class = np.fromiter((classes.setdefault(column.tobytes(), len(classes))
+                              for column in by_byte), np.int64, 256)
+    return byte_class, np.unique(byte_class, return_index=True)[1]
 
 
 def reachable_backwards(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
