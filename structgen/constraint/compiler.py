@@ -41,10 +41,13 @@ from structgen.constraint._worker import CompileWorker
 from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
 from structgen.constraint.base import Constraint
 from structgen.constraint.cache import (
+    EXIT_WAIT_SECONDS,
     constraints_dir,
     discard,
+    flush_writes,
     read_tables,
-    write_private,
+    wait_for_write,
+    write_private_soon,
     write_tables,
 )
 from structgen.constraint.compiled import CompiledConstraint
@@ -219,6 +222,7 @@ class ConstraintCompiler:
         if folder is None:
             return None
         path = folder / f"{key}.tables"
+        wait_for_write(path)
         try:
             tables = read_tables(path, key=key, regex=regex)
             if tables.keys() != set(ARRAY_NAMES):
@@ -233,8 +237,8 @@ class ConstraintCompiler:
     def _store(self, key: str, regex: str, arrays: dict) -> None:
         folder = constraints_dir(create=True) if self.disk_cache else None
         if folder is not None:
-            write_private(folder / f"{key}.tables",
-                          lambda path: write_tables(path, arrays, key=key, regex=regex))
+            write_private_soon(folder / f"{key}.tables",
+                               lambda path: write_tables(path, arrays, key=key, regex=regex))
 
     def remember_schema(self, schema_key: str, regex: str) -> None:
         """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
@@ -256,7 +260,7 @@ class ConstraintCompiler:
         folder = constraints_dir(create=True) if self.disk_cache else None
         if folder is not None:
             line = json.dumps({"entry": name, "crc": zlib.crc32(body)}).encode()
-            write_private(folder / name, lambda path: path.write_bytes(line + b"\n" + body))
+            write_private_soon(folder / name, lambda path: path.write_bytes(line + b"\n" + body))
 
     def _read_entry(self, name: str, check):
         """(header, body) of ``_write_entry``'s file if it proves to be ``name``, whole, and
@@ -265,6 +269,7 @@ class ConstraintCompiler:
         if folder is None:
             return None
         path = folder / name
+        wait_for_write(path)
         try:
             line, _, body = path.read_bytes().partition(b"\n")
         except OSError:
@@ -304,7 +309,9 @@ class ConstraintCompiler:
             raise failed
 
     def close(self) -> None:
+        """Stop the compile worker; return once the cache files still being written are."""
         self._worker.stop()
+        flush_writes(EXIT_WAIT_SECONDS)
 
 
 def automaton_key(regex: str) -> str:
