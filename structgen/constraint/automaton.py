@@ -81,7 +81,8 @@ def arrays_from_index(index) -> dict:
     byte = np.fromiter(itertools.chain.from_iterable(inner), np.int64, total)
     target = np.fromiter(itertools.chain.from_iterable(map(dict.values, inner)), np.int64, total)
     keys = np.fromiter(transitions, np.int64, len(transitions))
-    states = np.unique(np.append(keys, initial))  # row i + 1 is states[i]; row 0 is dead
+    # row i + 1 is states[i]; row 0 is dead (a dict's keys are distinct: a sort, not np.unique)
+    states = np.sort(keys if initial in transitions else np.append(keys, initial))
     # outlines-core's state ids are multiples of its table's stride: a lookup by id / stride
     stride = int(np.bitwise_or.reduce(states))
     stride = stride & -stride or 1  # (1 where the only state is id 0)
@@ -124,11 +125,13 @@ def class_table(source: np.ndarray, byte: np.ndarray, target: np.ndarray,
     by comparing whole columns."""
     weights = _edge_weights(states)
     signature = np.bincount(byte, weights=weights[0][source] * weights[1][target], minlength=256)
-    _, first, inverse = np.unique(signature, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    byte_class, first_of_class = rank[inverse.reshape(256)], first[order]
+    by_signature = np.argsort(signature, kind="stable")  # equal sums: in byte order
+    opens = np.ones(256, dtype=bool)  # where a run of equal sums begins
+    opens[1:] = signature[by_signature[1:]] != signature[by_signature[:-1]]
+    first_of_class = np.sort(by_signature[opens])  # each run's first byte, in byte order
+    byte_class = np.empty(256, dtype=np.int64)
+    byte_class[by_signature] = np.searchsorted(first_of_class, by_signature[opens])[
+        np.cumsum(opens) - 1]
     table = _table(source, byte_class[byte], target, states, len(first_of_class))
     if not ((table[source, byte_class[byte]] == target).all()
             and ((table != 0).sum(axis=0)[byte_class] == np.bincount(byte, minlength=256)).all()):
@@ -137,9 +140,18 @@ def class_table(source: np.ndarray, byte: np.ndarray, target: np.ndarray,
     return byte_class, first_of_class, table
 
 
+_WEIGHTS = np.random.default_rng(0).random((2, 1 << 12)) + 0.5
+
+
 def _edge_weights(states: int) -> np.ndarray:
-    """Two random weights per state for ``class_table``'s sums (seeded: a build repeats)."""
-    return np.random.default_rng(0).random((2, states)) + 0.5
+    """Two random weights per state for ``class_table``'s sums (seeded: a build repeats; made
+    once, and again twice as wide when an automaton has more states: a generator costs 50 us)."""
+    global _WEIGHTS
+    weights = _WEIGHTS
+    if weights.shape[1] < states:
+        weights = _WEIGHTS = np.random.default_rng(0).random(
+            (2, 1 << (states - 1).bit_length())) + 0.5
+    return weights[:, :states]
 
 
 def _table(source: np.ndarray, column: np.ndarray, target: np.ndarray, states: int,
