@@ -3,7 +3,6 @@ is removed and computed afresh; the folder is private, and ignored where others 
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import errno
 import json
@@ -12,10 +11,7 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
-import threading
 import types
 import warnings
 import zlib
@@ -646,53 +642,3 @@ def test_work_beside_a_build_that_fails_leaves_the_worker_in_step():
         assert status == "ok" and ran == [True]
     finally:
         worker.stop()
-
-
-# --- cache files are written in the background, and waited for where they are read ------------
-
-
-def test_a_compile_does_not_wait_for_its_files_and_a_reader_waits_for_them(
-        cache, info, smollm2_tokenizer, monkeypatch):
-    release, real_write = threading.Event(), cache_module.write_private
-
-    def held_write(path, write):
-        assert release.wait(30), "the test never released the writes"
-        real_write(path, write)
-
-    monkeypatch.setattr(cache_module, "write_private", held_write)
-    try:
-        with compiler() as first:
-            constraint = first.compile_regex(DIGITS, info)  # returns with its file unwritten
-            assert constraint.from_cache == "none" and not tables_path(cache, DIGITS).exists()
-            first._worker.stop()  # (close() would wait for the held write)
-            read = concurrent.futures.ThreadPoolExecutor(1).submit(
-                lambda: ConstraintCompiler().compile_regex(DIGITS, info))
-            assert not read.done()
-            release.set()
-            assert read.result(timeout=30).from_cache == "disk"  # it waited, then read the file
-    finally:
-        release.set()
-
-
-def test_files_still_being_written_at_exit_are_waited_for(tmp_path):
-    """A script that compiles once and exits still leaves its entries for the next process."""
-    script = (
-        "import time\n"
-        "import structgen.constraint.compiler as compiler\n"
-        "from structgen.constraint.vocabulary import TokenizerInfo\n"
-        "real = compiler.write_tables\n"
-        "def slow(*args, **kwargs):\n"
-        "    time.sleep(1.0)\n"
-        "    real(*args, **kwargs)\n"
-        "compiler.write_tables = slow\n"
-        "info = TokenizerInfo(token_bytes={i: bytes([i]) for i in range(48, 58)},\n"
-        "                     eos_token_id=0, vocab_size=58)\n"
-        f"compiler.default_compiler().compile_regex({DIGITS!r}, info)\n"
-    )
-    env = dict(os.environ, STRUCTGEN_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert not done.stderr  # no warning, no traceback at exit
-    path = tables_path(tmp_path / "cache", DIGITS)
-    assert read_tables(path, key=path.stem, regex=DIGITS).keys() == set(ARRAY_NAMES)

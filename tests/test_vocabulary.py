@@ -10,7 +10,6 @@ import pytest
 import transformers
 
 from structgen.constraint import vocabulary
-from structgen.constraint.cache import flush_writes
 from structgen.constraint.vocabulary import TokenizerInfo, TokenMap
 from structgen.errors import VocabularyError
 
@@ -124,7 +123,6 @@ def private_cache(tmp_path, monkeypatch):
 
 def test_a_folder_tokenizer_map_is_stored_and_reused(private_cache, smollm2_tokenizer, monkeypatch):
     first = TokenizerInfo.from_huggingface(smollm2_tokenizer)
-    assert flush_writes(10)  # the map is written in the background
     (stored,) = private_cache.glob("*.tables")
 
     def no_vocabulary():
@@ -139,7 +137,6 @@ def test_a_folder_tokenizer_map_is_stored_and_reused(private_cache, smollm2_toke
     data[data.rindex(b"Thessalon")] ^= 0xFF  # a byte of the last tokens
     stored.write_bytes(bytes(data))
     assert TokenizerInfo.from_huggingface(smollm2_tokenizer) == first
-    assert flush_writes(10)
     assert stored.read_bytes() != bytes(data)
 
 

@@ -6,21 +6,15 @@ structgen keeps converted models and compiled constraints under ``$STRUCTGEN_CAC
 constraint lie. Every file proves what it belongs to and that it is whole (its key, its regex,
 CRC-32s of its header and of every array); one that does not is removed and computed afresh.
 Files are written to a private temporary name and renamed, so readers see all of one or none.
-A compile's files are written by a background thread (``write_private_soon``), off the path to
-the first mask; this process reads them only after they are written, and waits for them at exit.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import mmap
 import os
-import queue
 import tempfile
-import threading
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -97,86 +91,6 @@ def write_private(path: Path, write) -> None:
         os.replace(partial, path)
     except OSError:
         discard(Path(partial))
-
-
-#: The longest the process waits at exit for cache files still being written.
-EXIT_WAIT_SECONDS = 30.0
-
-
-class _BackgroundWrites:
-    """``write_private`` calls run by one daemon thread, in order. A cold compile writes two
-    files (its schema's regex, its automaton's tables): 0.5-0.6 ms each on this project's
-    machine, a tenth of a median compile, which the first mask need not wait for: this process
-    keeps what it wrote in memory. A reader of a path still pending waits for it (``wait``);
-    at exit the process waits for all (``flush``, bounded), so a script that compiles once
-    still leaves its entries for the next. A forked child starts with none pending."""
-
-    def __init__(self):
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-        atexit.register(self.flush, EXIT_WAIT_SECONDS)
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[Path, threading.Event] = {}
-        self._thread: threading.Thread | None = None
-
-    def submit(self, path: Path, write) -> None:
-        done = threading.Event()
-        with self._lock:
-            self._pending[path] = done
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="structgen-cache-writes",
-                                                daemon=True)
-                self._thread.start()
-        self._queue.put((path, write, done))
-
-    def _run(self) -> None:
-        while True:
-            path, write, done = self._queue.get()
-            try:
-                write_private(path, write)
-            finally:
-                with self._lock:
-                    if self._pending.get(path) is done:
-                        del self._pending[path]
-                done.set()
-
-    def wait(self, path: Path) -> None:
-        with self._lock:
-            done = self._pending.get(path)
-        if done is not None:
-            done.wait(EXIT_WAIT_SECONDS)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait for every write submitted so far; False if ``timeout`` passed first."""
-        with self._lock:
-            waiting = list(self._pending.values())
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for done in waiting:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not done.wait(left):
-                return False
-        return True
-
-
-_WRITES = _BackgroundWrites()
-
-
-def write_private_soon(path: Path, write) -> None:
-    """``write_private(path, write)`` in the background (``_BackgroundWrites``)."""
-    _WRITES.submit(path, write)
-
-
-def wait_for_write(path: Path) -> None:
-    """Return once a background write of ``path``, if one is pending, has finished."""
-    _WRITES.wait(path)
-
-
-def flush_writes(timeout: float | None = None) -> bool:
-    """Wait for the cache files still being written; False if ``timeout`` passed first."""
-    return _WRITES.flush(timeout)
 
 
 _TABLES_MAGIC = b"SGTABLES"

@@ -41,13 +41,10 @@ from structgen.constraint._worker import CompileWorker
 from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
 from structgen.constraint.base import Constraint
 from structgen.constraint.cache import (
-    EXIT_WAIT_SECONDS,
     constraints_dir,
     discard,
-    flush_writes,
     read_tables,
-    wait_for_write,
-    write_private_soon,
+    write_private,
     write_tables,
 )
 from structgen.constraint.compiled import CompiledConstraint
@@ -222,7 +219,6 @@ class ConstraintCompiler:
         if folder is None:
             return None
         path = folder / f"{key}.tables"
-        wait_for_write(path)
         try:
             tables = read_tables(path, key=key, regex=regex)
             if tables.keys() != set(ARRAY_NAMES):
@@ -237,8 +233,8 @@ class ConstraintCompiler:
     def _store(self, key: str, regex: str, arrays: dict) -> None:
         folder = constraints_dir(create=True) if self.disk_cache else None
         if folder is not None:
-            write_private_soon(folder / f"{key}.tables",
-                               lambda path: write_tables(path, arrays, key=key, regex=regex))
+            write_private(folder / f"{key}.tables",
+                          lambda path: write_tables(path, arrays, key=key, regex=regex))
 
     def remember_schema(self, schema_key: str, regex: str) -> None:
         """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
@@ -260,7 +256,7 @@ class ConstraintCompiler:
         folder = constraints_dir(create=True) if self.disk_cache else None
         if folder is not None:
             line = json.dumps({"entry": name, "crc": zlib.crc32(body)}).encode()
-            write_private_soon(folder / name, lambda path: path.write_bytes(line + b"\n" + body))
+            write_private(folder / name, lambda path: path.write_bytes(line + b"\n" + body))
 
     def _read_entry(self, name: str, check):
         """(header, body) of ``_write_entry``'s file if it proves to be ``name``, whole, and
@@ -269,7 +265,6 @@ class ConstraintCompiler:
         if folder is None:
             return None
         path = folder / name
-        wait_for_write(path)
         try:
             line, _, body = path.read_bytes().partition(b"\n")
         except OSError:
@@ -309,9 +304,7 @@ class ConstraintCompiler:
             raise failed
 
     def close(self) -> None:
-        """Stop the compile worker; return once the cache files still being written are."""
         self._worker.stop()
-        flush_writes(EXIT_WAIT_SECONDS)
 
 
 def automaton_key(regex: str) -> str:

@@ -40,8 +40,7 @@ from structgen.constraint.cache import (
     discard,
     private_cache_folder,
     read_tables,
-    wait_for_write,
-    write_private_soon,
+    write_private,
     write_tables,
 )
 from structgen.errors import VocabularyError
@@ -385,7 +384,6 @@ def _stored_map(key: str | None, backend, spelling: str,
     if folder is None:
         return None, 0
     path = folder / f"{key}.tables"
-    wait_for_write(path)
     try:
         arrays = read_tables(path, key=key, regex="tokenizer map")
         tokens = TokenMap(arrays["ids"], arrays["lengths"], arrays["flat"].tobytes())
@@ -410,8 +408,8 @@ def _store_map(key: str | None, tokens: TokenMap, seen: int) -> None:
         return
     arrays = {"ids": tokens.ids.astype(np.int32), "lengths": tokens.lengths.astype(np.int32),
               "flat": np.frombuffer(tokens.flat, np.uint8), "seen": np.array([seen], np.int64)}
-    write_private_soon(folder / f"{key}.tables",
-                       lambda path: write_tables(path, arrays, key=key, regex="tokenizer map"))
+    write_private(folder / f"{key}.tables",
+                  lambda path: write_tables(path, arrays, key=key, regex="tokenizer map"))
 
 
 class _Encode:
