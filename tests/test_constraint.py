@@ -165,7 +165,7 @@ def test_a_compile_past_its_time_budget_is_a_typed_error(info):
     compiler = ConstraintCompiler(disk_cache=False)
     try:
         with pytest.raises(structgen.CompileTimeoutError):
-            compiler.compile_regex("[ab]*a[ab]{16}", info, timeout=1.0)
+            compiler.compile_regex("[ab]*a[ab]{18}", info, timeout=1.0)  # about 4 s to build
         # the worker is restarted for the next compile
         assert compiler.compile_regex("[0-9]+", info).min_tokens == 1
     finally:
@@ -182,7 +182,7 @@ def test_a_cached_constraint_never_waits_for_another_regexs_build(info):
 
         def build_slowly():
             with pytest.raises(structgen.CompileTimeoutError):
-                compiler.compile_regex("[ab]*a[ab]{18}", info, timeout=5.0)
+                compiler.compile_regex("[ab]*a[ab]{20}", info, timeout=5.0)  # about 16 s
 
         slow = threading.Thread(target=build_slowly)
         slow.start()
