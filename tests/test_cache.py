@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 import types
 import warnings
@@ -26,7 +24,6 @@ import pytest
 import structgen
 import structgen.constraint.cache as cache_module
 import structgen.constraint.compiler as compiler_module
-from structgen.constraint._worker import CompileWorker
 from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
 from structgen.constraint.cache import _TABLES_MAGIC, _tables_data_start, read_tables, write_tables
 from structgen.constraint.compiler import ConstraintCompiler, Options, _schema_key, automaton_key
@@ -475,13 +472,6 @@ def make_read_only(monkeypatch, root: Path) -> list:
     monkeypatch.setattr(Path, "unlink", unlink)
     monkeypatch.setattr(Path, "chmod", chmod)
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    # The compile worker's child writes cache files too, where these patches do not reach: it
-    # is asked to write none, so the parent's own writes (refused above) are what is tested.
-    # (``test_the_worker_serves_on_when_a_cache_file_cannot_be_written``: the child's refusals.)
-    real_compile = CompileWorker.compile
-    monkeypatch.setattr(CompileWorker, "write", lambda self, path, body: False)
-    monkeypatch.setattr(CompileWorker, "compile", lambda self, *args, store=None, **kwargs:
-                        real_compile(self, *args, **kwargs))
     return refused
 
 
@@ -652,75 +642,3 @@ def test_work_beside_a_build_that_fails_leaves_the_worker_in_step():
         assert status == "ok" and ran == [True]
     finally:
         worker.stop()
-
-
-# --- the compile worker writes the cache files, off the path to the first mask ---------------
-
-
-def test_a_file_the_worker_is_writing_is_waited_for_by_a_reader_in_this_process(cache, info):
-    first = ConstraintCompiler()
-    try:
-        regex = "[a-z]{2,9}@[a-z]{3}"
-        assert first.compile_regex(regex, info).from_cache == "none"
-        assert structgen.compile_constraint(SCHEMA_A, info).from_cache == "none"
-        # first is still open: another compiler reads what its worker writes, once written
-        second = ConstraintCompiler()
-        try:
-            assert second.compile_regex(regex, info).from_cache == "disk"
-            assert second.regex_of_schema(_schema_key(SCHEMA_A, DEFAULTS, info)) == \
-                schema_to_regex(SCHEMA_A)
-        finally:
-            second.close()
-        path = tables_path(cache, regex)
-        assert read_tables(path, key=path.stem, regex=regex).keys() == set(ARRAY_NAMES)
-        assert not first._worker._pending or first._worker._pending == {str(path)}
-    finally:
-        first.close()
-    assert not first._worker._pending
-
-
-def test_the_worker_serves_on_when_a_cache_file_cannot_be_written(tmp_path):
-    worker = CompileWorker(memory_limit=0)
-    try:
-        nowhere = tmp_path / "absent" / "folder"
-        assert not worker.write(nowhere / "entry.regex", b"body")  # no child: written here
-        worker.start()
-        assert worker.write(nowhere / "entry.regex", b"body")
-        status, _ = worker.compile("[0-9]{3}", 60, store=(str(nowhere / "k.tables"), "k"))
-        assert status == "ok"
-        worker.sync(10)
-        assert not worker._pending and not nowhere.exists()
-        status, arrays = worker.compile("[a-c]+", 60)  # the same child, in step
-        assert status == "ok" and arrays["is_final"].any()
-    finally:
-        worker.finish()
-
-
-def test_files_the_worker_still_writes_at_exit_are_written(tmp_path):
-    """A script that compiles once and exits at once still leaves its entries for the next run:
-    the worker's child is let finish its writes before it is ended."""
-    regex = "[ab]*a[ab]{3}"
-    script = (
-        "import structgen.constraint.compiler as compiler\n"
-        "from structgen.constraint.vocabulary import TokenizerInfo\n"
-        "info = TokenizerInfo(token_bytes={97: b'a', 98: b'b'}, eos_token_id=0, vocab_size=99)\n"
-        f"compiler.default_compiler().compile_regex({regex!r}, info)\n"
-    )
-    # every cache write, the child's included, takes a second more: the script ends first
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(
-        "import time\n"
-        "import structgen.constraint.cache as cache\n"
-        "real = cache.write_private\n"
-        "def slow(path, write):\n"
-        "    time.sleep(1.0)\n"
-        "    real(path, write)\n"
-        "cache.write_private = slow\n")
-    env = dict(os.environ, STRUCTGEN_CACHE=str(tmp_path / "cache"),
-               PYTHONPATH=os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0 and not done.stderr, done.stderr
-    path = tables_path(tmp_path / "cache", regex)
-    assert read_tables(path, key=path.stem, regex=regex).keys() == set(ARRAY_NAMES)

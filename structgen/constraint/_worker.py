@@ -8,10 +8,6 @@ the only way to give a compile a real time and memory budget: on timeout the chi
 its address-space limit turns a runaway allocation into a dead child instead of a dead host.
 
 The child imports outlines-core and numpy only (no torch), and is kept alive between compiles.
-It also writes the cache files of a compile (its automaton's tables, after the reply; its
-schema's regex), so the parent's first mask never waits for the disk and no thread of the
-parent's takes its GIL; ``CompileWorker.sync`` waits for them (a reader in this process, the
-end of the worker).
 """
 
 from __future__ import annotations
@@ -25,21 +21,17 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import weakref
-from pathlib import Path
 
 import numpy as np
 
 from structgen.constraint.automaton import (
-    ARRAY_NAMES,
     build_arrays,
     byte_vocabulary,
     column_edges,
     distances_to_accept,
     splice_counted,
 )
-from structgen.constraint.cache import write_private, write_tables
 from structgen.constraint.counted import with_placeholders
 from structgen.constraint.repeated import build_with_shared_groups
 
@@ -114,16 +106,9 @@ def _serve(memory_limit: int) -> None:
 
     while True:
         try:
-            request = _read_frame(requests)
+            regex, character = _read_frame(requests)
         except EOFError:
             return
-        if request[0] == "sync":  # every request before it is done, its files written
-            _write_frame(replies, ("ok", None))
-            continue
-        if request[0] == "write":
-            _write_file(request[1], lambda path, body=request[2]: path.write_bytes(body))
-            continue
-        _, regex, character, store = request
         started = time.perf_counter()
         try:
             arrays = build_counted(regex, character)
@@ -139,19 +124,6 @@ def _serve(memory_limit: int) -> None:
                                                           *column_edges(arrays["table"]))
         arrays["index_seconds"] = np.float64(time.perf_counter() - started)
         _write_frame(replies, ("ok", arrays))
-        if store is not None:  # the tables file, after the reply: the parent goes on meanwhile
-            path, key = store
-            tables = {name: arrays[name] for name in ARRAY_NAMES}
-            _write_file(path, lambda partial: write_tables(partial, tables, key=key, regex=regex))
-
-
-def _write_file(path: str, write) -> None:
-    """``write_private`` of a cache file the parent asked for (an OSError is no error there
-    either); a failure of any other kind is printed, and the worker serves on."""
-    try:
-        write_private(Path(path), write)
-    except Exception:
-        traceback.print_exc()
 
 
 class GroupAutomata(dict):
@@ -176,31 +148,8 @@ class GroupAutomata(dict):
             del self[text]
 
 
-#: The longest the parent waits for the child's cache files when the worker ends (``finish``,
-#: and at exit) or a reader in this process wants one (``wait_for_write``).
-WRITES_WAIT = 10.0
-
-# A cache file's path -> the worker whose child writes it (until it is known to be written).
-_PENDING: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-
-def wait_for_write(path) -> None:
-    """Return once the cache file ``path`` is written, if a worker's child is writing it."""
-    worker = _PENDING.get(str(path))
-    if worker is not None:
-        worker.sync(WRITES_WAIT)
-
-
-def _end_process(process: subprocess.Popen, pending: set) -> None:
-    """End the child and close our ends of its pipes. Where it still has cache files to write
-    (``pending``), its input is closed first and it is given ``WRITES_WAIT`` to finish them and
-    leave (it reads the end of its input only after its writes); then it is killed."""
-    if pending and process.poll() is None:
-        try:
-            process.stdin.close()
-            process.wait(timeout=WRITES_WAIT)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+def _end_process(process: subprocess.Popen) -> None:
+    """Kill the child and close our ends of its pipes."""
     process.kill()
     process.wait(timeout=5)
     for stream in (process.stdin, process.stdout):
@@ -225,9 +174,6 @@ class CompileWorker:
         # One exchange at a time on the pipe: two threads compiling at once (a server preparing
         # two requests) would otherwise read each other's replies.
         self._exchange = threading.Lock()
-        # Cache files the child was asked to write and may not have yet (changed in place: the
-        # finalizer holds it); a reply means every request before it is done.
-        self._pending: set[str] = set()
 
     def _start(self) -> None:
         self._process = subprocess.Popen(
@@ -237,7 +183,7 @@ class CompileWorker:
         )
         # Ended by stop(), or else when this worker is collected or the interpreter exits: a
         # child left running at exit makes Python warn about it and its unclosed pipes.
-        self._end = weakref.finalize(self, _end_process, self._process, self._pending)
+        self._end = weakref.finalize(self, _end_process, self._process)
 
     def start(self) -> None:
         if self._process is not None and self._process.poll() is not None:
@@ -246,75 +192,21 @@ class CompileWorker:
             self._start()
 
     def stop(self) -> None:
-        """Kill the child now (a compile past its time, a dead child): files it had yet to
-        write are not written (each is renamed into place whole, or not at all)."""
-        self._settled()
         if self._process is not None:
             self._end()
         self._process = None
 
-    def finish(self) -> None:
-        """End the child once the cache files it was asked to write are written."""
-        self.sync(WRITES_WAIT)
-        self.stop()
-
     def compile(self, regex: str, timeout: float, meanwhile=None,
-                character: str | None = None,
-                store: tuple[str, str] | None = None) -> tuple[str, object]:
+                character: str | None = None) -> tuple[str, object]:
         """Returns ("ok", the automaton's arrays) or ("timeout"|"out-of-memory"|<error name>,
         message). ``meanwhile()``, if given, runs in this process while the child builds (the
         tokenizer's arrays of a first compile: the two then share the build's time).
         ``character`` (a JSON string character's regex) splices the long strings of it
-        (``counted.with_placeholders``, run by the child, inside the budget). ``store`` (a
-        tables file's path, its key): the child writes the automaton there after its reply."""
+        (``counted.with_placeholders``, run by the child, inside the budget)."""
         deadline = time.monotonic() + timeout
         with self._exchange:  # the wait for the lock counts against this compile's budget
             self.start()
-            reply = self._request(("compile", regex, character, store), deadline, meanwhile)
-            if reply[0] == "ok":
-                self._settled(store[0] if store else None)
-            return reply
-
-    def write(self, path, body: bytes) -> bool:
-        """Have the child write the cache file ``path`` (``write_private``) while this process
-        goes on; False where there is no child to ask (the caller writes it then)."""
-        with self._exchange:
-            if self._process is None or self._process.poll() is not None:
-                return False
-            try:
-                _write_frame(self._process.stdin, ("write", str(path), body))
-            except OSError:
-                return False
-            self._pending.add(str(path))
-            _PENDING[str(path)] = self
-            return True
-
-    def sync(self, timeout: float) -> None:
-        """Return once the child has written every cache file asked of it (or it is killed,
-        after ``timeout``, with them unwritten)."""
-        with self._exchange:
-            if not self._pending or self._process is None:
-                return
-            try:
-                _write_frame(self._process.stdin, ("sync",))
-                reply = self._receive(time.monotonic() + timeout)
-            except (EOFError, OSError):
-                reply = None
-            if reply is None:
-                self.stop()
-            else:
-                self._settled()
-
-    def _settled(self, still: str | None = None) -> None:
-        """Every file asked of the child so far is written, but ``still`` (a compile's tables,
-        written after its reply)."""
-        for path in self._pending:
-            if _PENDING.get(path) is self:
-                del _PENDING[path]
-        self._pending.clear()
-        if still is not None:
-            self._pending.add(still)
-            _PENDING[still] = self
+            return self._request((regex, character), deadline, meanwhile)
 
     def _request(self, message, deadline: float, meanwhile=None):
         try:

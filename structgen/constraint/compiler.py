@@ -16,8 +16,7 @@ a recursive schema llguidance refuses too              finite-state, recursion u
 ``constraint.fallback_reason`` say which served and why.
 
 ``ConstraintCompiler`` owns the compile worker (the only place an outlines-core build runs: it
-can be killed at the timeout; it also writes the cache files, off the path to the first mask)
-and the caches: byte automata in memory and on disk under
+can be killed at the timeout) and the caches: byte automata in memory and on disk under
 ``$STRUCTGEN_CACHE/constraints`` (one tables file per regex, shared by every tokenizer), which
 regex a schema compiled to, the tokenizers' ``TokenBytes``, and compiled constraints (each with
 its mask store) in memory.
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from structgen import __version__
-from structgen.constraint._worker import CompileWorker, wait_for_write
+from structgen.constraint._worker import CompileWorker
 from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
 from structgen.constraint.base import Constraint
 from structgen.constraint.cache import (
@@ -46,6 +45,7 @@ from structgen.constraint.cache import (
     discard,
     read_tables,
     write_private,
+    write_tables,
 )
 from structgen.constraint.compiled import CompiledConstraint
 from structgen.constraint.llguidance_backend import (
@@ -181,12 +181,12 @@ class ConstraintCompiler:
 
     def _build(self, key: str, regex: str, budget: float, requested: float,
                meanwhile=None) -> ByteAutomaton:
-        folder = constraints_dir(create=True) if self.disk_cache else None
-        store = None if folder is None else (str(folder / f"{key}.tables"), key)
-        status, payload = self._worker.compile(regex, budget, meanwhile, STRING_CHAR,
-                                               store=store)
-        if status == "ok":  # (the worker writes the tables file after its reply)
-            return ByteAutomaton.from_arrays({name: payload[name] for name in ARRAY_NAMES})
+        status, payload = self._worker.compile(regex, budget, meanwhile, STRING_CHAR)
+        if status == "ok":
+            arrays = {name: payload[name] for name in ARRAY_NAMES}
+            automaton = ByteAutomaton.from_arrays(arrays)
+            self._store(key, regex, arrays)
+            return automaton
         if status == "timeout":
             failed = CompileTimeoutError(
                 f"compiling the constraint took longer than {budget:g} s; simplify the schema "
@@ -219,7 +219,6 @@ class ConstraintCompiler:
         if folder is None:
             return None
         path = folder / f"{key}.tables"
-        wait_for_write(path)  # (one the worker is still writing)
         try:
             tables = read_tables(path, key=key, regex=regex)
             if tables.keys() != set(ARRAY_NAMES):
@@ -230,6 +229,12 @@ class ConstraintCompiler:
         except (OSError, ValueError):
             discard(path)  # damaged or another key's: compile afresh, store anew
             return None
+
+    def _store(self, key: str, regex: str, arrays: dict) -> None:
+        folder = constraints_dir(create=True) if self.disk_cache else None
+        if folder is not None:
+            write_private(folder / f"{key}.tables",
+                          lambda path: write_tables(path, arrays, key=key, regex=regex))
 
     def remember_schema(self, schema_key: str, regex: str) -> None:
         """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
@@ -251,9 +256,7 @@ class ConstraintCompiler:
         folder = constraints_dir(create=True) if self.disk_cache else None
         if folder is not None:
             line = json.dumps({"entry": name, "crc": zlib.crc32(body)}).encode()
-            data = line + b"\n" + body
-            if not self._worker.write(folder / name, data):  # (no worker: written here)
-                write_private(folder / name, lambda path: path.write_bytes(data))
+            write_private(folder / name, lambda path: path.write_bytes(line + b"\n" + body))
 
     def _read_entry(self, name: str, check):
         """(header, body) of ``_write_entry``'s file if it proves to be ``name``, whole, and
@@ -262,7 +265,6 @@ class ConstraintCompiler:
         if folder is None:
             return None
         path = folder / name
-        wait_for_write(path)
         try:
             line, _, body = path.read_bytes().partition(b"\n")
         except OSError:
@@ -302,8 +304,7 @@ class ConstraintCompiler:
             raise failed
 
     def close(self) -> None:
-        """End the compile worker once the cache files it writes are written."""
-        self._worker.finish()
+        self._worker.stop()
 
 
 def automaton_key(regex: str) -> str:
