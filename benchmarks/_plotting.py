@@ -1,6 +1,12 @@
-"""Shared by the benchmark scripts: matplotlib is optional (the `bench` extra)."""
+"""Shared by the benchmark scripts: matplotlib is optional (the `bench` extra), and a results
+file says which code it measured."""
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def pyplot():
@@ -14,3 +20,14 @@ def pyplot():
         print("matplotlib not installed: no plot (pip install -e '.[bench]')")
         return None
     return plt
+
+
+def provenance() -> str:
+    """The commit ``structgen/`` was last changed in, and whether it has changes beyond it."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True,
+                              text=True).stdout.strip()
+
+    commit = git("log", "-1", "--format=%h", "--", "structgen")
+    dirty = git("status", "--porcelain", "--", "structgen")
+    return f"`structgen/` as at commit {commit or '?'}" + (" plus uncommitted changes" if dirty else "")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
+from _plotting import provenance, pyplot  # noqa: E402
 from maskbench import load_tokenizer, stratified_sample  # noqa: E402
 
 PHASES = ("ttfm", "regex", "worker", "build", "rest", "first_mask")
@@ -142,17 +142,6 @@ def _walk(constraint, tokenizer, test: dict, bitmask, taken: list[str], schema: 
     return cold
 
 
-def provenance() -> str:
-    """The commit ``structgen/`` was last changed in, and whether it has changes beyond it."""
-    def git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True,
-                              text=True).stdout.strip()
-
-    commit = git("log", "-1", "--format=%h", "--", "structgen")
-    dirty = git("status", "--porcelain", "--", "structgen")
-    return f"`structgen/` as at commit {commit or '?'}" + (" plus uncommitted changes" if dirty else "")
-
-
 def _ms(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q) * 1e3:.2f}"
 
@@ -205,12 +194,8 @@ def report(schemas: list[dict], walks: list[dict], command: str, count: int,
 
 
 def plot(schemas: list[dict], walks: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     keys = [k for k in PHASES if k != "ttfm"]

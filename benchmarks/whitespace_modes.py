@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
+from _plotting import provenance, pyplot  # noqa: E402
 from maskbench import load_tokenizer, stratified_sample  # noqa: E402
 
 MODES = ("compact", "spaced", "indented", "flexible")
@@ -86,17 +86,6 @@ def _ms(values) -> str:
            f"{np.percentile(values, 99) / 1e6:.1f}" if len(values) else "–"
 
 
-def provenance() -> str:
-    """The commit ``structgen/`` was last changed in, and whether it has changes beyond it."""
-    def git(*args) -> str:
-        return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True,
-                              text=True).stdout.strip()
-
-    commit = git("log", "-1", "--format=%h", "--", "structgen")
-    dirty = git("status", "--porcelain", "--", "structgen")
-    return f"`structgen/` as at commit {commit or '?'}" + (" plus uncommitted changes" if dirty else "")
-
-
 def report(records: list[dict], command: str, count: int) -> str:
     by = {(r["schema"], r["mode"]): r for r in records}
     schemas = sorted({r["schema"] for r in records})
@@ -141,8 +130,6 @@ def report(records: list[dict], command: str, count: int) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    from _plotting import pyplot
-
     plt = pyplot()
     if plt is None:
         return
