@@ -4,12 +4,16 @@ For random reachable states of real schemas' automata, ``CompiledConstraint.mask
 vectorised ``Walker``, cached in the ``MaskStore``) must allow exactly the tokens whose bytes,
 stepped one by one through ``ByteAutomaton.step``, end in a live state (plus EOS where the state
 accepts), and ``next_state`` must agree with that walk. The budgeted mask must allow exactly the
-tokens after which the single-byte distance to acceptance fits in the tokens left.
+tokens after which the single-byte distance to acceptance fits in the tokens left. The walker's
+two paths, numpy and the compiled loops (``compiled_walks``), are each compared with the
+brute-force walk.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ from hypothesis import strategies as st
 import structgen
 from structgen.constraint.automaton import UNREACHABLE
 from structgen.constraint.compiler import ConstraintCompiler
+from structgen.constraint.token_masks import COMPILED_WALKS, CompiledWalks
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex
 
@@ -55,6 +60,33 @@ def byte_tokenizer_info() -> TokenizerInfo:
                               " " * 20, " " * 20 + "}", "\n" * 18 + ",", "\t" * 17 + "1"]):
         tokens[256 + i] = text.encode()
     return TokenizerInfo(token_bytes=tokens, eos_token_id=300, vocab_size=301)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_walks():
+    """The compiled loops loaded, so that both walker paths run (numba compiles them once per
+    machine, about 1.5 s, then loads them from its cache)."""
+    COMPILED_WALKS.start()
+    assert COMPILED_WALKS.wait(300), f"the compiled walks did not load: {COMPILED_WALKS.error}"
+
+
+def walks_both_ways(walker, state: int) -> dict[int, int]:
+    """{token id: next state} of ``walker.walk_parts(state)``, the placed tokens included, the
+    same from the numpy walk and from the compiled loops."""
+    found = []
+    for compiled in (False, True):
+        walker.use_compiled = compiled
+        try:
+            placed, ids, states = walker.walk_parts(state)
+        finally:
+            walker.use_compiled = True
+        walked = dict(zip(ids.tolist(), states.tolist()))
+        if placed is not None:
+            assert np.array_equal(np.flatnonzero(placed.bits), np.sort(placed.ids))
+            walked.update(zip(placed.ids.tolist(), placed.chain[placed.counts].tolist()))
+        found.append(walked)
+    assert found[0] == found[1], "the compiled walk differs from numpy's"
+    return found[1]
 
 
 @pytest.fixture(scope="module", params=["smollm2", "llama3", "bytes"])
@@ -100,6 +132,8 @@ def test_lazy_masks_equal_a_brute_force_walk(info, name, whitespace, choices, to
     state = reachable_state(constraint, info, choices)
     expected, following = brute_force(constraint, info, state)
     assert np.array_equal(constraint.mask(state), expected)
+    assert walks_both_ways(constraint.masks.walker, state) == {
+        token_id: after for token_id, after in following.items() if token_id != info.eos_token_id}
     for token_id, after in list(following.items())[:200]:
         assert constraint.next_state(state, token_id) == (after, 0)
     budgeted = expected.copy()
@@ -206,12 +240,8 @@ def assert_walk_is_brute_force(constraint, info, prefix: bytes, run: bool | None
     assert np.array_equal(constraint.mask(state), expected)
     wanted = {token_id: after for token_id, after in following.items()
               if token_id != info.eos_token_id}
-    placed, ids, states = walker.walk_parts(state)
-    walked = dict(zip(ids.tolist(), states.tolist()))
-    if placed is not None:
-        assert np.array_equal(np.flatnonzero(placed.bits), np.sort(placed.ids))
-        walked.update(zip(placed.ids.tolist(), placed.chain[placed.counts].tolist()))
-    assert walked == wanted
+    assert walks_both_ways(walker, state) == wanted
+    placed = walker.walk_parts(state)[0]
     ids, states = walker.walk(state)
     assert dict(zip(ids.tolist(), states.tolist())) == wanted
     return placed
@@ -340,3 +370,30 @@ def test_counted_string_masks_near_a_budget_equal_a_brute_force_walk(info, writt
             budgeted[token_id] = constraint.distance(after) <= tokens_left
         budgeted[info.eos_token_id] = expected[info.eos_token_id]
         assert np.array_equal(constraint.mask(state, tokens_left), budgeted), tokens_left
+
+
+def test_compiled_walks_load_once_and_numpy_serves_without_them(monkeypatch):
+    """``CompiledWalks`` loads the loops once, in a thread; where the import fails (numba
+    missing) it says why and the walker stays on numpy; ``STRUCTGEN_COMPILED_WALKS=0`` keeps
+    numpy without trying."""
+    assert COMPILED_WALKS.module is not None and COMPILED_WALKS.error is None
+    failing = CompiledWalks()
+    monkeypatch.setattr("importlib.import_module",
+                        lambda name: (_ for _ in ()).throw(ImportError("No module named 'numba'")))
+    failing.start()
+    assert not failing.wait(60)
+    assert failing.module is None and "numba" in failing.error
+    monkeypatch.undo()
+    monkeypatch.setenv("STRUCTGEN_COMPILED_WALKS", "0")
+    off = CompiledWalks()
+    off.start()
+    assert not off.wait(1) and off._thread is None
+
+
+def test_a_process_that_ends_while_the_loops_load_exits_cleanly():
+    """The loading thread is not a daemon: a script that exits at once waits for it, and ends
+    with status 0 and nothing on stderr (no crash inside numba at interpreter exit)."""
+    done = subprocess.run([sys.executable, "-c", "from structgen.constraint.token_masks import "
+                           "COMPILED_WALKS; COMPILED_WALKS.start()"],
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stderr) == (0, "")

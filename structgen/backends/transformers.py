@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from structgen._quiet import quiet_transformers
 from structgen.constraint.cache import private_cache_folder
+from structgen.constraint.compiler import default_compiler
+from structgen.constraint.token_masks import COMPILED_WALKS
+from structgen.constraint.vocabulary import TokenizerInfo, end_of_turn_token_id
 from structgen.errors import GenerationError, ModelError, ModelNotFoundError, VocabularyError
 
 EMBEDDED_MODEL = "smollm2"
@@ -48,8 +52,6 @@ class Model:
     def tokenizer_info(self):
         """Token id -> bytes mapping of this model's tokenizer (built on first use)."""
         if self._tokenizer_info is None:
-            from structgen.constraint.vocabulary import TokenizerInfo
-
             self._tokenizer_info = TokenizerInfo.from_huggingface(self.tokenizer)
         return self._tokenizer_info
 
@@ -74,8 +76,6 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None,
     loaded (a ``structgen.Model`` or an outlines ``Transformers`` model) is returned as a
     ``Model`` unchanged, so anything that loads its model by name also takes one.
     """
-    from structgen.constraint.compiler import default_compiler
-
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if name_or_path is not None and not isinstance(name_or_path, str):
@@ -85,7 +85,8 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None,
         return as_model(name_or_path)
     name = name_or_path or EMBEDDED_MODEL
     key = (name, device, dtype)
-    default_compiler().start()  # the compile worker boots while the model loads
+    default_compiler().start()  # the compile worker boots while the model loads,
+    COMPILED_WALKS.start()  # and the walker's compiled loops load
     with _load_lock:
         if key not in _loaded:
             _loaded[key] = _load(name, device=device, dtype=dtype)
@@ -125,8 +126,6 @@ def embedded_gguf_path() -> Path:
 
 def _converted_gguf(gguf_path: Path) -> Path:
     """Convert a GGUF file to a safetensors directory once; return the cached directory."""
-    from structgen._quiet import quiet_transformers
-
     stat = gguf_path.stat()
     digest = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     folder = private_cache_folder("models", create=True)
@@ -161,8 +160,6 @@ def _converted_gguf(gguf_path: Path) -> Path:
 def _load_gguf(gguf_path: Path):
     import transformers
 
-    from structgen._quiet import quiet_transformers
-
     try:  # transformers' GGUF loader reads the file with gguf and builds the model with accelerate
         import accelerate  # noqa: F401
         import gguf  # noqa: F401
@@ -186,8 +183,6 @@ def _from_pretrained(directory: str, *, display_name: str, device: str | None,
                      dtype: str | None) -> Model:
     import torch
     import transformers
-
-    from structgen._quiet import quiet_transformers
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
@@ -290,6 +285,7 @@ def from_transformers(model, tokenizer, *, context_length: int | None = None,
     _check_end_of_turn(hf_tokenizer)
     if name is None:
         name = getattr(model.config, "_name_or_path", None) or type(model).__name__
+    COMPILED_WALKS.start()  # a model of one's own decodes many tokens: the compiled walks pay
     return Model(name=str(name), hf_model=model, tokenizer=hf_tokenizer, context_length=context_length)
 
 
@@ -356,8 +352,6 @@ def _hf_tokenizer(tokenizer):
 
 
 def _check_end_of_turn(tokenizer) -> None:
-    from structgen.constraint.vocabulary import end_of_turn_token_id
-
     try:
         end_of_turn_token_id(tokenizer)
     except VocabularyError:
