@@ -18,6 +18,7 @@ int64 for a table of 2**31 cells or more) and write the allowed tokens' ids and 
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 _TABLES = ("int32", "int64")
 _PAIRS = [f"int64({table}[::1], int64, uint8[::1], int64, uint8[::1]{', int64[::1]' * 7})"
@@ -89,3 +90,16 @@ def walk_rests(table, width, byte_class, row, flat, starts, lengths, ids, places
                 out_next[found] = state // width
                 found += 1
     return found
+
+
+def warm_up() -> None:
+    """Call each loop once on empty arrays, for both table types: numba's first call of a
+    loaded function costs 10-20 ms more (measured here), which the loading thread pays instead
+    of a first mask."""
+    index, classes = np.zeros(1, np.int64), np.zeros(256, np.uint8)
+    first_starts, pair_starts = np.zeros(257, np.int64), np.zeros(256 * 257 + 1, np.int64)
+    for table in (np.zeros(1, np.int32), np.zeros(1, np.int64)):
+        walk_pairs(table, 1, classes, 0, classes, index, index, index, index, pair_starts,
+                   index.copy(), index.copy())
+        walk_rests(table, 1, classes, 0, classes, index, index, index, index, index, index,
+                   first_starts, index.copy(), index.copy())

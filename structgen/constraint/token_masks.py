@@ -78,6 +78,7 @@ class CompiledWalks:
     def _load(self) -> None:
         try:  # a thread's import: numba is heavy, and most processes need it late or never
             module = importlib.import_module("structgen.constraint.compiled_walks")
+            module.warm_up()
         except Exception as error:  # numba absent, or unable to compile here: numpy walks on
             self.error = f"{type(error).__name__}: {error}"
             return
