@@ -14,8 +14,8 @@ that loop on the state are split off first, not stepped byte by byte).
 Once a model is loaded (``CompiledWalks``), two numba loops replace the numpy stepping: a
 structural state's tokens by byte pair, and a string's other tokens from where their characters
 led (``compiled_walks``); the masks are the same, and the tests compare both paths with a
-brute-force walk. On 12,605 first visits of 232 MaskBench dev schemas' states (Llama-3,
-replayed, both paths alternated): p50 301 -> 67 µs, p99 1.71 -> 1.06 ms.
+brute-force walk. On the 12,605 first visits of 232 MaskBench dev schemas' states (Llama-3,
+``benchmarks/compiled_walks.py``): p50 289 -> 65 µs, p99 1.77 -> 1.00 ms.
 
 ``MaskStore`` keeps, per state visited, the packed bitmask and the largest distance to acceptance
 any allowed token leads to (the budget rule needs a state's walk again only when fewer tokens
