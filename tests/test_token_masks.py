@@ -65,7 +65,7 @@ def byte_tokenizer_info() -> TokenizerInfo:
 @pytest.fixture(scope="module", autouse=True)
 def compiled_walks():
     """The compiled loops loaded, so that both walker paths run (numba compiles them once per
-    machine, about 1.5 s, then loads them from its cache)."""
+    machine, 1.5-2.5 s here, then loads them from its cache)."""
     COMPILED_WALKS.start()
     assert COMPILED_WALKS.wait(300), f"the compiled walks did not load: {COMPILED_WALKS.error}"
 

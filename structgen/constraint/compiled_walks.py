@@ -6,10 +6,11 @@ at its first dead byte. On the 11,081 first visits of structural states replayed
 ``benchmarks/compiled_walks.py`` (232 MaskBench dev schemas, Llama-3 tokenizer), ``walk_parts``
 took p50 260 -> 55 µs, p99 1,174 -> 557 µs.
 
-Importing this module imports numba and compiles the loops for their signatures (about 1 s;
-numba keeps the machine code in its cache, next to this file or in the user's cache folder, and
-a later process loads it in about 0.5 s with numba's import). ``token_masks.CompiledWalks`` does
-that in a background thread, and the walker uses numpy until it is done.
+Importing this module imports numba and compiles the loops for their signatures (1.5-2.5 s here,
+numba's import included). numba keeps the machine code in its cache, next to this file or in the
+user's cache folder, and a later process loads it in about 0.5 s, numba's import included.
+``token_masks.CompiledWalks`` does that in a background thread, and the walker uses numpy until
+it is done.
 
 Both loops take the automaton's table with state numbers premultiplied by its width (int32, or
 int64 for a table of 2**31 cells or more) and write the allowed tokens' ids and next states into

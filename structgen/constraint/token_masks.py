@@ -55,7 +55,7 @@ REST_CLASS_BYTES = 1 << 16
 class CompiledWalks:
     """The walker's compiled loops (``compiled_walks``, numba), loaded once per process by a
     thread: importing numba and loading the loops from its cache takes about 0.5 s (compiling
-    them, the first time on a machine, about 1.5 s), which a script that compiles one schema
+    them, the first time on a machine, 1.5-2.5 s here), which a script that compiles one schema
     should not wait for. ``load_model`` and ``from_transformers`` start it while the model
     loads; walks run in numpy until it is done, or for good where numba is missing or fails
     (``error`` says why) or ``STRUCTGEN_COMPILED_WALKS=0``. The thread is not a daemon: a
