@@ -118,7 +118,8 @@ class TokenBytes:
         self.vocab_size = vocab_size
         self.ids, self.lengths = tokens.ids[order], tokens.lengths[order]
         self.starts = starts = tokens.starts[order]  # where each token's bytes begin in flat
-        self.flat = flat = np.frombuffer(tokens.flat, np.uint8)
+        # a writable copy: the compiled walks' signatures take writable arrays (20 µs at Llama-3)
+        self.flat = flat = np.frombuffer(tokens.flat, np.uint8).copy()
         self.going = going_counts(self.lengths)
         self.columns = [flat[starts[:n] + i] for i, n in enumerate(self.going)]
         first = self.columns[0] if self.columns else np.zeros(0, np.uint8)
@@ -207,11 +208,6 @@ class TokenBytes:
 
         key = np.ascontiguousarray(high_classes, np.uint8).tobytes()
         return self._kept(self._shapes, key, make)
-
-    @functools.cached_property
-    def writable_flat(self) -> np.ndarray:
-        """``flat`` as a writable array, as the compiled walks' signatures take it."""
-        return self.flat.copy()
 
     @functools.cached_property
     def characters(self) -> "Characters":
@@ -532,7 +528,7 @@ class Walker:
         tokens = self.tokens
         found = np.empty(len(tokens.ids), np.int64), np.empty(len(tokens.ids), np.int64)
         count = compiled.walk_pairs(self.table, self.width, self.byte_class, state * self.width,
-                                    tokens.writable_flat, tokens.starts, tokens.lengths,
+                                    tokens.flat, tokens.starts, tokens.lengths,
                                     tokens.ids, tokens.by_pair, tokens.pair_start, *found)
         return found[0][:count].copy(), found[1][:count].copy()
 
