@@ -22,6 +22,13 @@ def pyplot():
     return plt
 
 
+def save(plt, fig, path) -> None:
+    """Lay ``fig`` out, write it to ``path`` as the results' PNGs are written, and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def provenance() -> str:
     """The commit ``structgen/`` was last changed in, and whether it has changes beyond it."""
     def git(*args) -> str:

@@ -29,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from _plotting import provenance, pyplot  # noqa: E402
-from maskbench import load_tokenizer, stratified_sample  # noqa: E402
+from _plotting import provenance, pyplot, save  # noqa: E402
+from maskbench import add_sample_arguments, load_tokenizer, stratified_sample  # noqa: E402
 
 
 def first_visits(paths: list[Path], whitespace: str, timeout: float):
@@ -161,17 +161,12 @@ def plot(records: list[dict], path: Path) -> None:
     axis.set_yscale("log")
     axis.set_ylabel("µs per first visit (log)")
     axis.set_title("first visits: numpy vs compiled loops")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(plt, fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path,
-                        default=HERE.parent.parent / "shared" / "jsonschemabench" / "dev")
-    parser.add_argument("--sample", type=int, default=250, help="stratified by source prefix")
-    parser.add_argument("--seed", type=int, default=0)
+    add_sample_arguments(parser, sample=250)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--whitespace", default="flexible")
     parser.add_argument("--timeout", type=float, default=25.0, help="per compile, seconds")

@@ -97,6 +97,14 @@ def stratified_sample(files: list[Path], n: int | None, seed: int,
 # --- tokenizers and engines (these run inside the worker process) ------------------------------
 
 
+def add_sample_arguments(parser: argparse.ArgumentParser, sample: int | None) -> None:
+    """``--data`` (a folder of MaskBench files, dev/ by default), ``--sample`` (how many, drawn
+    by ``stratified_sample``; default ``sample``, None for all) and ``--seed``."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--sample", type=int, default=sample, help="stratified by source prefix")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def load_tokenizer(name: str):
     import transformers
 
@@ -642,7 +650,7 @@ def _structgen_detail(sg: list[dict], name: str) -> list[str]:
 
 
 def plot(records: list[dict], stem: Path) -> None:
-    from _plotting import pyplot
+    from _plotting import pyplot, save
 
     plt = pyplot()
     if plt is None:
@@ -669,9 +677,7 @@ def plot(records: list[dict], stem: Path) -> None:
             axis.set_yscale("log")
             axis.set_ylabel(label)
             axis.set_title(f"{name.upper()} per engine, {tokenizer} (whiskers p1–p99)")
-        fig.tight_layout()
-        fig.savefig(f"{stem}_{name}.png", dpi=110)
-        plt.close(fig)
+        save(plt, fig, f"{stem}_{name}.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -681,9 +687,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_main(engine, tokenizer, float(timeout), int(memory))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--sample", type=int, default=None, help="stratified by source prefix")
-    parser.add_argument("--seed", type=int, default=0)
+    add_sample_arguments(parser, sample=None)
     parser.add_argument("--engine", action="append", choices=ENGINES)
     parser.add_argument("--tokenizer", action="append", choices=TOKENIZERS)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per engine × schema")

@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from _plotting import provenance, pyplot  # noqa: E402
-from maskbench import load_tokenizer, stratified_sample  # noqa: E402
+from _plotting import provenance, pyplot, save  # noqa: E402
+from maskbench import add_sample_arguments, load_tokenizer, stratified_sample  # noqa: E402
 
 MODES = ("compact", "spaced", "indented", "flexible")
 
@@ -147,17 +147,12 @@ def plot(records: list[dict], path: Path) -> None:
     axis.set_ylabel("fraction of schemas")
     axis.set_title("Compile + first mask per whitespace mode (Llama-3)")
     axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(plt, fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path,
-                        default=HERE.parent.parent / "shared" / "jsonschemabench" / "dev")
-    parser.add_argument("--sample", type=int, default=500, help="stratified by source prefix")
-    parser.add_argument("--seed", type=int, default=0)
+    add_sample_arguments(parser, sample=500)
     parser.add_argument("--timeout", type=float, default=30.0, help="per compile, seconds")
     parser.add_argument("--name", default="whitespace_modes")
     args = parser.parse_args(argv)
