@@ -456,9 +456,8 @@ class Walker:
         self.width = automaton.table.shape[1]
         dtype = np.int32 if automaton.table.size < 2**31 else np.int64
         self.table = (automaton.table.astype(dtype) * self.width).reshape(-1)
-        self.byte_class = np.ascontiguousarray(automaton.byte_class, np.uint8)
-        if not self.byte_class.flags.writeable:  # read from a cache file
-            self.byte_class = self.byte_class.copy()
+        # a writable copy (one read from a cache file is not), as the compiled walks take it
+        self.byte_class = np.array(automaton.byte_class, np.uint8)
         # a string split's rests as this automaton's byte classes, per split seen
         self._rest_classes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.use_compiled = True  # the compiled loops where loaded (tests compare both)
