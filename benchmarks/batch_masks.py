@@ -83,14 +83,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import structgen
+    from structgen.constraint.compiled_loops import COMPILED_LOOPS
     from structgen.constraint.llguidance_backend import JSON_OPTIONS, ll_tokenizer
-    from structgen.constraint.token_masks import COMPILED_WALKS
     from structgen.constraint.vocabulary import TokenizerInfo
 
-    COMPILED_WALKS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
+    COMPILED_LOOPS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
     tokenizer = load_tokenizer(args.tokenizer)
     info = TokenizerInfo.from_huggingface(tokenizer)
-    COMPILED_WALKS.wait()
+    COMPILED_LOOPS.wait()
     texts = rows_of(args.rows, args.seed)
     token_rows = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     started = time.perf_counter()

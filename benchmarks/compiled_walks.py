@@ -172,11 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=25.0, help="per compile, seconds")
     parser.add_argument("--name", default="compiled_walks")
     args = parser.parse_args(argv)
-    from structgen.constraint.token_masks import COMPILED_WALKS
+    from structgen.constraint.compiled_loops import COMPILED_LOOPS
 
-    COMPILED_WALKS.start()
-    if not COMPILED_WALKS.wait():
-        raise SystemExit(f"the compiled walks did not load: {COMPILED_WALKS.error}")
+    COMPILED_LOOPS.start()
+    if not COMPILED_LOOPS.wait():
+        raise SystemExit(f"the compiled walks did not load: {COMPILED_LOOPS.error}")
     paths = stratified_sample(sorted(args.data.glob("*.json")), args.sample, args.seed)
     with tempfile.TemporaryDirectory(prefix="compiled-walks-") as cache:
         os.environ["STRUCTGEN_CACHE"] = cache

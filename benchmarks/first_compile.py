@@ -40,16 +40,16 @@ began = time.perf_counter()
 import numpy as np
 import structgen
 from structgen.constraint.compiler import compile_constraint, default_compiler
-from structgen.constraint.token_masks import COMPILED_WALKS
+from structgen.constraint.compiled_loops import COMPILED_LOOPS
 imported = time.perf_counter()
 if {start_worker!r}:
     default_compiler().start()  # what load_model does while the model loads
-    COMPILED_WALKS.start()
+    COMPILED_LOOPS.start()
 from batch_throughput import Person
 from maskbench import load_tokenizer
 tokenizer = load_tokenizer("llama3")
 if {start_worker!r}:
-    COMPILED_WALKS.wait()  # loaded before the model is (0.5 s here, the embedded model 5 s)
+    COMPILED_LOOPS.wait()  # loaded before the model is (0.5 s here, the embedded model 5 s)
 started = time.perf_counter()
 constraint = compile_constraint(Person, tokenizer)
 compiled = time.perf_counter()
@@ -57,7 +57,7 @@ constraint.matcher().fill_bitmask(np.zeros((constraint.vocab_size + 31) // 32, d
 done = time.perf_counter()
 print(json.dumps({{"import_s": imported - began, "compile_s": compiled - started,
                   "ttfm_s": done - started, "from_cache": constraint.from_cache,
-                  "engine": constraint.engine, "compiled": COMPILED_WALKS.module is not None}}))
+                  "engine": constraint.engine, "compiled": COMPILED_LOOPS.walks is not None}}))
 """
 
 

@@ -142,8 +142,8 @@ class Structgen:
 
     def __init__(self, tokenizer, timeout: float, memory_limit: int):
         import structgen.constraint.compiler as compiler_module
+        from structgen.constraint.compiled_loops import COMPILED_LOOPS
         from structgen.constraint.llguidance_backend import ll_tokenizer
-        from structgen.constraint.token_masks import COMPILED_WALKS
         from structgen.constraint.vocabulary import TokenizerInfo
 
         # a cold disk cache: the empty folder the parent made for this worker (``Worker``), or
@@ -158,8 +158,8 @@ class Structgen:
         self.compiler = compiler_module.ConstraintCompiler(timeout=self.timeout, memory_limit=memory_limit)
         compiler_module._default_compiler = self.compiler
         self.compiler.compile_regex("a", self.info)  # the worker is up, the tokenizer's arrays built
-        COMPILED_WALKS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
-        COMPILED_WALKS.wait()
+        COMPILED_LOOPS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
+        COMPILED_LOOPS.wait()
         ll_tokenizer(self.info)  # and llguidance's tokenizer, for schemas that go there
         compiler_module._schema_compiler_revision()  # the schema compiler is imported, as in a server
 

@@ -4,11 +4,12 @@
 
     python benchmarks/ttfm_phases.py --data ../shared/jsonschemabench/dev --sample 250 --seed 0
 
-One process, Llama-3 tokenizer, an empty cache folder, the compile worker and the tokenizer's
-arrays up before the first schema (as in maskbench.py). Per schema on the finite-state engine:
-schema -> regex (with its cache entry), the compile worker's round trip and the build inside it
-(outlines-core's index and structgen's arrays, splices and distances), the rest of
-``compile_constraint`` (cache files, ``CompiledConstraint``) and the first ``fill_bitmask``.
+One process, Llama-3 tokenizer, an empty cache folder, the compile worker, the tokenizer's
+arrays and the compiled loops up before the first schema (as in maskbench.py). Per schema on the
+finite-state engine: schema -> regex (with its cache entry), the automaton's build (in this
+process: structgen's determinisation of each piece, and the splices and distances around it;
+the compile worker's round trip for a regex outside the dialect or past the bounds), the rest
+of ``compile_constraint`` (cache files, ``CompiledConstraint``) and the first ``fill_bitmask``.
 Then each test instance is walked token by token; a mask computed on a state's first visit is
 a cold walk, counted by the walker's path (a string run, the tokens surviving a byte pair, or
 the whole vocabulary in place). Writes benchmarks/results/<name>.md and <name>.png.
@@ -33,12 +34,13 @@ sys.path.insert(0, str(HERE))
 from _plotting import provenance, pyplot, save  # noqa: E402
 from maskbench import add_sample_arguments, load_tokenizer, stratified_sample  # noqa: E402
 
-PHASES = ("ttfm", "regex", "worker", "build", "rest", "first_mask")
+PHASES = ("ttfm", "regex", "build", "determinise", "worker", "rest", "first_mask")
 PHASE_NAMES = {
     "ttfm": "TTFM (compile_constraint + first mask)",
     "regex": "schema -> regex (with its cache entry)",
-    "worker": "compile worker round trip",
-    "build": "of which the build in the worker",
+    "build": "automaton build (pieces determinised and spliced, distances)",
+    "determinise": "of which structgen's determinisation (regex -> NFA -> DFA, per piece)",
+    "worker": "of which the compile worker's round trip (outlines-core)",
     "rest": "rest of compile_constraint (cache files, CompiledConstraint)",
     "first_mask": "first fill_bitmask",
 }
@@ -55,7 +57,7 @@ def measure(paths: list[Path], whitespace: str, timeout: float) -> tuple[list[di
         os.environ["STRUCTGEN_CACHE"] = cache
         import structgen.constraint.compiler as compiler_module
         import structgen.constraint.token_masks as token_masks
-        from structgen.constraint.token_masks import COMPILED_WALKS
+        from structgen.constraint.compiled_loops import COMPILED_LOOPS
         from structgen.constraint.vocabulary import TokenizerInfo
 
         tokenizer = load_tokenizer("llama3")
@@ -63,14 +65,14 @@ def measure(paths: list[Path], whitespace: str, timeout: float) -> tuple[list[di
         compiler = compiler_module.ConstraintCompiler(timeout=timeout)
         compiler_module._default_compiler = compiler
         compiler.compile_regex("a", info)  # the worker up, the tokenizer's arrays built
-        COMPILED_WALKS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
-        COMPILED_WALKS.wait()
+        COMPILED_LOOPS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
+        COMPILED_LOOPS.wait()
         compiler_module._schema_compiler_revision()
         phase: dict[str, float] = {}
         _time(compiler_module, "_schema_regex", phase, "regex")
-        _time(compiler._worker, "compile", phase, "worker",
-              lambda reply: phase.__setitem__("build", float(reply[1]["index_seconds"]))
-              if reply[0] == "ok" else None)
+        _time(compiler, "_build", phase, "build")
+        _time(compiler._worker, "compile", phase, "worker")
+        _time(compiler_module, "determinized_arrays", phase, "determinise")  # before 1st build
         paths_taken: list[str] = []
         for name in WALKS:
             _note(token_masks.Walker, name, paths_taken)
@@ -89,11 +91,11 @@ def measure(paths: list[Path], whitespace: str, timeout: float) -> tuple[list[di
             compiled = time.perf_counter()
             constraint.matcher().fill_bitmask(bitmask)
             done = time.perf_counter()
-            if constraint.engine != "outlines-core" or "worker" not in phase:
+            if constraint.engine != "outlines-core" or "build" not in phase:
                 continue  # llguidance, or an automaton this process built before
             record = {"schema": path.name, "ttfm": done - started, "first_mask": done - compiled,
                       "states": constraint.num_states, **phase}
-            record["rest"] = compiled - started - phase.get("regex", 0.0) - phase["worker"]
+            record["rest"] = compiled - started - phase.get("regex", 0.0) - phase["build"]
             schemas.append(record)
             for test in doc.get("tests", []):
                 walks += _walk(constraint, tokenizer, test, bitmask, paths_taken, path.name)
@@ -162,8 +164,9 @@ def report(schemas: list[dict], walks: list[dict], command: str, count: int,
         "",
         f"{count} MaskBench dev schemas sampled, {len(schemas)} compiled by the finite-state "
         "engine; Llama-3 tokenizer, one process, an empty cache folder, the compile worker, "
-        "the tokenizer's arrays and the compiled walks up before the first schema (as after "
-        "`load_model`). Times in ms.",
+        "the tokenizer's arrays and the compiled loops up before the first schema (as after "
+        f"`load_model`). {sum('worker' in r for r in schemas)} of them went to the compile "
+        "worker. Times in ms.",
         "",
         "| phase | p50 | p90 | p99 | summed |",
         "|---|--:|--:|--:|--:|",

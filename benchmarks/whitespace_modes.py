@@ -47,7 +47,7 @@ def measure(paths: list[Path], timeout: float) -> list[dict]:
 
 def _measure(paths: list[Path], timeout: float) -> list[dict]:
     import structgen.constraint.compiler as compiler_module
-    from structgen.constraint.token_masks import COMPILED_WALKS
+    from structgen.constraint.compiled_loops import COMPILED_LOOPS
     from structgen.constraint.vocabulary import TokenizerInfo
     from structgen.errors import StructgenError
 
@@ -55,8 +55,8 @@ def _measure(paths: list[Path], timeout: float) -> list[dict]:
     compiler = compiler_module.ConstraintCompiler(timeout=timeout)
     compiler_module._default_compiler = compiler
     compiler.compile_regex("a", info)  # the worker is up, the tokenizer's arrays built
-    COMPILED_WALKS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
-    COMPILED_WALKS.wait()
+    COMPILED_LOOPS.start()  # as load_model does while the model loads (5 s here; these 0.5 s)
+    COMPILED_LOOPS.wait()
     bitmask = np.zeros((info.vocab_size + 31) // 32, dtype=np.int32)
     records = []
     for number, path in enumerate(paths):

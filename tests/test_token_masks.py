@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 import structgen
 from structgen.constraint.automaton import UNREACHABLE
+from structgen.constraint.compiled_loops import COMPILED_LOOPS, CompiledLoops
 from structgen.constraint.compiler import ConstraintCompiler
-from structgen.constraint.token_masks import COMPILED_WALKS, CompiledWalks
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex
 
@@ -60,14 +60,6 @@ def byte_tokenizer_info() -> TokenizerInfo:
                               " " * 20, " " * 20 + "}", "\n" * 18 + ",", "\t" * 17 + "1"]):
         tokens[256 + i] = text.encode()
     return TokenizerInfo(token_bytes=tokens, eos_token_id=300, vocab_size=301)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compiled_walks():
-    """The compiled loops loaded, so that both walker paths run (numba compiles them once per
-    machine, 1.5-2.5 s here, then loads them from its cache)."""
-    COMPILED_WALKS.start()
-    assert COMPILED_WALKS.wait(300), f"the compiled walks did not load: {COMPILED_WALKS.error}"
 
 
 def walks_both_ways(walker, state: int) -> dict[int, int]:
@@ -373,19 +365,19 @@ def test_counted_string_masks_near_a_budget_equal_a_brute_force_walk(info, writt
 
 
 def test_compiled_walks_load_once_and_numpy_serves_without_them(monkeypatch):
-    """``CompiledWalks`` loads the loops once, in a thread; where the import fails (numba
-    missing) it says why and the walker stays on numpy; ``STRUCTGEN_COMPILED_WALKS=0`` keeps
+    """``CompiledLoops`` loads the loops once, in a thread; where the import fails (numba
+    missing) it says why and the walker stays on numpy; ``STRUCTGEN_COMPILED_LOOPS=0`` keeps
     numpy without trying."""
-    assert COMPILED_WALKS.module is not None and COMPILED_WALKS.error is None
-    failing = CompiledWalks()
+    assert COMPILED_LOOPS.walks is not None and COMPILED_LOOPS.error is None
+    failing = CompiledLoops()
     monkeypatch.setattr("importlib.import_module",
                         lambda name: (_ for _ in ()).throw(ImportError("No module named 'numba'")))
     failing.start()
     assert not failing.wait(60)
-    assert failing.module is None and "numba" in failing.error
+    assert failing.walks is None and failing.automaton is None and "numba" in failing.error
     monkeypatch.undo()
-    monkeypatch.setenv("STRUCTGEN_COMPILED_WALKS", "0")
-    off = CompiledWalks()
+    monkeypatch.setenv("STRUCTGEN_COMPILED_LOOPS", "0")
+    off = CompiledLoops()
     off.start()
     assert not off.wait(1) and off._thread is None
 
@@ -394,6 +386,6 @@ def test_a_process_that_ends_while_the_loops_load_exits_cleanly():
     """The loading thread is not a daemon: a script that exits at once waits for it, and ends
     with status 0 and nothing on stderr (no crash inside numba at interpreter exit)."""
     done = subprocess.run([sys.executable, "-c", "from structgen.constraint.token_masks import "
-                           "COMPILED_WALKS; COMPILED_WALKS.start()"],
+                           "COMPILED_LOOPS; COMPILED_LOOPS.start()"],
                           capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stderr) == (0, "")

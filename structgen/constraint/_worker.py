@@ -25,28 +25,16 @@ import weakref
 
 import numpy as np
 
-from structgen.constraint.automaton import (
-    build_arrays,
-    byte_vocabulary,
-    column_edges,
-    distances_to_accept,
-    splice_counted,
-)
-from structgen.constraint.counted import with_placeholders
-from structgen.constraint.repeated import build_with_shared_groups
-
-#: Table cells (4 bytes each) of group automata the child keeps between compiles: 128 MiB.
-GROUP_CELLS = 1 << 25
+from structgen.constraint.automaton import build_arrays, byte_vocabulary
+from structgen.constraint.automaton_builder import AutomatonBuilder
 
 # Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
 _OUT_OF_MEMORY = "out-of-memory"
-
 
 def _write_frame(stream, message) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(struct.pack("<Q", len(payload)) + payload)
     stream.flush()
-
 
 def _read_exact(stream, size: int) -> bytes:
     chunks, remaining = [], size
@@ -58,11 +46,9 @@ def _read_exact(stream, size: int) -> bytes:
         remaining -= len(chunk)
     return b"".join(chunks)
 
-
 def _read_frame(stream):
     (size,) = struct.unpack("<Q", _read_exact(stream, 8))
     return pickle.loads(_read_exact(stream, size))
-
 
 def serve(memory_limit: int, niceness: int = 0) -> None:
     """The child's loop: frames in on stdin, frames out on a private copy of stdout. Ends
@@ -74,7 +60,6 @@ def serve(memory_limit: int, niceness: int = 0) -> None:
     except BrokenPipeError:
         pass
 
-
 def _serve(memory_limit: int) -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
@@ -82,27 +67,7 @@ def _serve(memory_limit: int) -> None:
     if memory_limit:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     byte_vocabulary()  # outlines-core imported and the vocabulary built before the first request
-    characters: dict[str, dict] = {}  # a string character's regex -> its automaton
-    known = GroupAutomata()
-
-    def build_counted(regex: str, character: str | None) -> dict:
-        """The automaton of ``regex``; with ``character`` (a JSON string character's regex) its
-        long strings of that character are spliced in, not determinised, and the character is
-        determinised once; its long repeated groups are determinised once (``repeated``), and
-        kept for the next compiles (``known``)."""
-        if character is None:
-            return build_with_shared_groups(regex, build_arrays, (), None, known)
-        if character not in characters:
-            characters[character] = build_arrays(character)
-        known[character] = characters[character]
-        replaced, kinds = with_placeholders(regex, character)
-        if kinds:
-            skeleton = build_with_shared_groups(replaced, build_arrays, tuple(kinds), character,
-                                                known)
-            spliced = splice_counted(skeleton, kinds, characters[character])
-            if spliced is not None:
-                return spliced
-        return build_with_shared_groups(regex, build_arrays, (), character, known)
+    builder = AutomatonBuilder(build_arrays)
 
     while True:
         try:
@@ -111,42 +76,15 @@ def _serve(memory_limit: int) -> None:
             return
         started = time.perf_counter()
         try:
-            arrays = build_counted(regex, character)
-            known.trim()
+            arrays = builder.build(regex, character)
         except MemoryError:
             _write_frame(replies, ("error", _OUT_OF_MEMORY, "the compile ran out of its memory budget"))
             continue
         except Exception as error:  # outlines-core raises ValueError for regexes it rejects
             _write_frame(replies, ("error", type(error).__name__, str(error)))
             continue
-        if "byte_distance" not in arrays:  # spliced: one search over the whole table
-            arrays["byte_distance"] = distances_to_accept(arrays["is_final"],
-                                                          *column_edges(arrays["table"]))
         arrays["index_seconds"] = np.float64(time.perf_counter() - started)
         _write_frame(replies, ("ok", arrays))
-
-
-class GroupAutomata(dict):
-    """The automata of repeated groups (``repeated.build_sharing``'s ``groups``), kept between
-    one process's compiles: a free value (``{}``) at each depth, a shared definition or a long
-    string pattern recurs across schemas, and is determinised once. A group's automaton is a
-    function of its text alone (its placeholders are all spliced in). Past ``max_cells`` table
-    cells the oldest are dropped."""
-
-    def __init__(self, max_cells: int = GROUP_CELLS):
-        super().__init__()
-        self.max_cells = max_cells
-
-    def trim(self) -> None:
-        cells = {text: 0 if arrays is None else arrays["table"].size
-                 for text, arrays in self.items()}
-        total = sum(cells.values())
-        for text in list(self):  # oldest first: a dict keeps insertion order
-            if total <= self.max_cells:
-                break
-            total -= cells[text]
-            del self[text]
-
 
 def _end_process(process: subprocess.Popen) -> None:
     """Kill the child and close our ends of its pipes."""
@@ -154,7 +92,6 @@ def _end_process(process: subprocess.Popen) -> None:
     process.wait(timeout=5)
     for stream in (process.stdin, process.stdout):
         stream.close()
-
 
 class CompileWorker:
     """A long-lived child process that compiles regexes; killed and restarted on a timeout.

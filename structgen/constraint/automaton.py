@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex
+
 END_MARK = 0  # the byte appended to the regex to mark acceptance
 START_MARK = 0x1F  # the byte put before it, so that its first byte starts nothing else
 UNREACHABLE = np.iinfo(np.int32).max
@@ -64,6 +66,53 @@ def build_arrays(regex: str) -> dict:
     from outlines_core import Index  # as in byte_vocabulary
 
     return arrays_from_index(Index(marked(regex), byte_vocabulary()))
+
+
+class BuildTooLarge(Exception):
+    """A determinisation in this process passed its bound on states or work (the compile worker,
+    which can be killed at the timeout, builds it instead)."""
+
+
+#: Bounds on a determinisation in the calling process (``determinized_arrays``): 32 MiB of
+#: table at 64 byte intervals; either bound is reached in about a second here.
+MAX_STATES = 1 << 17
+MAX_WORK = 1 << 28
+
+
+def determinized_arrays(regex: str, loops, max_states: int | None = None,
+                        max_work: int | None = None) -> dict:
+    """``ARRAY_NAMES`` of ``regex``'s automaton, determinised by structgen: ``regex_nfa`` parses
+    it, and ``loops`` (the ``compiled_automaton`` module, loaded by ``CompiledLoops``) builds
+    and prunes the DFA. The same language, finality and distances as ``build_arrays``, with
+    the marks' bytes dead in the same way (a branch that cannot go on is pruned, where
+    outlines-core refuses the regex). Raises ``UnsupportedRegex`` for syntax outside the schema
+    compiler's dialect or a regex that matches nothing (outlines-core then reports it), and
+    ``BuildTooLarge`` past the bounds (``MAX_STATES`` and ``MAX_WORK`` unless given)."""
+    nfa = RegexNFA.from_regex(regex)
+    bounds, member = nfa.byte_intervals()
+    status, table, final = loops.determinize(nfa.kind, nfa.arg, nfa.out, nfa.start, member,
+                                             max_states or MAX_STATES, max_work or MAX_WORK)
+    if status != loops.BUILT:
+        raise BuildTooLarge("too many states" if status == loops.TOO_MANY_STATES
+                            else "too much work")
+    interval = np.searchsorted(bounds, np.arange(256), side="right") - 1  # of each byte
+    table[:, interval[[END_MARK, START_MARK]]] = 0  # alone in their intervals
+    table, is_final, distance, renumber, column_class = loops.prune(table, final,
+                                                                    np.int32(UNREACHABLE))
+    if distance[1] == UNREACHABLE:  # nothing to accept: outlines-core reports it as before
+        raise UnsupportedRegex("the regex matches no text")
+    column = column_class[interval]  # each byte's column; classes renumbered by first byte
+    firsts = np.sort(np.unique(column, return_index=True)[1])
+    byte_class = np.empty(len(firsts), np.int64)
+    byte_class[column[firsts]] = np.arange(len(firsts))
+    return {
+        "table": np.ascontiguousarray(table[:, interval[firsts]]),
+        "byte_class": byte_class[column].astype(np.uint8),
+        "is_final": is_final,
+        "initial": np.int64(renumber[1]),
+        "counters": NO_COUNTERS,
+        "byte_distance": distance,
+    }
 
 
 def arrays_from_index(index) -> dict:

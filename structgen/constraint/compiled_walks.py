@@ -9,7 +9,7 @@ took p50 260 -> 55 µs, p99 1,174 -> 557 µs.
 Importing this module imports numba and compiles the loops for their signatures (1.5-2.5 s here,
 numba's import included). numba keeps the machine code in its cache, next to this file or in the
 user's cache folder, and a later process loads it in about 0.5 s, numba's import included.
-``token_masks.CompiledWalks`` does that in a background thread, and the walker uses numpy until
+``compiled_loops.CompiledLoops`` does that in a background thread, and the walker uses numpy until
 it is done.
 
 Both loops take the automaton's table with state numbers premultiplied by its width (int32, or

@@ -38,7 +38,15 @@ from typing import Any, NamedTuple
 
 from structgen import __version__
 from structgen.constraint._worker import CompileWorker
-from structgen.constraint.automaton import ARRAY_NAMES, ByteAutomaton
+from structgen.constraint.automaton import (
+    ARRAY_NAMES,
+    MAX_STATES,
+    MAX_WORK,
+    BuildTooLarge,
+    ByteAutomaton,
+    determinized_arrays,
+)
+from structgen.constraint.automaton_builder import AutomatonBuilder
 from structgen.constraint.base import Constraint
 from structgen.constraint.cache import (
     constraints_dir,
@@ -48,11 +56,13 @@ from structgen.constraint.cache import (
     write_tables,
 )
 from structgen.constraint.compiled import CompiledConstraint
+from structgen.constraint.compiled_loops import COMPILED_LOOPS
 from structgen.constraint.llguidance_backend import (
     GrammarConstraint,
     json_schema_grammar,
     regex_grammar,
 )
+from structgen.constraint.regex_nfa import UnsupportedRegex
 from structgen.constraint.token_masks import TokenBytes
 from structgen.constraint.vocabulary import TokenizerInfo, tokenizer_info_of
 from structgen.errors import (
@@ -94,6 +104,8 @@ class ConstraintCompiler:
         self.memory_limit = memory_limit
         self.disk_cache = disk_cache and os.environ.get("STRUCTGEN_DISABLE_DISK_CACHE") != "1"
         self._worker = CompileWorker(memory_limit)
+        self._here: AutomatonBuilder | None = None  # builds in this process (``_build_here``)
+        self._here_lock = threading.Lock()  # one at a time: the builder keeps pieces
         self._lock = threading.RLock()  # the caches below; never held during a build
         self._building: dict[str, threading.Lock] = {}  # regex key -> its build's lock
         self._automata: OrderedDict[str, ByteAutomaton] = OrderedDict()
@@ -160,6 +172,28 @@ class ConstraintCompiler:
                 with self._lock:
                     self._building.pop(key, None)
 
+    def _build_here(self, regex: str, budget: float) -> dict | None:
+        """The automaton's arrays determinised in this process by the compiled loops, or None
+        where they are not loaded, the regex is outside the schema compiler's dialect, or the
+        build passed its bounds on states and work (the worker then builds it, killable). The
+        bounds (``automaton.MAX_STATES``, ``MAX_WORK``) cost up to about a second here; a
+        budget under a second shrinks them in proportion."""
+        loops = COMPILED_LOOPS.automaton
+        if loops is None:
+            return None
+        scale = min(1.0, budget)
+        determinise = functools.partial(determinized_arrays, loops=loops,
+                                        max_states=max(2, int(MAX_STATES * scale)),
+                                        max_work=max(1, int(MAX_WORK * scale)))
+        with self._here_lock:
+            if self._here is None:
+                self._here = AutomatonBuilder(determinise)
+            self._here.determinise = determinise
+            try:
+                return self._here.build(regex, STRING_CHAR)
+            except (UnsupportedRegex, BuildTooLarge):
+                return None
+
     def _automaton(self, key: str, regex: str, budget: float, requested: float,
                    meanwhile=None) -> tuple[ByteAutomaton, str]:
         """(the regex's automaton, where it came from: "memory", "disk" or "none"); a build
@@ -181,7 +215,16 @@ class ConstraintCompiler:
 
     def _build(self, key: str, regex: str, budget: float, requested: float,
                meanwhile=None) -> ByteAutomaton:
-        status, payload = self._worker.compile(regex, budget, meanwhile, STRING_CHAR)
+        started = time.monotonic()
+        arrays = self._build_here(regex, budget)
+        if arrays is not None and time.monotonic() - started > budget:  # the timeout holds here too
+            status, payload = "timeout", None
+        elif arrays is not None:
+            if meanwhile is not None:
+                meanwhile()
+            status, payload = "ok", arrays
+        else:
+            status, payload = self._worker.compile(regex, budget, meanwhile, STRING_CHAR)
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
             automaton = ByteAutomaton.from_arrays(arrays)

@@ -11,7 +11,7 @@ string as it has characters. Measured on the Llama-3 vocabulary (128k tokens, 83
 only the tokens that survive their first two bytes are stepped, 0.1-1.5 ms (whitespace runs
 that loop on the state are split off first, not stepped byte by byte).
 
-Once a model is loaded (``CompiledWalks``), two numba loops replace the numpy stepping: a
+Once a model is loaded (``compiled_loops``), two numba loops replace the numpy stepping: a
 structural state's tokens by byte pair, and a string's other tokens from where their characters
 led (``compiled_walks``); the masks are the same, and the tests compare both paths with a
 brute-force walk. On the 12,605 first visits of 232 MaskBench dev schemas' states (Llama-3,
@@ -27,8 +27,6 @@ once they hold ``max_bytes`` (default 64 MiB: 4,096 states at Llama-3's 128k voc
 from __future__ import annotations
 
 import functools
-import importlib
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -38,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from structgen.constraint.automaton import ByteAutomaton, concatenated_ranges
+from structgen.constraint.compiled_loops import COMPILED_LOOPS
 from structgen.constraint.vocabulary import TokenMap
 
 DEFAULT_MASK_BYTES = 64 << 20
@@ -50,50 +49,6 @@ RUN_BYTES = 32
 LONG_FEW = 16
 #: A string split's rests up to this many bytes are kept as each walker's byte classes.
 REST_CLASS_BYTES = 1 << 16
-
-
-class CompiledWalks:
-    """The walker's compiled loops (``compiled_walks``, numba), loaded once per process by a
-    thread: importing numba and loading the loops from its cache takes about 0.5 s (compiling
-    them, the first time on a machine, 1.5-2.5 s here), which a script that compiles one schema
-    should not wait for. ``load_model`` and ``from_transformers`` start it while the model
-    loads; walks run in numpy until it is done, or for good where numba is missing or fails
-    (``error`` says why) or ``STRUCTGEN_COMPILED_WALKS=0``. The thread is not a daemon: a
-    process that ends while numba compiles waits for it rather than dying inside it."""
-
-    def __init__(self):
-        self.module = None  # compiled_walks, once loaded
-        self.error: str | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        if os.environ.get("STRUCTGEN_COMPILED_WALKS") == "0":
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._load, name="structgen-compiled-walks")
-                self._thread.start()
-
-    def _load(self) -> None:
-        try:  # a thread's import: numba is heavy, and most processes need it late or never
-            module = importlib.import_module("structgen.constraint.compiled_walks")
-            module.warm_up()
-        except Exception as error:  # numba absent, or unable to compile here: numpy walks on
-            self.error = f"{type(error).__name__}: {error}"
-            return
-        self.module = module
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for a started load; True when the compiled loops are in use."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return self.module is not None
-
-
-#: This process's compiled walks (``CompiledWalks.start`` loads them).
-COMPILED_WALKS = CompiledWalks()
 
 
 def going_counts(lengths: np.ndarray) -> list[int]:
@@ -465,7 +420,7 @@ class Walker:
     @property
     def compiled(self):
         """``compiled_walks`` if loaded and in use here, else None (numpy walks)."""
-        return COMPILED_WALKS.module if self.use_compiled else None
+        return COMPILED_LOOPS.walks if self.use_compiled else None
 
     @functools.cached_property
     def classes(self) -> list[np.ndarray]:
@@ -490,7 +445,7 @@ class Walker:
         In a string (a run of states its characters step along, ``_run``), a token of whole
         characters ends as many states down the run as it has characters, so those tokens are
         placed, not stepped, and only the others are walked (``_walk_string``). Elsewhere, once
-        the compiled loops are loaded (``CompiledWalks``), one compiled call steps the tokens of
+        the compiled loops are loaded (``compiled_loops``), one compiled call steps the tokens of
         each byte pair the state takes to their end or first dead byte. In numpy, where
         only a few tokens survive their first two bytes (looked up by byte pair, not stepped),
         those are stepped, dropping the dead. Where most may, the whole vocabulary steps in place

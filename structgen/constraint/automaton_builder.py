@@ -1,0 +1,77 @@
+"""AutomatonBuilder: a regex's automaton arrays, its long counted strings and repeated groups
+built once and spliced in, the pieces kept for the next builds.
+
+One builder runs in the compile worker (over outlines-core's ``Index``, ``automaton.build_arrays``)
+and one in the parent once the compiled loops are loaded (over structgen's own determinisation,
+``automaton.determinized_arrays``). Both give the same language: the splices are the same, and
+the two determinisations are checked against each other by the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from structgen.constraint.automaton import column_edges, distances_to_accept, splice_counted
+from structgen.constraint.counted import with_placeholders
+from structgen.constraint.repeated import build_with_shared_groups
+
+#: Table cells (4 bytes each) of group automata a builder keeps between builds: 128 MiB.
+GROUP_CELLS = 1 << 25
+
+
+class GroupAutomata(dict):
+    """The automata of repeated groups (``repeated.build_sharing``'s ``groups``), kept between
+    one builder's builds: a free value (``{}``) at each depth, a shared definition or a long
+    string pattern recurs across schemas, and is determinised once. A group's automaton is a
+    function of its text alone (its placeholders are all spliced in). Past ``max_cells`` table
+    cells the oldest are dropped."""
+
+    def __init__(self, max_cells: int = GROUP_CELLS):
+        super().__init__()
+        self.max_cells = max_cells
+
+    def trim(self) -> None:
+        cells = {text: 0 if arrays is None else arrays["table"].size
+                 for text, arrays in self.items()}
+        total = sum(cells.values())
+        for text in list(self):  # oldest first: a dict keeps insertion order
+            if total <= self.max_cells:
+                break
+            total -= cells[text]
+            del self[text]
+
+
+class AutomatonBuilder:
+    """``build(regex, character)``: the automaton's ``ARRAY_NAMES`` arrays, determinised by
+    ``determinise`` (regex -> arrays). Not thread-safe: one build at a time."""
+
+    def __init__(self, determinise: Callable[[str], dict], max_cells: int = GROUP_CELLS):
+        self.determinise = determinise
+        self.characters: dict[str, dict] = {}  # a string character's regex -> its automaton
+        self.groups = GroupAutomata(max_cells)
+
+    def build(self, regex: str, character: str | None) -> dict:
+        """With ``character`` (a JSON string character's regex) the long strings of it are
+        spliced in, not determinised, and the character is determinised once; long repeated
+        groups are determinised once (``repeated``) and kept for the next builds."""
+        arrays = self._build(regex, character)
+        self.groups.trim()
+        if "byte_distance" not in arrays:  # spliced: one search over the whole table
+            arrays["byte_distance"] = distances_to_accept(arrays["is_final"],
+                                                          *column_edges(arrays["table"]))
+        return arrays
+
+    def _build(self, regex: str, character: str | None) -> dict:
+        if character is None:
+            return build_with_shared_groups(regex, self.determinise, (), None, self.groups)
+        if character not in self.characters:
+            self.characters[character] = self.determinise(character)
+        self.groups[character] = self.characters[character]
+        replaced, kinds = with_placeholders(regex, character)
+        if kinds:
+            skeleton = build_with_shared_groups(replaced, self.determinise, tuple(kinds),
+                                                character, self.groups)
+            spliced = splice_counted(skeleton, kinds, self.characters[character])
+            if spliced is not None:
+                return spliced
+        return build_with_shared_groups(regex, self.determinise, (), character, self.groups)

@@ -1,0 +1,276 @@
+"""The byte automaton's two compiled loops (numba): subset construction over a ``RegexNFA``, and
+pruning the result to the states that can still accept.
+
+``determinize`` is the textbook subset construction over the NFA's byte intervals: a DFA state
+is the sorted set of byte-set and final NFA states its epsilon closure holds, found again through
+an open-addressing hash table. It stops, with a status instead of a table, past ``max_states``
+states, ``max_work`` member visits or ``max_work / 16`` members stored, so a regex that would
+blow up costs a bounded moment of the calling thread (the caller then hands it to the compile
+worker, which can be killed). Both loops release the GIL.
+
+``compiled_loops.CompiledLoops`` imports this module in its loading thread, with the walks'.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: ``determinize``'s status: a table; too many states; too much work.
+BUILT, TOO_MANY_STATES, TOO_MUCH_WORK = 0, 1, 2
+
+_DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))"
+                "(int8[::1], int32[::1], int32[::1], int64, boolean[:, ::1], int64, int64)")
+_PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1]))"
+          "(int32[:, ::1], boolean[::1], int32)")
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown(array, needed):  # pragma: no cover (compiled)
+    """``array``, or a zero-padded copy at least twice as long when ``needed`` exceeds it."""
+    if needed <= len(array):
+        return array
+    size = max(2 * len(array), needed)
+    grown = np.zeros(size, array.dtype)
+    grown[:len(array)] = array
+    return grown
+
+
+@numba.njit(cache=True, nogil=True)
+def _closure(seeds, count, kind, arg, out, mark, generation, stack, found):  # pragma: no cover
+    """The byte-set and final states epsilon-reachable from ``seeds[:count]``, sorted into
+    ``found``; how many. ``mark[s] == generation`` marks a state seen in this closure."""
+    top = 0
+    for i in range(count):
+        state = seeds[i]
+        if mark[state] != generation:
+            mark[state] = generation
+            stack[top] = state
+            top += 1
+    size = 0
+    while top:
+        top -= 1
+        state = stack[top]
+        if kind[state] == 1:  # a split
+            for target in (out[state], arg[state]):
+                if mark[target] != generation:
+                    mark[target] = generation
+                    stack[top] = target
+                    top += 1
+        else:
+            found[size] = state
+            size += 1
+    found[:size].sort()
+    return size
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash(found, size):  # pragma: no cover (compiled)
+    value = np.uint64(14695981039346656037)  # FNV-1a over the members
+    for i in range(size):
+        value = (value ^ np.uint64(found[i])) * np.uint64(1099511628211)
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(found, count, value, slots, hashes, size, first, members):  # pragma: no cover
+    """(the DFA state whose members are ``found[:count]``, or -1; the slot it is or would be in)."""
+    mask = np.uint64(len(slots) - 1)
+    slot = value & mask
+    while slots[slot] != -1:
+        other = slots[slot]
+        if hashes[other] == value and size[other] == count:
+            equal = True
+            for i in range(count):
+                if members[first[other] + i] != found[i]:
+                    equal = False
+                    break
+            if equal:
+                return other, slot
+        slot = (slot + np.uint64(1)) & mask
+    return -1, slot
+
+
+@numba.njit(cache=True, nogil=True)
+def _add(found, count, value, slot, kind, state, used, members, first, size, hashes, final,
+         table, slots, intervals):  # pragma: no cover (compiled)
+    """Add DFA state number ``state`` (the members ``found[:count]``, hashing to ``value``, into
+    ``slot``); the arrays, grown where they had to be, and how many members are stored."""
+    states = state + 1
+    first, size, hashes = _grown(first, states), _grown(size, states), _grown(hashes, states)
+    final, table = _grown(final, states), _grown(table, states * intervals)
+    members = _grown(members, used + count)
+    members[used:used + count] = found[:count]
+    first[state], size[state], hashes[state] = used, count, value
+    for i in range(count):
+        if kind[found[i]] == 2:
+            final[state] = True
+    slots[slot] = state
+    if 2 * states > len(slots):  # at most half full
+        slots = np.full(2 * len(slots), -1, np.int64)
+        mask = np.uint64(len(slots) - 1)
+        for other in range(1, states):
+            slot = hashes[other] & mask
+            while slots[slot] != -1:
+                slot = (slot + np.uint64(1)) & mask
+            slots[slot] = other
+    return members, first, size, hashes, final, table, slots, used + count
+
+
+@numba.njit(_DETERMINIZE, cache=True, nogil=True)
+def determinize(kind, arg, out, start, member, max_states, max_work):  # pragma: no cover
+    """(status, table[states, intervals] with row 0 dead and row 1 the start, which rows are
+    final) of the NFA ``kind``/``arg``/``out`` from ``start``; ``member[set, interval]`` says
+    which byte intervals each byte set takes (``RegexNFA.byte_intervals``)."""
+    n = len(kind)
+    intervals = member.shape[1]
+    empty = np.zeros((0, intervals), np.int32)
+    mark = np.zeros(n, np.int64)
+    stack = np.empty(n, np.int32)
+    found = np.empty(n, np.int32)
+    seeds = np.empty(n, np.int32)
+    previous = np.empty(n, np.int32)
+    members = np.empty(1024, np.int32)  # every DFA state's NFA states, one after another
+    first = np.zeros(64, np.int64)  # DFA state -> where its members start in ``members``
+    size = np.zeros(64, np.int64)
+    hashes = np.zeros(64, np.uint64)
+    final = np.zeros(64, np.bool_)
+    table = np.zeros(64 * intervals, np.int32)
+    slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state
+    seeds[0] = start
+    count = _closure(seeds, 1, kind, arg, out, mark, 1, stack, found)
+    value = _hash(found, count)
+    members, first, size, hashes, final, table, slots, used = _add(
+        found, count, value, _find(found, count, value, slots, hashes, size, first, members)[1],
+        kind, 1, 0, members, first, size, hashes, final, table, slots, intervals)
+    states, work, generation = 2, 0, 1  # row 0 is the dead state, row 1 the start
+    state = 0
+    while state + 1 < states:  # each state's transitions, in the order the states were found
+        state += 1
+        begin, end = first[state], first[state] + size[state]
+        work += (end - begin) * intervals
+        if work > max_work:
+            return TOO_MUCH_WORK, empty, final[:0]
+        previous_count, previous_target = -1, 0
+        for interval in range(intervals):
+            count = 0
+            for i in range(begin, end):
+                s = members[i]
+                if kind[s] == 0 and member[arg[s], interval]:
+                    seeds[count] = out[s]
+                    count += 1
+            if count == 0:
+                previous_count = -1
+                continue
+            if count == previous_count:  # the same moves as the interval before: its target
+                same = True
+                for i in range(count):
+                    if seeds[i] != previous[i]:
+                        same = False
+                        break
+                if same:
+                    table[state * intervals + interval] = previous_target
+                    continue
+            generation += 1
+            closed = _closure(seeds, count, kind, arg, out, mark, generation, stack, found)
+            value = _hash(found, closed)
+            target, slot = _find(found, closed, value, slots, hashes, size, first, members)
+            if target == -1:
+                if states >= max_states or used + closed > max_work // 16:
+                    return TOO_MANY_STATES, empty, final[:0]
+                target = states
+                members, first, size, hashes, final, table, slots, used = _add(
+                    found, closed, value, slot, kind, target, used, members, first, size,
+                    hashes, final, table, slots, intervals)
+                states += 1
+            table[state * intervals + interval] = target
+            previous_count, previous_target = count, target
+            previous[:count] = seeds[:count]
+    return BUILT, table[:states * intervals].reshape(states, intervals).copy(), final[:states].copy()
+
+
+@numba.njit(_PRUNE, cache=True, nogil=True)
+def prune(table, final, unreachable):  # pragma: no cover (compiled)
+    """(the table of the start and the states that can still reach a final one, renumbered in
+    order with row 0 dead and row 1 the start; their finality; their distances in bytes to
+    acceptance (breadth-first, backwards); each old state's new number (0: pruned); each
+    column's class: columns equal in the pruned table share one, numbered in order of first
+    appearance)."""
+    states, intervals = table.shape
+    start = np.zeros(states + 1, np.int64)  # predecessors, grouped by target
+    for s in range(states):
+        for c in range(intervals):
+            if table[s, c] != 0:
+                start[table[s, c] + 1] += 1
+    for s in range(states):
+        start[s + 1] += start[s]
+    predecessor = np.empty(start[states], np.int32)
+    filled = start[:-1].copy()
+    for s in range(states):
+        for c in range(intervals):
+            t = table[s, c]
+            if t != 0:
+                predecessor[filled[t]] = s
+                filled[t] += 1
+    distance = np.full(states, unreachable, np.int32)
+    queue = np.empty(states, np.int32)
+    head = tail = 0
+    for s in range(1, states):
+        if final[s]:
+            distance[s] = 0
+            queue[tail] = s
+            tail += 1
+    while head < tail:
+        s = queue[head]
+        head += 1
+        for i in range(start[s], start[s + 1]):
+            p = predecessor[i]
+            if distance[p] == unreachable:
+                distance[p] = distance[s] + 1
+                queue[tail] = p
+                tail += 1
+    renumber = np.zeros(states, np.int64)
+    live = 1
+    for s in range(1, states):
+        if distance[s] != unreachable or s == 1:  # the start stays, even with no way on
+            renumber[s] = live
+            live += 1
+    pruned = np.zeros((live, intervals), np.int32)
+    pruned_final = np.zeros(live, np.bool_)
+    pruned_distance = np.full(live, unreachable, np.int32)
+    for s in range(1, states):
+        r = renumber[s]
+        if r:
+            pruned_final[r] = final[s]
+            pruned_distance[r] = distance[s]
+            for c in range(intervals):
+                pruned[r, c] = renumber[table[s, c]]
+    column_class = np.empty(intervals, np.int64)
+    representative = np.empty(intervals, np.int64)
+    classes = 0
+    for c in range(intervals):
+        column_class[c] = -1
+        for k in range(classes):
+            other = representative[k]
+            same = True
+            for s in range(live):
+                if pruned[s, c] != pruned[s, other]:
+                    same = False
+                    break
+            if same:
+                column_class[c] = k
+                break
+        if column_class[c] == -1:
+            representative[classes] = c
+            column_class[c] = classes
+            classes += 1
+    return pruned, pruned_final, pruned_distance, renumber, column_class
+
+
+def warm_up() -> None:
+    """Call each loop once on a one-state NFA: numba's first call of a loaded function costs
+    10-20 ms more, which the loading thread pays instead of a first compile."""
+    kind = np.array([2], np.int8)
+    zeros = np.zeros(1, np.int32)
+    status, table, final = determinize(kind, zeros, zeros, 0, np.zeros((1, 1), np.bool_), 4, 64)
+    prune(table, final, np.int32(np.iinfo(np.int32).max))

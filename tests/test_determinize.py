@@ -1,0 +1,233 @@
+"""structgen's own determinisation (``regex_nfa`` + ``compiled_automaton``) against outlines-core.
+
+``automaton.determinized_arrays`` must give the automaton ``automaton.build_arrays`` gives (an
+outlines-core ``Index`` over the 256 single bytes): the same language, the same accepting
+states and the same distances to acceptance from every reachable state, for random regexes of
+the schema compiler's dialect and for the real schemas of the MaskBench fixtures. The UTF-8
+split is checked code point by code point, and the fallbacks (syntax outside the dialect, a
+build past its bounds) are checked to reach the compile worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from structgen.constraint import compiler as compiler_module
+from structgen.constraint.automaton import (
+    BuildTooLarge,
+    ByteAutomaton,
+    build_arrays,
+    determinized_arrays,
+)
+from structgen.constraint.automaton_builder import AutomatonBuilder
+from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex, utf8_sequences
+from structgen.constraint.vocabulary import TokenizerInfo
+from structgen.schema import schema_to_regex
+from structgen.schema.layout import STRING_CHAR
+
+FIXTURES = Path(__file__).parent / "fixtures" / "maskbench"
+
+
+@pytest.fixture(scope="module")
+def loops(compiled_loops):
+    return compiled_loops.automaton
+
+
+def same_automaton(a: dict, b: dict) -> str | None:
+    """None where the two automata agree on every input from their start: acceptance, which
+    bytes lead on, and the distance to acceptance; else where they first differ."""
+    first, second = ByteAutomaton.from_arrays(a), ByteAutomaton.from_arrays(b)
+    steps_a, steps_b = first.table[:, first.byte_class], second.table[:, second.byte_class]
+    seen = {(first.initial, second.initial)}
+    todo = [(first.initial, second.initial, b"")]
+    while todo:
+        x, y, path = todo.pop()
+        if first.is_final[x] != second.is_final[y]:
+            return f"acceptance after {path!r}"
+        if a["byte_distance"][x] != b["byte_distance"][y]:
+            return f"distance after {path!r}"
+        differ = np.flatnonzero((steps_a[x] == 0) != (steps_b[y] == 0))
+        if len(differ):
+            return f"byte {int(differ[0])} after {path!r}"
+        for byte in np.flatnonzero(steps_a[x]).tolist():
+            pair = (int(steps_a[x, byte]), int(steps_b[y, byte]))
+            if pair not in seen:
+                seen.add(pair)
+                todo.append((*pair, path + bytes([byte])))
+    return None
+
+
+# Random regexes of the dialect ``regex_text`` writes: literal text and escapes, classes (ASCII
+# and beyond, negated or not), groups, alternations and every quantifier.
+# Bytes 0x00 and 0x1f are outlines-core's marks (``automaton.marked``): no regex structgen
+# writes matches them, and outlines-core's automaton of one that does is not that regex's.
+_CODES = st.one_of(st.integers(0x20, 0x7E), st.integers(0x20, 0x10FFFF).filter(
+                       lambda c: not 0xD800 <= c <= 0xDFFF),
+                   st.sampled_from([0x7F, 0x80, 0x7FF, 0x800, 0xD7FF, 0xE000, 0xFFFF, 0x10000]))
+
+
+def _escaped(code: int) -> str:
+    char = chr(code)
+    if char in "\\.^$|?*+()[]{}-":
+        return "\\" + char
+    if 0x20 <= code <= 0x7E:
+        return char
+    return f"\\x{code:02x}" if code < 0x100 else (f"\\u{code:04x}" if code < 0x10000
+                                                    else f"\\U{code:08x}")
+
+
+@st.composite
+def _class(draw) -> str:
+    items = []
+    for low, width in draw(st.lists(st.tuples(_CODES, st.integers(0, 300)), min_size=1,
+                                    max_size=3)):
+        high = min(low + width, 0x10FFFF)
+        if 0xD800 <= high <= 0xDFFF:  # an end in the surrogates: no character
+            high = 0xE000
+        items.append(_escaped(low) if high == low else f"{_escaped(low)}-{_escaped(high)}")
+    if draw(st.booleans()):
+        return "[^\\x00\\x1f" + "".join(items) + "]"
+    return "[" + "".join(items) + "]"
+
+
+_ATOMS = st.one_of(
+    st.text(st.sampled_from('ab{}":, \\'), min_size=1, max_size=4).map(
+        lambda t: "".join(_escaped(ord(c)) for c in t)),
+    _CODES.map(_escaped),
+    _class(),
+)
+_QUANTIFIERS = st.sampled_from(["", "", "*", "+", "?", "{2}", "{0,3}", "{1,}", "{2,4}"])
+
+
+def _regexes():
+    return st.recursive(
+        st.tuples(_ATOMS, _QUANTIFIERS).map("".join),
+        lambda inner: st.one_of(
+            st.lists(inner, min_size=1, max_size=3).map("".join),
+            st.tuples(st.lists(inner, min_size=2, max_size=3).map("|".join),
+                      _QUANTIFIERS).map(lambda t: f"(?:{t[0]}){t[1]}"),
+        ),
+        max_leaves=8,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(_regexes())
+def test_random_regexes_determinise_as_outlines_core_does(loops, regex):
+    assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None, regex
+
+
+@pytest.mark.parametrize("regex", [
+    "", "a", "(?:)", "(?:a*)*", "(?:|a)+b", "x\\x1fy|z", "\\u00e9{3}",
+    "[\\ud7ff-\\ue000]", "\\{\\}\\[\\]\\.",
+])
+def test_edge_cases_determinise_as_outlines_core_does(loops, regex):
+    """Empty texts, loops of empty groups, the marks' bytes, the surrogate gap."""
+    assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None
+
+
+def test_a_regex_that_matches_nothing_is_left_to_outlines_core_and_a_dead_branch_is_pruned(loops):
+    """outlines-core refuses a regex with a state that takes no byte; structgen hands one that
+    matches nothing at all back (the worker then reports it) and drops a branch that cannot
+    go on, where outlines-core refuses the whole regex."""
+    for regex in ("[^\\x00-\\U0010ffff]", "a[^\\x00-\\U0010ffff]|b"):
+        with pytest.raises(ValueError):
+            build_arrays(regex)
+    with pytest.raises(UnsupportedRegex):
+        determinized_arrays("[^\\x00-\\U0010ffff]", loops)
+    pruned = determinized_arrays("a[^\\x00-\\U0010ffff]|b", loops)
+    assert same_automaton(build_arrays("b"), pruned) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0x10FFFF), st.integers(0, 0x3000))
+def test_utf8_sequences_match_exactly_the_encodings_of_the_range(low, width):
+    high = min(low + width, 0x10FFFF)
+    sequences = utf8_sequences(low, high)
+    probes = {low, high, low - 1, high + 1, (low + high) // 2, 0xD7FF, 0xE000, 0x7F, 0x80,
+              0x7FF, 0x800, 0xFFFF, 0x10000}
+    for code in sorted(c for c in probes if 0 <= c <= 0x10FFFF and not 0xD800 <= c <= 0xDFFF):
+        encoded = chr(code).encode()
+        matches = sum(len(s) == len(encoded) and all(lo <= b <= hi for b, (lo, hi) in
+                                                     zip(encoded, s)) for s in sequences)
+        assert matches == (1 if low <= code <= high else 0), hex(code)
+
+
+def test_the_maskbench_fixtures_build_the_same_automata(loops):
+    """Every fixture schema's regex (flexible whitespace), through the builder the compile
+    worker runs (counted strings and shared groups spliced) with each determinisation."""
+    by_index = AutomatonBuilder(build_arrays)
+    by_structgen = AutomatonBuilder(functools.partial(determinized_arrays, loops=loops))
+    compared = 0
+    for path in sorted(FIXTURES.glob("*.json")):
+        try:
+            regex = schema_to_regex(json.loads(path.read_text())["schema"], whitespace="flexible")
+        except Exception:  # refused by the schema compiler: llguidance's, not ours
+            continue
+        if len(regex) > 200_000:  # outlines-core takes seconds on these
+            continue
+        expected = by_index.build(regex, STRING_CHAR)
+        assert same_automaton(expected, by_structgen.build(regex, STRING_CHAR)) is None, path.name
+        compared += 1
+    assert compared >= 30
+
+
+@pytest.mark.parametrize("regex", ["^a", "a$", "\\d", "\\w+", "(?=a)a", "(a)\\1", "a{", "[a",
+                                   "(?:a", "a)", "*a", "(?P<x>a)", "a{3,1}", "\\ud800",
+                                   "[\\udfff-\\ue000]"])
+def test_syntax_outside_the_dialect_is_refused(regex):
+    with pytest.raises(UnsupportedRegex):
+        RegexNFA.from_regex(regex)
+
+
+def test_a_build_past_its_bounds_stops(loops):
+    regex = "(?:a|b)*a(?:a|b){12}"  # 2**13 states: determinisation blows up
+    with pytest.raises(BuildTooLarge):
+        determinized_arrays(regex, loops, max_states=1000)
+    with pytest.raises(BuildTooLarge):
+        determinized_arrays(regex, loops, max_work=10_000)
+    assert len(determinized_arrays(regex, loops)["table"]) > 8192
+
+
+def test_the_compiler_builds_here_and_falls_back_to_the_worker(loops, monkeypatch, tmp_path,
+                                                                 smollm2_tokenizer):
+    """With the loops loaded, a regex is determinised in this process; one outside the dialect,
+    or past the bounds, is built by the compile worker; all three make working constraints."""
+    monkeypatch.setenv("STRUCTGEN_CACHE", str(tmp_path))
+    compiler = compiler_module.ConstraintCompiler(disk_cache=False)
+    info = TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    sent = []
+    original = compiler._worker.compile
+    monkeypatch.setattr(compiler._worker, "compile",
+                        lambda regex, *args: sent.append(regex) or original(regex, *args))
+    try:
+        here = compiler.compile_regex('\\{"a":[0-9]{1,3}\\}', info)
+        assert sent == [] and here.engine == "outlines-core"
+        outside = compiler.compile_regex("\\d+", info)  # \d: not in the dialect
+        assert sent == ["\\d+"] and outside.automaton.accepts(b"42")
+        monkeypatch.setattr(compiler_module, "MAX_STATES", 4)
+        large = compiler.compile_regex("(?:ab|cd){1,6}", info)
+        assert sent[-1] == "(?:ab|cd){1,6}" and large.automaton.accepts(b"abcd")
+        assert here.automaton.accepts(b'{"a":123}') and not here.automaton.accepts(b'{"a":1234}')
+    finally:
+        compiler._worker.stop()
+
+
+def test_dialect_covers_what_the_schema_compiler_writes():
+    """Every construct ``regex_text`` writes parses: a regex of each kind of schema."""
+    schema = {"type": "object", "properties": {
+        "s": {"type": "string", "pattern": "^[a-z]+\\d{2}.$", "maxLength": 40},
+        "e": {"enum": ["é", "\u2028", "x\"y"]}, "n": {"type": "number", "minimum": -5},
+        "f": {"type": "string", "format": "date-time"}, "u": {"type": "string", "format": "uri"},
+        "a": {"type": "array", "items": {"type": "integer"}, "maxItems": 3}}}
+    regex = schema_to_regex(schema, whitespace="flexible")
+    assert re.search(r"\\u|\\x", regex)
+    RegexNFA.from_regex(regex)
