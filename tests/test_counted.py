@@ -59,7 +59,8 @@ def test_only_long_counted_strings_are_replaced():
     assert with_placeholders(long + "?", STRING_CHAR) == (long + "?", {})  # the quantifier binds to the quote
 
 
-@pytest.mark.parametrize("elsewhere", [".", "[^a]", r"\s", "\\x01", "[\\x00-\\x1f]", r"\W"])
+@pytest.mark.parametrize("elsewhere", [".", "[^a]", r"\s", "\\x01", "[\\x00-\\x1f]", r"\W",
+                                       "\x01", "\\u0001", "a|[\\x01]"])
 def test_no_placeholder_where_the_regex_could_match_its_byte(elsewhere):
     regex = f"{repeat_string(0, 100)}{elsewhere}"
     assert with_placeholders(regex, STRING_CHAR) == (regex, {})
@@ -234,8 +235,8 @@ def with_placeholders_built(regex: str) -> tuple[dict, dict]:
 
 
 def test_the_worker_finds_and_splices_long_strings_itself_without_the_schema_compiler():
-    """The placeholder scan (``re``'s parser, ~1.7 µs per regex character) runs in the compile
-    worker, inside the build's killable budget; the worker imports no schema compiler for it."""
+    """The placeholder scan (``regex_nfa.literal_uses``) runs in the compile worker, inside the
+    build's killable budget; the worker imports no schema compiler for it."""
     worker = CompileWorker(memory_limit=0)
     try:
         status, arrays = worker.compile(repeat_string(0, 700), 60, character=STRING_CHAR)

@@ -13,9 +13,9 @@ The result is the same language as the original regex, in an ordinary ``ByteAuto
 walker, distances and caches read it as any other. Splicing is only done where it is provably
 the same: the placeholder bytes can be matched nowhere else in the regex (checked here), and a
 state that may open a counted string may not also start anything else with ``"`` (checked by
-``automaton.splice_counted``; else the build falls back to the plain regex). The compile worker
-runs all of it, so the scan counts against the build's time budget; this module imports nothing
-of the schema compiler (the character regex comes with the request).
+``automaton.splice_counted``; else the build falls back to the plain regex). The build runs all
+of it, so the scan counts against its time budget; this module imports nothing of the schema
+compiler (the character regex comes with the request).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from __future__ import annotations
 import functools
 import re
 
-from structgen._sre import sre_constants, sre_parse
+from structgen._sre import sre_constants
 from structgen.constraint.automaton import END_MARK, START_MARK
+from structgen.constraint.regex_nfa import literal_uses
 
 #: Counted strings whose larger bound is at least this are spliced; smaller ones determinise fast.
 MIN_COUNT = 64
@@ -44,8 +45,8 @@ def with_placeholders(regex: str, character: str,
     """(``regex`` with each long counted string of ``character`` (the schema compiler's
     ``STRING_CHAR``) replaced by a placeholder byte, {byte: (fewest, most or None)}); the regex
     unchanged and {} where there is none to replace, or where a placeholder byte could be
-    matched by something else in the regex. The compile worker runs it, inside the build's
-    time budget (``re``'s parser takes about 1.7 µs per regex character)."""
+    matched by something else in the regex (``regex_nfa.literal_uses``). The build runs it,
+    inside its time budget."""
     kinds: dict[tuple, int] = {}
     written = []  # one entry per placeholder written
 
@@ -72,41 +73,9 @@ def with_placeholders(regex: str, character: str,
 
 def _may_match_placeholders(regex: str, placeholders: set[int], written: int) -> bool:
     """Whether anything but the ``written`` placeholders can match a placeholder byte (a literal
-    of its own, a class, ``.``, a flag); an unknown construct counts as matching."""
-    try:
-        parsed = sre_parse.parse(regex)
-    except Exception:  # not re's dialect: let the plain build report it
-        return True
-    if parsed.state.flags & ~(sre_constants.SRE_FLAG_UNICODE):
-        return True
-    stack, literals = [parsed], 0
-    while stack:
-        for op, av in stack.pop():
-            if op is sre_constants.LITERAL:
-                literals += av in placeholders
-                continue
-            if op is sre_constants.NOT_LITERAL or op is sre_constants.ANY:
-                return True
-            if op is sre_constants.IN:
-                if _class_may_match(av, placeholders):
-                    return True
-            elif op is sre_constants.SUBPATTERN:
-                if av[1] or av[2]:  # inline flags
-                    return True
-                stack.append(av[3])
-            elif op is sre_constants.BRANCH:
-                stack.extend(av[1])
-            elif op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT):
-                stack.append(av[2])
-            elif op is not sre_constants.AT:
-                return True
-    return literals != written
-
-
-def _class_may_match(items, placeholders: set[int]) -> bool:
-    """Whether a ``[...]`` class matches any of ``placeholders``."""
-    covered = class_covers(items, placeholders)
-    return covered is None or bool(covered)
+    of its own, a class, ``.``); a regex outside the schema compiler's dialect counts as
+    matching."""
+    return literal_uses(regex, frozenset(placeholders)) != written
 
 
 def class_covers(items, candidates: set[int]) -> set[int] | None:

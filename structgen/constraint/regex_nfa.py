@@ -165,6 +165,28 @@ def parse(regex: str) -> tuple:
     return _branches(alternatives, sequence)
 
 
+def literal_uses(regex: str, candidates: frozenset[int]) -> int | None:
+    """How many times ``regex`` writes one of the ASCII ``candidates`` as a character of its own
+    (plain or escaped); None where a class or ``.`` may match one, or outside the dialect."""
+    written = re.compile("[" + re.escape("".join(map(chr, sorted(candidates)))) + "]")
+    uses = 0
+    try:
+        for token in _TOKEN.finditer(regex):
+            kind, text = token.lastgroup, token.group()
+            if kind == "text":
+                uses += len(written.findall(text))
+            elif kind == "escape":
+                uses += _code_point(text) in candidates
+            elif kind == "class":
+                if any(low <= c <= high for low, high in _class(text)[1] for c in candidates):
+                    return None
+            elif kind == "dot" or kind == "other":
+                return None
+    except UnsupportedRegex:
+        return None
+    return uses
+
+
 def utf8_sequences(low: int, high: int) -> list[tuple[tuple[int, int], ...]]:
     """The UTF-8 encodings of the code points ``low..high`` (surrogates excluded) as sequences
     of byte ranges: each sequence matches exactly the encodings of one sub-range."""
@@ -224,16 +246,16 @@ class RegexNFA:
     def byte_intervals(self) -> tuple[np.ndarray, np.ndarray]:
         """(the bounds of the byte intervals no set splits, each set's membership per interval:
         bool[sets, intervals]). Bytes 0x00, 0x1f (outlines-core's marks) are intervals alone."""
-        edges = {0, 1, 0x1F, 0x20, 256}
-        for ranges in self.sets:
-            for low, high in ranges:
-                edges.update((low, high + 1))
-        bounds = np.array(sorted(edges), np.int64)
-        member = np.zeros((max(len(self.sets), 1), len(bounds) - 1), np.bool_)
-        for number, ranges in enumerate(self.sets):
-            for low, high in ranges:
-                member[number, np.searchsorted(bounds, low):np.searchsorted(bounds, high + 1)] = True
-        return bounds, member
+        ranges = [(number, low, high) for number, members in enumerate(self.sets)
+                  for low, high in members]
+        number, low, high = (np.array(column, np.int64).reshape(-1)
+                             for column in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
+        bounds = np.unique(np.concatenate([low, high + 1, [0, 1, 0x1F, 0x20, 256]]))
+        # +1 where a range opens, -1 past its end, summed along each set's row
+        change = np.zeros((max(len(self.sets), 1), len(bounds)), np.int64)
+        np.add.at(change, (number, np.searchsorted(bounds, low)), 1)
+        np.add.at(change, (number, np.searchsorted(bounds, high + 1)), -1)
+        return bounds, np.cumsum(change, axis=1)[:, :-1] > 0
 
 
 class _Builder:
