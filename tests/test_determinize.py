@@ -25,9 +25,10 @@ from structgen.constraint.automaton import (
     BuildTooLarge,
     ByteAutomaton,
     build_arrays,
+    compiled_distances,
     determinized_arrays,
 )
-from structgen.constraint.automaton_builder import AutomatonBuilder
+from structgen.constraint.automaton_builder import AutomatonBuilder, table_distances
 from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex, utf8_sequences
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex
@@ -166,10 +167,11 @@ def test_utf8_sequences_match_exactly_the_encodings_of_the_range(low, width):
 
 
 def test_the_maskbench_fixtures_build_the_same_automata(loops):
-    """Every fixture schema's regex (flexible whitespace), through the builder the compile
-    worker runs (counted strings and shared groups spliced) with each determinisation."""
+    """Every fixture schema's regex (flexible whitespace), through the builder (counted strings
+    and shared groups spliced) as the compile worker runs it and as the compiler runs it here."""
     by_index = AutomatonBuilder(build_arrays)
-    by_structgen = AutomatonBuilder(functools.partial(determinized_arrays, loops=loops))
+    by_structgen = AutomatonBuilder(functools.partial(determinized_arrays, loops=loops),
+                                    functools.partial(compiled_distances, loops=loops))
     compared = 0
     for path in sorted(FIXTURES.glob("*.json")):
         try:
@@ -235,3 +237,17 @@ def test_dialect_covers_what_the_schema_compiler_writes():
     regex = schema_to_regex(schema, whitespace="flexible")
     assert re.search(r"\\u|\\x", regex)
     RegexNFA.from_regex(regex)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_compiled_distances_equal_the_numpy_search(loops, states, columns, seed):
+    """The distances a spliced table gets in this process equal the worker's numpy search."""
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, states + 1, (states + 1, columns)).astype(np.int32)
+    table[0] = 0
+    table[rng.random(table.shape) < 0.4] = 0
+    is_final = rng.random(states + 1) < 0.2
+    is_final[0] = False
+    assert np.array_equal(compiled_distances(table, is_final, loops),
+                          table_distances(table, is_final))

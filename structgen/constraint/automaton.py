@@ -115,6 +115,12 @@ def determinized_arrays(regex: str, loops, max_states: int | None = None,
     }
 
 
+def compiled_distances(table: np.ndarray, is_final: np.ndarray, loops) -> np.ndarray:
+    """``distances_to_accept`` of a whole table, by the compiled loop (``loops``)."""
+    return loops.distances(np.ascontiguousarray(table, np.int32),
+                           np.ascontiguousarray(is_final, np.bool_), np.int32(UNREACHABLE))
+
+
 def arrays_from_index(index) -> dict:
     """Flatten an outlines-core ``Index`` over ``byte_vocabulary()`` into ``ARRAY_NAMES``.
 

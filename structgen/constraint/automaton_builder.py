@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from structgen.constraint.automaton import column_edges, distances_to_accept, splice_counted
 from structgen.constraint.counted import with_placeholders
 from structgen.constraint.repeated import build_with_shared_groups
@@ -41,12 +43,21 @@ class GroupAutomata(dict):
             del self[text]
 
 
+def table_distances(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
+    """Distances to acceptance of a whole table, in numpy (``automaton.distances_to_accept``)."""
+    return distances_to_accept(is_final, *column_edges(table))
+
+
 class AutomatonBuilder:
     """``build(regex, character)``: the automaton's ``ARRAY_NAMES`` arrays, determinised by
-    ``determinise`` (regex -> arrays). Not thread-safe: one build at a time."""
+    ``determinise`` (regex -> arrays); ``distances`` (table, is_final -> distances) searches a
+    spliced table. Not thread-safe: one build at a time."""
 
-    def __init__(self, determinise: Callable[[str], dict], max_cells: int = GROUP_CELLS):
+    def __init__(self, determinise: Callable[[str], dict],
+                 distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = table_distances,
+                 max_cells: int = GROUP_CELLS):
         self.determinise = determinise
+        self.distances = distances
         self.characters: dict[str, dict] = {}  # a string character's regex -> its automaton
         self.groups = GroupAutomata(max_cells)
 
@@ -57,8 +68,7 @@ class AutomatonBuilder:
         arrays = self._build(regex, character)
         self.groups.trim()
         if "byte_distance" not in arrays:  # spliced: one search over the whole table
-            arrays["byte_distance"] = distances_to_accept(arrays["is_final"],
-                                                          *column_edges(arrays["table"]))
+            arrays["byte_distance"] = self.distances(arrays["table"], arrays["is_final"])
         return arrays
 
     def _build(self, regex: str, character: str | None) -> dict:

@@ -21,6 +21,7 @@ BUILT, TOO_MANY_STATES, TOO_MUCH_WORK = 0, 1, 2
 
 _DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))"
                 "(int8[::1], int32[::1], int32[::1], int64, boolean[:, ::1], int64, int64)")
+_DISTANCES = "int32[::1](int32[:, ::1], boolean[::1], int32)"
 _PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1]))"
           "(int32[:, ::1], boolean[::1], int32)")
 
@@ -189,13 +190,10 @@ def determinize(kind, arg, out, start, member, max_states, max_work):  # pragma:
     return BUILT, table[:states * intervals].reshape(states, intervals).copy(), final[:states].copy()
 
 
-@numba.njit(_PRUNE, cache=True, nogil=True)
-def prune(table, final, unreachable):  # pragma: no cover (compiled)
-    """(the table of the start and the states that can still reach a final one, renumbered in
-    order with row 0 dead and row 1 the start; their finality; their distances in bytes to
-    acceptance (breadth-first, backwards); each old state's new number (0: pruned); each
-    column's class: columns equal in the pruned table share one, numbered in order of first
-    appearance)."""
+@numba.njit(cache=True, nogil=True)
+def _distances(table, final, unreachable):  # pragma: no cover (compiled)
+    """Each state's fewest bytes to a final state (breadth-first over the reversed edges);
+    ``unreachable`` where there is none. Row 0, the dead state, is never final."""
     states, intervals = table.shape
     start = np.zeros(states + 1, np.int64)  # predecessors, grouped by target
     for s in range(states):
@@ -229,6 +227,24 @@ def prune(table, final, unreachable):  # pragma: no cover (compiled)
                 distance[p] = distance[s] + 1
                 queue[tail] = p
                 tail += 1
+    return distance
+
+
+@numba.njit(_DISTANCES, cache=True, nogil=True)
+def distances(table, final, unreachable):  # pragma: no cover (compiled)
+    """``_distances`` for a whole automaton (one whose counted strings were spliced in)."""
+    return _distances(table, final, unreachable)
+
+
+@numba.njit(_PRUNE, cache=True, nogil=True)
+def prune(table, final, unreachable):  # pragma: no cover (compiled)
+    """(the table of the start and the states that can still reach a final one, renumbered in
+    order with row 0 dead and row 1 the start; their finality; their distances in bytes to
+    acceptance (breadth-first, backwards); each old state's new number (0: pruned); each
+    column's class: columns equal in the pruned table share one, numbered in order of first
+    appearance)."""
+    states, intervals = table.shape
+    distance = _distances(table, final, unreachable)
     renumber = np.zeros(states, np.int64)
     live = 1
     for s in range(1, states):
@@ -274,3 +290,4 @@ def warm_up() -> None:
     zeros = np.zeros(1, np.int32)
     status, table, final = determinize(kind, zeros, zeros, 0, np.zeros((1, 1), np.bool_), 4, 64)
     prune(table, final, np.int32(np.iinfo(np.int32).max))
+    distances(table, final, np.int32(np.iinfo(np.int32).max))

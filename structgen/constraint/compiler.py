@@ -44,6 +44,7 @@ from structgen.constraint.automaton import (
     MAX_WORK,
     BuildTooLarge,
     ByteAutomaton,
+    compiled_distances,
     determinized_arrays,
 )
 from structgen.constraint.automaton_builder import AutomatonBuilder
@@ -187,7 +188,8 @@ class ConstraintCompiler:
                                         max_work=max(1, int(MAX_WORK * scale)))
         with self._here_lock:
             if self._here is None:
-                self._here = AutomatonBuilder(determinise)
+                self._here = AutomatonBuilder(determinise, functools.partial(
+                    compiled_distances, loops=loops))
             self._here.determinise = determinise
             try:
                 return self._here.build(regex, STRING_CHAR)
