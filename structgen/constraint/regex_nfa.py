@@ -47,7 +47,11 @@ _CONTROL = {"t": 9, "n": 10, "r": 13, "f": 12, "v": 11, "a": 7, "0": 0}
 _QUANTIFIERS = {"*": (0, None), "+": (1, None), "?": (0, 1)}
 
 # The syntax tree: ("text", bytes), ("class", code point ranges), ("seq", [nodes]),
-# ("alt", [nodes]), ("repeat", node, fewest, most or None).
+# ("alt", [nodes]), ("repeat", node, fewest, most or None), and ("group", its text, node) for a
+# parenthesised group of ``MIN_TEMPLATE`` characters or more: the NFA of a group whose text
+# recurs (a string's character, a shared definition, each copy of a counted repeat) is built
+# once and copied.
+MIN_TEMPLATE = 16
 _DOT = ("class", ((0, 9), (11, MAX_CODE)))  # what "." matches in outlines-core: all but "\n"
 
 
@@ -137,13 +141,15 @@ def parse(regex: str) -> tuple:
         elif kind == "escape":
             sequence.append(_character(_code_point(text)))
         elif kind == "open":
-            enclosing.append((alternatives, sequence))
+            enclosing.append((alternatives, sequence, token.start()))
             alternatives, sequence = [], []
         elif kind == "close":
             if not enclosing:
                 raise UnsupportedRegex(f"an unopened ')' at {token.start()}")
             group = _branches(alternatives, sequence)
-            alternatives, sequence = enclosing.pop()
+            alternatives, sequence, opened = enclosing.pop()
+            if token.end() - opened >= MIN_TEMPLATE:
+                group = ("group", regex[opened:token.end()], group)
             sequence.append(group)
         elif kind == "bar":
             alternatives.append(sequence)
@@ -268,6 +274,7 @@ class _Builder:
         self.out: list[int] = []
         self.sets: list[tuple] = []
         self._set_number: dict[tuple, int] = {}
+        self._templates: dict[str, tuple[int, int, int, int]] = {}  # group text -> its states
 
     def add(self, kind: int, arg: int, out: int) -> int:
         self.kind.append(kind)
@@ -284,6 +291,14 @@ class _Builder:
 
     def compile(self, node: tuple, out: int) -> int:
         tag = node[0]
+        if tag == "group":
+            template = self._templates.get(node[1])
+            if template is not None:
+                return self._copy(*template, out)
+            first = len(self.kind)
+            entry = self.compile(node[2], out)
+            self._templates[node[1]] = (first, len(self.kind), entry, out)
+            return entry
         if tag == "text":
             for byte in reversed(node[1]):
                 out = self.byte_set(((byte, byte),), out)
@@ -311,6 +326,21 @@ class _Builder:
         for _ in range(fewest):
             entry = self.compile(child, entry)
         return entry
+
+    def _copy(self, first: int, last: int, entry: int, was_out: int, out: int) -> int:
+        """A copy of the states ``first:last`` (a group's, built to lead to ``was_out``) leading
+        to ``out``; its entry. Inside the group, moves point inside it or to ``was_out``."""
+        shift = len(self.kind) - first
+
+        def moved(target: int) -> int:
+            return target + shift if first <= target < last else (out if target == was_out
+                                                                  else target)
+
+        self.kind += self.kind[first:last]
+        self.arg += [moved(a) if k == SPLIT else a
+                     for k, a in zip(self.kind[first:last], self.arg[first:last])]
+        self.out += [moved(o) for o in self.out[first:last]]
+        return entry + shift
 
     def _sequence(self, sequence: tuple, out: int, tails: dict) -> int:
         """A multi-byte sequence of a class (a byte range per byte), its tails shared with the
