@@ -90,8 +90,11 @@ def determinized_arrays(regex: str, loops, max_states: int | None = None,
     ``BuildTooLarge`` past the bounds (``MAX_STATES`` and ``MAX_WORK`` unless given)."""
     nfa = RegexNFA.from_regex(regex)
     bounds, member = nfa.byte_intervals()
-    status, table, final = loops.determinize(nfa.kind, nfa.arg, nfa.out, nfa.start, member,
-                                             max_states or MAX_STATES, max_work or MAX_WORK)
+    taker, taken = np.nonzero(member)  # each set's intervals, set by set
+    set_start = np.searchsorted(taker, np.arange(len(member) + 1))
+    status, table, final = loops.determinize(
+        nfa.kind, nfa.arg, nfa.out, nfa.start, set_start, taken.astype(np.int32),
+        member.shape[1], max_states or MAX_STATES, max_work or MAX_WORK)
     if status != loops.BUILT:
         raise BuildTooLarge("too many states" if status == loops.TOO_MANY_STATES
                             else "too much work")

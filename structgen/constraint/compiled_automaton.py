@@ -19,8 +19,8 @@ import numpy as np
 #: ``determinize``'s status: a table; too many states; too much work.
 BUILT, TOO_MANY_STATES, TOO_MUCH_WORK = 0, 1, 2
 
-_DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))"
-                "(int8[::1], int32[::1], int32[::1], int64, boolean[:, ::1], int64, int64)")
+_DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))(int8[::1], int32[::1], int32[::1], "
+                "int64, int64[::1], int32[::1], int64, int64, int64)")
 _DISTANCES = "int32[::1](int32[:, ::1], boolean[::1], int32)"
 _PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1]))"
           "(int32[:, ::1], boolean[::1], int32)")
@@ -119,18 +119,21 @@ def _add(found, count, value, slot, kind, state, used, members, first, size, has
 
 
 @numba.njit(_DETERMINIZE, cache=True, nogil=True)
-def determinize(kind, arg, out, start, member, max_states, max_work):  # pragma: no cover
+def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_states,
+                max_work):  # pragma: no cover (compiled)
     """(status, table[states, intervals] with row 0 dead and row 1 the start, which rows are
-    final) of the NFA ``kind``/``arg``/``out`` from ``start``; ``member[set, interval]`` says
-    which byte intervals each byte set takes (``RegexNFA.byte_intervals``)."""
+    final) of the NFA ``kind``/``arg``/``out`` from ``start``; byte set ``b`` takes the byte
+    intervals ``set_intervals[set_start[b]:set_start[b + 1]]`` (``RegexNFA.byte_intervals``).
+    A state's moves are sorted into one bucket per interval, member by member, so a member
+    costs the intervals its set takes, not all of them."""
     n = len(kind)
-    intervals = member.shape[1]
     empty = np.zeros((0, intervals), np.int32)
     mark = np.zeros(n, np.int64)
     stack = np.empty(n, np.int32)
     found = np.empty(n, np.int32)
-    seeds = np.empty(n, np.int32)
-    previous = np.empty(n, np.int32)
+    bucket_size = np.zeros(intervals + 1, np.int64)
+    bucket_start = np.zeros(intervals + 1, np.int64)
+    moves = np.empty(64, np.int32)  # a state's moves, bucket after bucket
     members = np.empty(1024, np.int32)  # every DFA state's NFA states, one after another
     first = np.zeros(64, np.int64)  # DFA state -> where its members start in ``members``
     size = np.zeros(64, np.int64)
@@ -138,8 +141,8 @@ def determinize(kind, arg, out, start, member, max_states, max_work):  # pragma:
     final = np.zeros(64, np.bool_)
     table = np.zeros(64 * intervals, np.int32)
     slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state
-    seeds[0] = start
-    count = _closure(seeds, 1, kind, arg, out, mark, 1, stack, found)
+    found[0] = start
+    count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
     value = _hash(found, count)
     members, first, size, hashes, final, table, slots, used = _add(
         found, count, value, _find(found, count, value, slots, hashes, size, first, members)[1],
@@ -149,31 +152,49 @@ def determinize(kind, arg, out, start, member, max_states, max_work):  # pragma:
     while state + 1 < states:  # each state's transitions, in the order the states were found
         state += 1
         begin, end = first[state], first[state] + size[state]
-        work += (end - begin) * intervals
+        total = 0
+        for i in range(begin, end):  # how many moves each interval gets
+            s = members[i]
+            if kind[s] == 0:
+                for j in range(set_start[arg[s]], set_start[arg[s] + 1]):
+                    bucket_size[set_intervals[j]] += 1
+                total += set_start[arg[s] + 1] - set_start[arg[s]]
+        work += end - begin + total + intervals
         if work > max_work:
             return TOO_MUCH_WORK, empty, final[:0]
-        previous_count, previous_target = -1, 0
+        moves = _grown(moves, total)
+        place = 0
         for interval in range(intervals):
-            count = 0
-            for i in range(begin, end):
-                s = members[i]
-                if kind[s] == 0 and member[arg[s], interval]:
-                    seeds[count] = out[s]
-                    count += 1
+            bucket_start[interval] = place
+            place += bucket_size[interval]
+            bucket_size[interval] = 0
+        bucket_start[intervals] = place
+        for i in range(begin, end):  # each bucket in member order: equal sets, equal buckets
+            s = members[i]
+            if kind[s] == 0:
+                for j in range(set_start[arg[s]], set_start[arg[s] + 1]):
+                    interval = set_intervals[j]
+                    moves[bucket_start[interval] + bucket_size[interval]] = out[s]
+                    bucket_size[interval] += 1
+        last_start, last_count, last_target = 0, -1, 0
+        for interval in range(intervals):
+            count = bucket_size[interval]
+            bucket_size[interval] = 0
             if count == 0:
-                previous_count = -1
                 continue
-            if count == previous_count:  # the same moves as the interval before: its target
+            at = bucket_start[interval]
+            if count == last_count:  # the moves of the last interval with any: its target
                 same = True
                 for i in range(count):
-                    if seeds[i] != previous[i]:
+                    if moves[at + i] != moves[last_start + i]:
                         same = False
                         break
                 if same:
-                    table[state * intervals + interval] = previous_target
+                    table[state * intervals + interval] = last_target
                     continue
             generation += 1
-            closed = _closure(seeds, count, kind, arg, out, mark, generation, stack, found)
+            closed = _closure(moves[at:at + count], count, kind, arg, out, mark, generation,
+                              stack, found)
             value = _hash(found, closed)
             target, slot = _find(found, closed, value, slots, hashes, size, first, members)
             if target == -1:
@@ -185,8 +206,7 @@ def determinize(kind, arg, out, start, member, max_states, max_work):  # pragma:
                     hashes, final, table, slots, intervals)
                 states += 1
             table[state * intervals + interval] = target
-            previous_count, previous_target = count, target
-            previous[:count] = seeds[:count]
+            last_start, last_count, last_target = at, count, target
     return BUILT, table[:states * intervals].reshape(states, intervals).copy(), final[:states].copy()
 
 
@@ -288,6 +308,7 @@ def warm_up() -> None:
     10-20 ms more, which the loading thread pays instead of a first compile."""
     kind = np.array([2], np.int8)
     zeros = np.zeros(1, np.int32)
-    status, table, final = determinize(kind, zeros, zeros, 0, np.zeros((1, 1), np.bool_), 4, 64)
+    status, table, final = determinize(kind, zeros, zeros, 0, np.zeros(2, np.int64), zeros, 1,
+                                       4, 64)
     prune(table, final, np.int32(np.iinfo(np.int32).max))
     distances(table, final, np.int32(np.iinfo(np.int32).max))
