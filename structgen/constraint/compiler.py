@@ -15,8 +15,10 @@ a recursive schema llguidance refuses too              finite-state, recursion u
 ``engine="outlines-core"`` or ``"llguidance"`` forces one engine; ``constraint.engine`` and
 ``constraint.fallback_reason`` say which served and why.
 
-``ConstraintCompiler`` owns the compile worker (the only place an outlines-core build runs: it
-can be killed at the timeout) and the caches: byte automata in memory and on disk under
+``ConstraintCompiler`` builds automata in this process once the compiled loops are loaded
+(structgen's determinisation, bounded in states and work), and owns the compile worker for the
+rest (the only place an outlines-core build runs: it can be killed at the timeout), and the
+caches: byte automata in memory and on disk under
 ``$STRUCTGEN_CACHE/constraints`` (one tables file per regex, shared by every tokenizer), which
 regex a schema compiled to, the tokenizers' ``TokenBytes``, and compiled constraints (each with
 its mask store) in memory.
