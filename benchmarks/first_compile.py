@@ -4,8 +4,8 @@
 
 Each run is a new interpreter that does what ``load_model`` does before ``generate`` compiles
 anything: it imports the compiler and starts the compile worker and the loading of the compiled
-walks, then loads the tokenizer (from its folder, as a hub model's is; not timed: a model load
-does that) and waits for the compiled walks (about 0.5 s here; ``load_model`` of the embedded
+loops, then loads the tokenizer (from its folder, as a hub model's is; not timed: a model load
+does that) and waits for the compiled loops (about 0.5 s here; ``load_model`` of the embedded
 model takes about 5 s, and they are loaded before it returns). It then times
 ``compile_constraint(schema, tokenizer)`` at its defaults plus the first ``fill_bitmask``: the
 tokenizer's byte map, schema -> regex, the byte automaton, the tokenizer arrays, the token
@@ -13,7 +13,8 @@ distances and the first mask. Four cases: ``cold`` starts from an empty cache fo
 from one the previous run filled (a script run twice), ``new schema`` from a folder holding only
 the tokenizer's map (a schema never seen, a model used before), ``cold, no load_model`` a cold run
 that calls ``compile_constraint`` without starting the worker first (a user with their own
-tokenizer), so it also waits for the worker's start, and walks in numpy. The imports are timed
+tokenizer), so it also waits for the worker's start, has the worker build the automaton
+(outlines-core) and walks in numpy. The imports are timed
 apart. The schema is the extraction ``Person`` of batch_throughput.py. Writes
 benchmarks/results/first_compile.md.
 """
@@ -75,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     cases = {"cold (empty cache folder)": [], "disk (filled by a run before)": [],
              "new schema (only the tokenizer's map on disk)": [],
-             "cold, no load_model (the worker starts in the timed call; numpy walks)": []}
+             "cold, no load_model (the worker starts in the timed call and builds; numpy walks)": []}
     cold, disk, new_schema, bare = cases.values()
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as cache:
@@ -87,9 +88,9 @@ def main() -> None:
             bare.append(run(cache, start_worker=False))
     lines = ["# First compile_constraint in a fresh process (Llama-3 tokenizer)", "",
              f"`python benchmarks/first_compile.py --runs {args.runs}`: in a new interpreter, "
-             "import the compiler and start the compile worker and the compiled walks (as "
+             "import the compiler and start the compile worker and the compiled loops (as "
              "`load_model` does), load the tokenizer from its folder and wait for the compiled "
-             "walks (not timed), then time `compile_constraint(Person, "
+             "loops (not timed), then time `compile_constraint(Person, "
              "tokenizer)` at its defaults and the first `fill_bitmask`: the tokenizer's byte "
              "map, schema -> regex, the automaton, the tokenizer arrays, the first mask (the "
              "token distances wait for a budget that needs them).", "",
