@@ -129,9 +129,12 @@ def test_random_regexes_determinise_as_outlines_core_does(loops, regex):
 @pytest.mark.parametrize("regex", [
     "", "a", "(?:)", "(?:a*)*", "(?:|a)+b", "x\\x1fy|z", "\\u00e9{3}",
     "[\\ud7ff-\\ue000]", "\\{\\}\\[\\]\\.",
+    "(?:(?:)(?:)(?:)(?:)(?:))x(?:(?:)(?:)(?:)(?:)(?:))y",  # a recurring group that is empty
+    "(?:(?:abc|defgh)+|ijklmnop)?,(?:(?:abc|defgh)+|ijklmnop)?;",  # one that may be
 ])
 def test_edge_cases_determinise_as_outlines_core_does(loops, regex):
-    """Empty texts, loops of empty groups, the marks' bytes, the surrogate gap."""
+    """Empty texts, loops of empty groups, the marks' bytes, the surrogate gap, recurring
+    groups copied (``MIN_TEMPLATE``) that match nothing or may."""
     assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None
 
 
@@ -206,7 +209,8 @@ def test_a_build_past_its_bounds_stops(loops):
 def test_the_compiler_builds_here_and_falls_back_to_the_worker(loops, monkeypatch, tmp_path,
                                                                  smollm2_tokenizer):
     """With the loops loaded, a regex is determinised in this process; one outside the dialect,
-    or past the bounds, is built by the compile worker; all three make working constraints."""
+    past the bounds on states or past the time a build here may take is built by the compile
+    worker; all make working constraints."""
     monkeypatch.setenv("STRUCTGEN_CACHE", str(tmp_path))
     compiler = compiler_module.ConstraintCompiler(disk_cache=False)
     info = TokenizerInfo.from_huggingface(smollm2_tokenizer)
@@ -222,6 +226,10 @@ def test_the_compiler_builds_here_and_falls_back_to_the_worker(loops, monkeypatc
         monkeypatch.setattr(compiler_module, "MAX_STATES", 4)
         large = compiler.compile_regex("(?:ab|cd){1,6}", info)
         assert sent[-1] == "(?:ab|cd){1,6}" and large.automaton.accepts(b"abcd")
+        monkeypatch.setattr(compiler_module, "MAX_STATES", 1 << 17)
+        monkeypatch.setattr(compiler_module, "BUILD_HERE_SECONDS", 0.0)  # out of time at once
+        late = compiler.compile_regex("[a-f]{2,3}", info)
+        assert sent[-1] == "[a-f]{2,3}" and late.automaton.accepts(b"abc")
         assert here.automaton.accepts(b'{"a":123}') and not here.automaton.accepts(b'{"a":1234}')
     finally:
         compiler._worker.stop()

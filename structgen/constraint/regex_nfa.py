@@ -129,7 +129,7 @@ def _branches(alternatives: list, sequence: list) -> tuple:
 
 def parse(regex: str) -> tuple:
     """The syntax tree of ``regex``; ``UnsupportedRegex`` outside the dialect."""
-    enclosing = []  # (alternatives, sequence) of each open group
+    enclosing = []  # (alternatives, sequence, where it opened) of each open group
     alternatives, sequence = [], []
     for token in _TOKEN.finditer(regex):
         kind, text = token.lastgroup, token.group()
@@ -340,7 +340,7 @@ class _Builder:
         self.arg += [moved(a) if k == SPLIT else a
                      for k, a in zip(self.kind[first:last], self.arg[first:last])]
         self.out += [moved(o) for o in self.out[first:last]]
-        return entry + shift
+        return moved(entry)  # the exit itself, where the group can match nothing at once
 
     def _sequence(self, sequence: tuple, out: int, tails: dict) -> int:
         """A multi-byte sequence of a class (a byte range per byte), its tails shared with the
