@@ -33,7 +33,8 @@ class UnsupportedRegex(ValueError):
 
 _CODE = r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)"
 _TOKEN = re.compile(
-    r"(?P<text>[^\\.^$|?*+()\[\]{}]+)"
+    r"(?P<spaces>\[ \\t\\n\\r\]\*)"  # flexible whitespace: the dialect's commonest atom
+    r"|(?P<text>[^\\.^$|?*+()\[\]{}]+)"
     r"|(?P<class>\[\^?(?:" + _CODE + r"|[^\]\\])+\])"
     r"|(?P<escape>" + _CODE + ")"
     r"|(?P<open>\((?:\?:)?)"
@@ -104,6 +105,9 @@ def _class(text: str) -> tuple:
     return ("class", tuple(merged))
 
 
+_SPACES = ("repeat", _class("[ \\t\\n\\r]"), 0, None)
+
+
 @functools.lru_cache(maxsize=4096)
 def _character(code: int) -> tuple:
     return ("text", bytes([code])) if code < 0x80 else ("class", ((code, code),))
@@ -133,7 +137,9 @@ def parse(regex: str) -> tuple:
     alternatives, sequence = [], []
     for token in _TOKEN.finditer(regex):
         kind, text = token.lastgroup, token.group()
-        if kind == "text":
+        if kind == "spaces":
+            sequence.append(_SPACES)
+        elif kind == "text":
             sequence.append(("text", text.encode()) if text.isascii()
                             else ("seq", [_character(ord(c)) for c in text]))
         elif kind == "class":
