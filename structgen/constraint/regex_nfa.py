@@ -280,7 +280,8 @@ class _Builder:
         self.out: list[int] = []
         self.sets: list[tuple] = []
         self._set_number: dict[tuple, int] = {}
-        self._templates: dict[str, tuple[int, int, int, int]] = {}  # group text -> its states
+        self._built: dict[str, tuple[int, int, int, int]] = {}  # group text -> its first states
+        self._templates: dict[str, tuple] = {}  # group text -> ``_template``, once it recurs
 
     def add(self, kind: int, arg: int, out: int) -> int:
         self.kind.append(kind)
@@ -299,11 +300,13 @@ class _Builder:
         tag = node[0]
         if tag == "group":
             template = self._templates.get(node[1])
+            if template is None and node[1] in self._built:  # its second time: make a template
+                template = self._templates[node[1]] = self._template(*self._built[node[1]])
             if template is not None:
-                return self._copy(*template, out)
+                return self._copy(template, out)
             first = len(self.kind)
             entry = self.compile(node[2], out)
-            self._templates[node[1]] = (first, len(self.kind), entry, out)
+            self._built[node[1]] = (first, len(self.kind), entry, out)
             return entry
         if tag == "text":
             for byte in reversed(node[1]):
@@ -333,20 +336,29 @@ class _Builder:
             entry = self.compile(child, entry)
         return entry
 
-    def _copy(self, first: int, last: int, entry: int, was_out: int, out: int) -> int:
-        """A copy of the states ``first:last`` (a group's, built to lead to ``was_out``) leading
-        to ``out``; its entry. Inside the group, moves point inside it or to ``was_out``."""
-        shift = len(self.kind) - first
+    def _copy(self, template: tuple, out: int) -> int:
+        """A copy of a group's states (``template``, from ``_template``) leading to ``out``;
+        its entry."""
+        kind, arg, moves, entry = template
+        base = len(self.kind)
+        # a move is an offset into the group (>= 0), its exit (-2), none (-1) or, for a byte
+        # set's arg, its set's number n written as -3 - n
+        self.kind += kind
+        self.arg += [base + t if t >= 0 else (out if t == -2 else (t if t == -1 else -3 - t))
+                     for t in arg]
+        self.out += [base + t if t >= 0 else (out if t == -2 else t) for t in moves]
+        return base + entry if entry >= 0 else out
 
-        def moved(target: int) -> int:
-            return target + shift if first <= target < last else (out if target == was_out
+    def _template(self, first: int, last: int, entry: int, was_out: int) -> tuple:
+        """The states ``first:last`` of a group built to lead to ``was_out``, in the relative
+        form ``_copy`` reads. Inside a group, moves point inside it or to its exit."""
+        def relative(target: int) -> int:
+            return target - first if first <= target < last else (-2 if target == was_out
                                                                   else target)
 
-        self.kind += self.kind[first:last]
-        self.arg += [moved(a) if k == SPLIT else a
-                     for k, a in zip(self.kind[first:last], self.arg[first:last])]
-        self.out += [moved(o) for o in self.out[first:last]]
-        return moved(entry)  # the exit itself, where the group can match nothing at once
+        kind = self.kind[first:last]
+        arg = [relative(a) if k == SPLIT else -3 - a for k, a in zip(kind, self.arg[first:last])]
+        return kind, arg, [relative(o) for o in self.out[first:last]], relative(entry)
 
     def _sequence(self, sequence: tuple, out: int, tails: dict) -> int:
         """A multi-byte sequence of a class (a byte range per byte), its tails shared with the
