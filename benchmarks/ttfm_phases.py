@@ -8,8 +8,9 @@ One process, Llama-3 tokenizer, an empty cache folder, the compile worker, the t
 arrays and the compiled loops up before the first schema (as in maskbench.py). Per schema on the
 finite-state engine: schema -> regex (with its cache entry), the automaton's build (in this
 process: structgen's determinisation of each piece, and the splices and distances around it;
-the compile worker's round trip for a regex outside the dialect or past the bounds), the rest
-of ``compile_constraint`` (cache files, ``CompiledConstraint``) and the first ``fill_bitmask``.
+the compile worker's round trip for a regex outside the dialect or past the bounds; the tables
+file written), the rest of ``compile_constraint`` (cache lookups, ``CompiledConstraint``) and
+the first ``fill_bitmask``.
 Then each test instance is walked token by token; a mask computed on a state's first visit is
 a cold walk, counted by the walker's path (a string run, the tokens surviving a byte pair, or
 the whole vocabulary in place). Writes benchmarks/results/<name>.md and <name>.png.
@@ -38,10 +39,10 @@ PHASES = ("ttfm", "regex", "build", "determinise", "worker", "rest", "first_mask
 PHASE_NAMES = {
     "ttfm": "TTFM (compile_constraint + first mask)",
     "regex": "schema -> regex (with its cache entry)",
-    "build": "automaton build (pieces determinised and spliced, distances)",
+    "build": "automaton build (pieces determinised and spliced, distances, tables file written)",
     "determinise": "of which structgen's determinisation (regex -> NFA -> DFA, per piece)",
     "worker": "of which the compile worker's round trip (outlines-core)",
-    "rest": "rest of compile_constraint (cache files, CompiledConstraint)",
+    "rest": "rest of compile_constraint (cache lookups, CompiledConstraint)",
     "first_mask": "first fill_bitmask",
 }
 WALKS = ("_walk_string", "_walk_pairs_compiled", "_walk_few", "_walk_in_place")
