@@ -2,8 +2,8 @@
 
 Two builds give the same arrays. ``determinized_arrays`` is structgen's own: ``regex_nfa``
 parses the schema compiler's regex dialect into a byte NFA and ``compiled_automaton`` (numba)
-determinises and prunes it, in the calling thread, within bounds on states and work (p50 2.5 ms
-against outlines-core's 5.7 ms on 228 dev schemas' regexes, ``benchmarks/determinize.py``).
+determinises and prunes it, in the calling thread, within bounds on states and work (p50 2.0 ms
+against outlines-core's 4.8 ms on 228 dev schemas' regexes, ``benchmarks/determinize.py``).
 ``build_arrays`` asks outlines-core for an ``Index`` over a vocabulary of the 256 single bytes
 instead of the model's tokens, in the compile worker: before numba is loaded, and for regexes
 outside the dialect or past the bounds. Either result serves every tokenizer; token masks are
