@@ -1,12 +1,12 @@
-"""The byte automaton's two compiled loops (numba): subset construction over a ``RegexNFA``, and
-pruning the result to the states that can still accept.
+"""The byte automaton's compiled loops (numba): subset construction over a ``RegexNFA``, pruning
+the result to the states that can still accept, and distances to acceptance over a whole table.
 
 ``determinize`` is the textbook subset construction over the NFA's byte intervals: a DFA state
 is the sorted set of byte-set and final NFA states its epsilon closure holds, found again through
 an open-addressing hash table. It stops, with a status instead of a table, past ``max_states``
 states, ``max_work`` member visits or ``max_work / 16`` members stored, so a regex that would
 blow up costs a bounded moment of the calling thread (the caller then hands it to the compile
-worker, which can be killed). Both loops release the GIL.
+worker, which can be killed). The loops release the GIL.
 
 ``compiled_loops.CompiledLoops`` imports this module in its loading thread, with the walks'.
 """
