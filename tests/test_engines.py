@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import structgen
+from structgen.constraint.compiled_loops import COMPILED_LOOPS
 from structgen.constraint.llguidance_backend import (
     GrammarConstraint,
 )
@@ -127,13 +128,23 @@ def test_unrolling_goes_shallower_when_the_regex_would_be_too_large(info, smollm
     assert accepts(shallow, ids_of(smollm2_tokenizer, {"v": 1, "kids": [{"v": 2, "kids": []}]}))
 
 
-def test_a_compile_over_its_time_budget_falls_back_to_llguidance(info, smollm2_tokenizer):
-    fresh = {"enum": [f"v{uuid.uuid4().hex}", "w"]}  # never compiled before: no cache hit
-    constraint = structgen.compile_constraint(fresh, info, timeout=1e-4)
-    assert constraint.engine == "llguidance"
-    assert "longer than" in constraint.fallback_reason
-    assert accepts(constraint, ids_of(smollm2_tokenizer, "w"))
-    assert not accepts(constraint, ids_of(smollm2_tokenizer, "x"))
+def test_a_compile_over_its_time_budget_falls_back_to_llguidance(info, smollm2_tokenizer,
+                                                                 monkeypatch):
+    """A regex whose automaton has 8k states, past what the 1 ms floor of a budget allows: built
+    by the compile worker (a process without the compiled loops) or in this process."""
+    for in_this_process in (False, True):
+        with monkeypatch.context() as patch:
+            if not in_this_process:
+                patch.setattr(COMPILED_LOOPS, "automaton", None)  # as before load_model
+            tail = uuid.uuid4().hex  # never compiled before: no cache hit
+            regex = structgen.Regex(f"(?:a|b)*a(?:a|b){{12}}z{tail}")
+            constraint = structgen.compile_constraint(regex, info, timeout=1e-4)
+        assert constraint.engine == "llguidance", in_this_process
+        assert "longer than" in constraint.fallback_reason
+        assert accepts(constraint, smollm2_tokenizer.encode("a" * 13 + "z" + tail,
+                                                            add_special_tokens=False))
+        assert not accepts(constraint, smollm2_tokenizer.encode("b" * 13 + "z" + tail,
+                                                                add_special_tokens=False))
 
 
 def test_generate_decodes_on_an_llguidance_constraint(tiny_model):
