@@ -37,8 +37,14 @@ from maskbench import add_sample_arguments, load_tokenizer, stratified_sample  #
 
 
 def regexes_of(paths: list[Path], whitespace: str, timeout: float) -> list[str]:
-    """The regexes ``compile_constraint`` builds automata for, in order, once each."""
-    os.environ["STRUCTGEN_CACHE"] = tempfile.mkdtemp(prefix="determinize-")
+    """The regexes ``compile_constraint`` builds automata for, in order, once each (with an
+    empty cache folder, removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="determinize-") as cache:
+        os.environ["STRUCTGEN_CACHE"] = cache
+        return _regexes_of(paths, whitespace, timeout)
+
+
+def _regexes_of(paths: list[Path], whitespace: str, timeout: float) -> list[str]:
     import structgen.constraint.compiler as compiler_module
     from structgen.constraint.vocabulary import TokenizerInfo
 
