@@ -92,32 +92,6 @@ def _find(found, count, value, slots, hashes, size, first, members):  # pragma: 
     return -1, slot
 
 
-@numba.njit(cache=True, nogil=True)
-def _add(found, count, value, slot, kind, state, used, members, first, size, hashes, final,
-         table, slots, intervals):  # pragma: no cover (compiled)
-    """Add DFA state number ``state`` (the members ``found[:count]``, hashing to ``value``, into
-    ``slot``); the arrays, grown where they had to be, and how many members are stored."""
-    states = state + 1
-    first, size, hashes = _grown(first, states), _grown(size, states), _grown(hashes, states)
-    final, table = _grown(final, states), _grown(table, states * intervals)
-    members = _grown(members, used + count)
-    members[used:used + count] = found[:count]
-    first[state], size[state], hashes[state] = used, count, value
-    for i in range(count):
-        if kind[found[i]] == 2:
-            final[state] = True
-    slots[slot] = state
-    if 2 * states > len(slots):  # at most half full
-        slots = np.full(2 * len(slots), -1, np.int64)
-        mask = np.uint64(len(slots) - 1)
-        for other in range(1, states):
-            slot = hashes[other] & mask
-            while slots[slot] != -1:
-                slot = (slot + np.uint64(1)) & mask
-            slots[slot] = other
-    return members, first, size, hashes, final, table, slots, used + count
-
-
 @numba.njit(_DETERMINIZE, cache=True, nogil=True)
 def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_states,
                 max_work):  # pragma: no cover (compiled)
@@ -134,7 +108,7 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
     bucket_size = np.zeros(intervals + 1, np.int64)
     bucket_start = np.zeros(intervals + 1, np.int64)
     moves = np.empty(64, np.int32)  # a state's moves, bucket after bucket
-    members = np.empty(1024, np.int32)  # every DFA state's NFA states, one after another
+    members = np.empty(max(1024, n), np.int32)  # every DFA state's NFA states, in a row
     first = np.zeros(64, np.int64)  # DFA state -> where its members start in ``members``
     size = np.zeros(64, np.int64)
     hashes = np.zeros(64, np.uint64)
@@ -143,10 +117,13 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
     slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state
     found[0] = start
     count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
-    value = _hash(found, count)
-    members, first, size, hashes, final, table, slots, used = _add(
-        found, count, value, _find(found, count, value, slots, hashes, size, first, members)[1],
-        kind, 1, 0, members, first, size, hashes, final, table, slots, intervals)
+    value = _hash(found, count)  # the start is state 1 (the arrays have room for it)
+    members[:count] = found[:count]
+    first[1], size[1], hashes[1], used = 0, count, value, count
+    for i in range(count):
+        if kind[found[i]] == 2:
+            final[1] = True
+    slots[value & np.uint64(len(slots) - 1)] = 1
     states, work, generation = 2, 0, 1  # row 0 is the dead state, row 1 the start
     state = 0
     while state + 1 < states:  # each state's transitions, in the order the states were found
@@ -200,11 +177,27 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
             if target == -1:
                 if states >= max_states or used + closed > max_work // 16:
                     return TOO_MANY_STATES, empty, final[:0]
-                target = states
-                members, first, size, hashes, final, table, slots, used = _add(
-                    found, closed, value, slot, kind, target, used, members, first, size,
-                    hashes, final, table, slots, intervals)
+                target = states  # a new state: its members stored, its slot taken
                 states += 1
+                first, size = _grown(first, states), _grown(size, states)
+                hashes, final = _grown(hashes, states), _grown(final, states)
+                table = _grown(table, states * intervals)
+                members = _grown(members, used + closed)
+                members[used:used + closed] = found[:closed]
+                first[target], size[target], hashes[target] = used, closed, value
+                used += closed
+                for i in range(closed):
+                    if kind[found[i]] == 2:
+                        final[target] = True
+                slots[slot] = target
+                if 2 * states > len(slots):  # at most half full
+                    slots = np.full(2 * len(slots), -1, np.int64)
+                    mask = np.uint64(len(slots) - 1)
+                    for other in range(1, states):
+                        slot = hashes[other] & mask
+                        while slots[slot] != -1:
+                            slot = (slot + np.uint64(1)) & mask
+                        slots[slot] = other
             table[state * intervals + interval] = target
             last_start, last_count, last_target = at, count, target
     return BUILT, table[:states * intervals].reshape(states, intervals).copy(), final[:states].copy()
