@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from structgen.code_points import MAX_CODE, complement, merged
+
 BYTES, SPLIT, MATCH = 0, 1, 2
-MAX_CODE = 0x10FFFF
 
 
 class UnsupportedRegex(ValueError):
@@ -87,22 +88,7 @@ def _class(text: str) -> tuple:
         if high < low:
             raise UnsupportedRegex(f"the class {text!r} has a backward range")
         ranges.append((low, high))
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    if negated:
-        complement, start = [], 0
-        for low, high in merged:
-            if low > start:
-                complement.append((start, low - 1))
-            start = high + 1
-        if start <= MAX_CODE:
-            complement.append((start, MAX_CODE))
-        merged = complement
-    return ("class", tuple(merged))
+    return ("class", tuple(complement(ranges) if negated else merged(ranges)))
 
 
 _SPACES = ("repeat", _class("[ \\t\\n\\r]"), 0, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from structgen.code_points import MAX_CODE, complement, merged
 from structgen.errors import InvalidSchemaError, UnsatisfiableSchemaError, UnsupportedSchemaError
 from structgen.schema.layout import STRING_CHAR
 from structgen.schema.regex_text import (
@@ -22,8 +23,7 @@ from structgen.schema.regex_text import (
     width,
 )
 
-_MAX_CODE = 0x10FFFF
-_NON_SURROGATE = [(0, 0xD7FF), (0xE000, _MAX_CODE)]
+_NON_SURROGATE = [(0, 0xD7FF), (0xE000, MAX_CODE)]
 _SPECIAL = [(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]  # code points a JSON string must escape
 _SHORT_ESCAPES = {
     0x22: '\\"', 0x5C: "\\\\", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t",
@@ -31,7 +31,7 @@ _SHORT_ESCAPES = {
 # \d \w \s differ between engines (ECMA-262: ASCII; Python and Rust: Unicode, each its own way),
 # so each has a narrow set (in every engine's) and a wide set (holding every engine's); a class
 # uses whichever makes its result smallest, so what it admits matches in every engine.
-_NON_ASCII = [(0x80, _MAX_CODE)]
+_NON_ASCII = [(0x80, MAX_CODE)]
 _UNICODE_SPACES = [  # Python's \s, ECMA-262's \s (adds U+FEFF), Unicode White_Space, and U+180E
     (0x09, 0x0D), (0x1C, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x180E, 0x180E),
     (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000),
@@ -51,7 +51,7 @@ _NEGATED_CATEGORIES = {
     sre_constants.CATEGORY_NOT_SPACE: sre_constants.CATEGORY_SPACE,
 }
 # "." excludes every line terminator of ECMA-262 and Python.
-_DOT = [(0, 0x09), (0x0B, 0x0C), (0x0E, 0x2027), (0x202A, _MAX_CODE)]
+_DOT = [(0, 0x09), (0x0B, 0x0C), (0x0E, 0x2027), (0x202A, MAX_CODE)]
 _STARTS = (sre_constants.AT_BEGINNING, sre_constants.AT_BEGINNING_STRING)
 _ENDS = (sre_constants.AT_END, sre_constants.AT_END_STRING)
 
@@ -185,7 +185,7 @@ class _PatternTranslator:
         if op is c.LITERAL:
             return self._units([(av, av)])
         if op is c.NOT_LITERAL:
-            return self._units(_complement([(av, av)]))
+            return self._units(complement([(av, av)]))
         if op is c.ANY:
             return self._units(_DOT)
         if op is c.IN:
@@ -220,15 +220,15 @@ class _PatternTranslator:
                 ranges += wide if negate else narrow
             elif op is sre_constants.CATEGORY and av in _NEGATED_CATEGORIES:
                 narrow, wide = _CATEGORIES[_NEGATED_CATEGORIES[av]]
-                ranges += _complement(narrow if negate else wide)
+                ranges += complement(narrow if negate else wide)
             else:
                 self.refuse(f"{op} in a character class")
-        return _complement(ranges) if negate else _normalize(ranges)
+        return complement(ranges) if negate else merged(ranges)
 
     def _units(self, ranges: list[tuple[int, int]]) -> str:
         """One JSON string character (raw or escaped) whose code point is in ``ranges``."""
         ranges = _intersect(ranges, _NON_SURROGATE)
-        raw = _intersect(ranges, _complement(_SPECIAL))
+        raw = _intersect(ranges, complement(_SPECIAL))
         parts = [_char_class(raw)] if raw else []
         specials = [code for a, b in _intersect(ranges, _SPECIAL) for code in range(a, b + 1)]
         parts += [escape(_SHORT_ESCAPES[code]) for code in specials if code in _SHORT_ESCAPES]
@@ -244,29 +244,8 @@ class _PatternTranslator:
         return alt(parts)
 
 
-def _normalize(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return merged
-
-
-def _complement(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for low, high in _normalize(ranges):
-        if low > start:
-            out.append((start, low - 1))
-        start = high + 1
-    if start <= _MAX_CODE:
-        out.append((start, _MAX_CODE))
-    return out
-
-
 def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    return _complement(_complement(a) + _complement(b))
+    return complement(complement(a) + complement(b))
 
 
 def _char_class(ranges: list[tuple[int, int]]) -> str:
@@ -277,7 +256,7 @@ def _char_class(ranges: list[tuple[int, int]]) -> str:
     """
     if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
         return escape(chr(ranges[0][0]))
-    excluded = _intersect(_complement(ranges), _NON_SURROGATE)
+    excluded = _intersect(complement(ranges), _NON_SURROGATE)
     if excluded and len(excluded) < len(ranges):
         return "[^" + _class_body(excluded) + "]"
     return "[" + _class_body(ranges) + "]"
