@@ -27,8 +27,9 @@ from structgen.constraint.automaton import (
     build_arrays,
     compiled_distances,
     determinized_arrays,
+    table_distances,
 )
-from structgen.constraint.automaton_builder import AutomatonBuilder, table_distances
+from structgen.constraint.automaton_builder import AutomatonBuilder
 from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex, utf8_sequences
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex

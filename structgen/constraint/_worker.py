@@ -31,10 +31,12 @@ from structgen.constraint.automaton_builder import AutomatonBuilder
 # Exit status of the child when Rust aborts on a failed allocation (SIGABRT) or Python runs out.
 _OUT_OF_MEMORY = "out-of-memory"
 
+
 def _write_frame(stream, message) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(struct.pack("<Q", len(payload)) + payload)
     stream.flush()
+
 
 def _read_exact(stream, size: int) -> bytes:
     chunks, remaining = [], size
@@ -46,9 +48,11 @@ def _read_exact(stream, size: int) -> bytes:
         remaining -= len(chunk)
     return b"".join(chunks)
 
+
 def _read_frame(stream):
     (size,) = struct.unpack("<Q", _read_exact(stream, 8))
     return pickle.loads(_read_exact(stream, size))
+
 
 def serve(memory_limit: int, niceness: int = 0) -> None:
     """The child's loop: frames in on stdin, frames out on a private copy of stdout. Ends
@@ -59,6 +63,7 @@ def serve(memory_limit: int, niceness: int = 0) -> None:
         _serve(memory_limit)
     except BrokenPipeError:
         pass
+
 
 def _serve(memory_limit: int) -> None:
     replies = os.fdopen(os.dup(1), "wb")
@@ -86,12 +91,14 @@ def _serve(memory_limit: int) -> None:
         arrays["index_seconds"] = np.float64(time.perf_counter() - started)
         _write_frame(replies, ("ok", arrays))
 
+
 def _end_process(process: subprocess.Popen) -> None:
     """Kill the child and close our ends of its pipes."""
     process.kill()
     process.wait(timeout=5)
     for stream in (process.stdin, process.stdout):
         stream.close()
+
 
 class CompileWorker:
     """A long-lived child process that compiles regexes; killed and restarted on a timeout.

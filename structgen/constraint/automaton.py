@@ -121,8 +121,13 @@ def determinized_arrays(regex: str, loops, max_states: int | None = None,
     }
 
 
+def table_distances(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
+    """``distances_to_accept`` over every live transition of a whole table, in numpy."""
+    return distances_to_accept(is_final, *column_edges(table))
+
+
 def compiled_distances(table: np.ndarray, is_final: np.ndarray, loops) -> np.ndarray:
-    """``distances_to_accept`` of a whole table, by the compiled loop (``loops``)."""
+    """``table_distances``, by the compiled loop (``loops``)."""
     return loops.distances(np.ascontiguousarray(table, np.int32),
                            np.ascontiguousarray(is_final, np.bool_), np.int32(UNREACHABLE))
 
@@ -235,7 +240,7 @@ def _classes_by_columns(source: np.ndarray, byte: np.ndarray, target: np.ndarray
 
 def reachable_backwards(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
     """Which states reach an accepting state over any bytes."""
-    return distances_to_accept(is_final, *column_edges(table)) < UNREACHABLE
+    return table_distances(table, is_final) < UNREACHABLE
 
 
 def implied_distances(table: np.ndarray, is_final: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -381,7 +386,7 @@ class ByteAutomaton:
             raise ValueError("the arrays do not form a byte automaton")
         given = arrays.get("byte_distance")
         if given is None:
-            byte_distance = distances_to_accept(is_final, *column_edges(table))
+            byte_distance = table_distances(table, is_final)
         else:
             byte_distance = np.asarray(given)
             if (byte_distance.dtype != np.int32 or byte_distance.shape != (len(table),)

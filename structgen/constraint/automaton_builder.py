@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from structgen.constraint.automaton import column_edges, distances_to_accept, splice_counted
+from structgen.constraint.automaton import splice_counted, table_distances
 from structgen.constraint.counted import with_placeholders
 from structgen.constraint.repeated import build_with_shared_groups
 
@@ -41,11 +41,6 @@ class GroupAutomata(dict):
                 break
             total -= cells[text]
             del self[text]
-
-
-def table_distances(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
-    """Distances to acceptance of a whole table, in numpy (``automaton.distances_to_accept``)."""
-    return distances_to_accept(is_final, *column_edges(table))
 
 
 class AutomatonBuilder:
