@@ -86,7 +86,7 @@ def load_model(name_or_path: str | None = None, *, device: str | None = None,
     name = name_or_path or EMBEDDED_MODEL
     key = (name, device, dtype)
     default_compiler().start()  # the compile worker boots while the model loads,
-    COMPILED_LOOPS.start()  # and the walker's compiled loops load
+    COMPILED_LOOPS.start()  # and the compiled loops (token walks, determinisation) load
     with _load_lock:
         if key not in _loaded:
             _loaded[key] = _load(name, device=device, dtype=dtype)
@@ -285,7 +285,7 @@ def from_transformers(model, tokenizer, *, context_length: int | None = None,
     _check_end_of_turn(hf_tokenizer)
     if name is None:
         name = getattr(model.config, "_name_or_path", None) or type(model).__name__
-    COMPILED_LOOPS.start()  # a model of one's own decodes many tokens: the compiled walks pay
+    COMPILED_LOOPS.start()  # a model of one's own decodes many tokens: the compiled loops pay
     return Model(name=str(name), hf_model=model, tokenizer=hf_tokenizer, context_length=context_length)
 
 
