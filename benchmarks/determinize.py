@@ -72,6 +72,7 @@ def _regexes_of(paths: list[Path], whitespace: str, timeout: float) -> list[str]
 def measure(regexes: list[str]) -> tuple[list[dict], int]:
     from structgen.constraint.automaton import (
         BuildTooLarge,
+        ByteAutomaton,
         build_arrays,
         compiled_distances,
         determinized_arrays,
@@ -104,31 +105,13 @@ def measure(regexes: list[str]) -> tuple[list[dict], int]:
             continue
         except ValueError:  # outlines-core refuses it: the compile reports it either way
             continue
-        difference = different_at(arrays["outlines-core"], arrays["structgen"])
+        difference = ByteAutomaton.from_arrays(arrays["outlines-core"]).first_difference(
+            ByteAutomaton.from_arrays(arrays["structgen"]))
         if difference is not None:
             raise SystemExit(f"the automata differ ({difference}) for the regex {regex[:200]!r}")
         records.append({"chars": len(regex), **{f"{n}_s": seconds[n] for n in builders},
                         **{f"{n}_states": len(arrays[n]["table"]) for n in builders}})
     return records, handed_over
-
-
-def different_at(a: dict, b: dict) -> str | None:
-    """None where two automata agree from their starts (acceptance, the bytes that lead on,
-    distances), else what differs first."""
-    steps_a, steps_b = a["table"][:, a["byte_class"]], b["table"][:, b["byte_class"]]
-    seen = {(int(a["initial"]), int(b["initial"]))}
-    todo = list(seen)
-    while todo:
-        x, y = todo.pop()
-        if a["is_final"][x] != b["is_final"][y] or a["byte_distance"][x] != b["byte_distance"][y]:
-            return "acceptance or distance"
-        if ((steps_a[x] == 0) != (steps_b[y] == 0)).any():
-            return "the bytes that lead on"
-        for pair in set(zip(steps_a[x].tolist(), steps_b[y].tolist())):
-            if pair[0] and pair not in seen:
-                seen.add(pair)
-                todo.append(pair)
-    return None
 
 
 def report(records: list[dict], handed_over: int, command: str, schemas: int) -> str:

@@ -41,21 +41,7 @@ def same_language(a: dict, b: dict) -> bool:
     """Whether two automata accept the same byte strings: every pair of states reached by one
     input agrees on acceptance and on which bytes lead on."""
     first, second = ByteAutomaton.from_arrays(a), ByteAutomaton.from_arrays(b)
-    steps_a = first.table[:, first.byte_class]
-    steps_b = second.table[:, second.byte_class]
-    seen = {(first.initial, second.initial)}
-    todo = list(seen)
-    while todo:
-        x, y = todo.pop()
-        if first.is_final[x] != second.is_final[y]:
-            return False
-        if ((steps_a[x] == 0) != (steps_b[y] == 0)).any():
-            return False
-        for pair in set(zip(steps_a[x].tolist(), steps_b[y].tolist())):
-            if pair[0] and pair not in seen:
-                seen.add(pair)
-                todo.append(pair)
-    return True
+    return first.first_difference(second, distances=False) is None
 
 
 ITEM = {"type": "object", "properties": {

@@ -465,6 +465,30 @@ class ByteAutomaton:
             targets.append(current[live].astype(np.int64))
         return distances_to_accept(self.is_final, np.concatenate(sources), np.concatenate(targets))
 
+    def first_difference(self, other: "ByteAutomaton", distances: bool = True) -> str | None:
+        """None where the two automata agree on every input from their starts (acceptance,
+        which bytes lead on and, with ``distances``, the distance to acceptance), else the first
+        disagreement found and the input that reaches it. What tests and
+        ``benchmarks/determinize.py`` check two builds of one regex with."""
+        steps, other_steps = self.table[:, self.byte_class], other.table[:, other.byte_class]
+        seen = {(self.initial, other.initial)}
+        todo = [(self.initial, other.initial, b"")]
+        while todo:
+            x, y, path = todo.pop()
+            if self.is_final[x] != other.is_final[y]:
+                return f"acceptance after {path!r}"
+            if distances and self.byte_distance[x] != other.byte_distance[y]:
+                return f"distance after {path!r}"
+            differ = np.flatnonzero((steps[x] == 0) != (other_steps[y] == 0))
+            if len(differ):
+                return f"byte {int(differ[0])} after {path!r}"
+            for byte in np.flatnonzero(steps[x]).tolist():
+                pair = (int(steps[x, byte]), int(other_steps[y, byte]))
+                if pair not in seen:
+                    seen.add(pair)
+                    todo.append((*pair, path + bytes([byte])))
+        return None
+
     def shortest_completion(self, distance: np.ndarray, state: int, limit: int = 4096) -> bytes:
         """The bytes of one shortest path from ``state`` to acceptance under single-byte
         ``distance`` (smallest byte first), at most ``limit`` of them."""
