@@ -10,8 +10,10 @@ model takes about 5 s, and they are loaded before it returns). It then times
 ``compile_constraint(schema, tokenizer)`` at its defaults plus the first ``fill_bitmask``: the
 tokenizer's byte map, schema -> regex, the byte automaton, the tokenizer arrays, the token
 distances and the first mask. Four cases: ``cold`` starts from an empty cache folder, ``disk``
-from one the previous run filled (a script run twice), ``new schema`` from a folder holding only
-the tokenizer's map (a schema never seen, a model used before), ``cold, no load_model`` a cold run
+from one the previous run filled (a script run twice: the tokenizer's map, and the schema's
+regex and automaton where making them took ``STORE_AFTER_SECONDS`` or more), ``new schema``
+from a folder holding only the tokenizer's map (a schema never seen, a model used before),
+``cold, no load_model`` a cold run
 that calls ``compile_constraint`` without starting the worker first (a user with their own
 tokenizer), so it also waits for the worker's start, has the worker build the automaton
 (outlines-core) and walks in numpy. The imports are timed

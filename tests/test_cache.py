@@ -43,8 +43,11 @@ def info(smollm2_tokenizer):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
+    """An empty cache folder to which every build and conversion is written, as a slow one is
+    (``STORE_AFTER_SECONDS``: these tests are about the files)."""
     root = tmp_path / "cache"
     monkeypatch.setenv("STRUCTGEN_CACHE", str(root))
+    monkeypatch.setattr(compiler_module, "STORE_AFTER_SECONDS", 0.0)
     return root
 
 
@@ -378,6 +381,30 @@ def test_swapped_schema_aliases_are_removed_and_compiled_afresh(cache, info):
         a.write_bytes(damage)
         with compiler() as fresh:
             assert fresh.regex_of_schema(key_a) is None and not a.exists()
+
+
+def test_only_builds_and_conversions_slower_than_the_threshold_are_written(cache, info,
+                                                                         monkeypatch):
+    """``STORE_AFTER_SECONDS``: a quick build and a quick conversion stay in memory (a later
+    process redoes them), a slow one is written and read back; the clock decides, not the
+    schema."""
+    folder = cache / "constraints"
+    monkeypatch.setattr(compiler_module, "STORE_AFTER_SECONDS", 3600.0)
+    with compiler() as first:
+        assert structgen.compile_constraint(SCHEMA_A, info).from_cache == "none"
+        assert first.compile_regex(DIGITS, info).from_cache == "none"
+    assert not folder.exists() or not list(folder.iterdir())
+    with compiler() as later:  # nothing on disk: converted and built again
+        assert later.regex_of_schema(_schema_key(SCHEMA_A, DEFAULTS, info)) is None
+        assert later.compile_regex(DIGITS, info).from_cache == "none"
+    monkeypatch.setattr(compiler_module, "STORE_AFTER_SECONDS", 0.0)
+    with compiler():
+        structgen.compile_constraint(SCHEMA_A, info)
+    assert {path.suffix for path in folder.iterdir()} == {".tables", ".regex"}
+    with compiler() as later:
+        assert later.regex_of_schema(_schema_key(SCHEMA_A, DEFAULTS, info)) == schema_to_regex(
+            SCHEMA_A)
+        assert structgen.compile_constraint(SCHEMA_A, info).from_cache == "disk"
 
 
 def test_cache_files_are_private_to_the_user(cache, info):

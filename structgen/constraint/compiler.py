@@ -91,6 +91,11 @@ MAX_REGEX_CHARS = 2_000_000
 #: The longest a build in this process may take before the compile worker takes the regex
 #: over: the 228 regexes of 250 dev schemas took at most 0.4 s here (benchmarks/determinize.py).
 BUILD_HERE_SECONDS = 2.0
+#: A build or a schema -> regex conversion quicker than this is kept in memory only, not written
+#: to the disk cache: creating a file costs 0.5-0.7 ms here, a quarter or more of such a build,
+#: and the load that would replace it in a later process saves that process 1-3 ms at most
+#: (benchmarks/results/ttfm_phases.md has both).
+STORE_AFTER_SECONDS = 0.005
 #: Compiled constraints kept in memory; each holds at most ``token_masks.DEFAULT_MASK_BYTES``
 #: (64 MiB) of masks, so 16 of them bound the masks of a process at 1 GiB.
 _MEMORY_CACHE_SIZE = 16
@@ -224,20 +229,22 @@ class ConstraintCompiler:
                meanwhile=None) -> ByteAutomaton:
         started = time.monotonic()
         arrays = self._build_here(regex, budget)
-        if arrays is not None and time.monotonic() - started > budget:  # the timeout holds here too
+        seconds = time.monotonic() - started
+        if arrays is not None and seconds > budget:  # the timeout holds here too
             status, payload = "timeout", None
         elif arrays is not None:
             if meanwhile is not None:
                 meanwhile()
             status, payload = "ok", arrays
         else:  # the worker gets what is left of the budget
-            left = budget - (time.monotonic() - started)
-            status, payload = (self._worker.compile(regex, left, meanwhile, STRING_CHAR)
-                               if left > 0 else ("timeout", None))
+            status, payload = (self._worker.compile(regex, budget - seconds, meanwhile, STRING_CHAR)
+                               if seconds < budget else ("timeout", None))
+            seconds = time.monotonic() - started
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
             automaton = ByteAutomaton.from_arrays(arrays)
-            self._store(key, regex, arrays)
+            if seconds >= STORE_AFTER_SECONDS:
+                self._store(key, regex, arrays)
             return automaton
         if status == "timeout":
             failed = CompileTimeoutError(
@@ -288,10 +295,12 @@ class ConstraintCompiler:
             write_private(folder / f"{key}.tables",
                           lambda path: write_tables(path, arrays, key=key, regex=regex))
 
-    def remember_schema(self, schema_key: str, regex: str) -> None:
-        """Record which regex a schema compiled to, so the next lookup can skip schema -> regex."""
+    def remember_schema(self, schema_key: str, regex: str, seconds: float) -> None:
+        """Record which regex a schema compiled to, so the next lookup can skip schema -> regex;
+        on disk too where the conversion took ``STORE_AFTER_SECONDS`` or more."""
         self._schema_regex[schema_key] = regex
-        self._write_entry(f"schema-{schema_key}.regex", regex.encode("utf-8"))
+        if seconds >= STORE_AFTER_SECONDS:
+            self._write_entry(f"schema-{schema_key}.regex", regex.encode("utf-8"))
 
     def regex_of_schema(self, schema_key: str) -> str | None:
         regex = self._schema_regex.get(schema_key)
@@ -480,6 +489,7 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, options: Optio
     if known:
         return known
     failed = compiler.failed_before(schema_key, budget)
+    started = time.monotonic()
     try:
         if failed is not None:
             raise failed
@@ -511,7 +521,7 @@ def _schema_regex(compiler: ConstraintCompiler, spec: OutputType, options: Optio
             regex = _unrolled_regex(spec, options, deadline)
         except UnsupportedSchemaError:
             raise refused from None
-    compiler.remember_schema(schema_key, regex)
+    compiler.remember_schema(schema_key, regex, time.monotonic() - started)
     return regex
 
 
