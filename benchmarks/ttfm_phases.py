@@ -6,11 +6,12 @@
 
 One process, Llama-3 tokenizer, an empty cache folder, the compile worker, the tokenizer's
 arrays and the compiled loops up before the first schema (as in maskbench.py). Per schema on the
-finite-state engine: schema -> regex (with its cache entry), the automaton's build (in this
-process: structgen's determinisation of each piece, and the splices and distances around it;
-the compile worker's round trip for a regex outside the dialect or past the bounds; the tables
-file written), the rest of ``compile_constraint`` (cache lookups, ``CompiledConstraint``) and
-the first ``fill_bitmask``.
+finite-state engine: schema -> regex (with its cache entry where it took
+``STORE_AFTER_SECONDS`` or more), the automaton's build (in this process: structgen's
+determinisation of each piece, and the splices and distances around it; the compile worker's
+round trip for a regex outside the dialect or past the bounds; the tables file written where the
+build took ``STORE_AFTER_SECONDS`` or more), the rest of ``compile_constraint`` (cache lookups,
+``CompiledConstraint``) and the first ``fill_bitmask``.
 Then each test instance is walked token by token; a mask computed on a state's first visit is
 a cold walk, counted by the walker's path (a string run, the tokens surviving a byte pair, or
 the whole vocabulary in place). Writes benchmarks/results/<name>.md and <name>.png.
@@ -38,8 +39,9 @@ from maskbench import add_sample_arguments, load_tokenizer, stratified_sample  #
 PHASES = ("ttfm", "regex", "build", "determinise", "worker", "rest", "first_mask")
 PHASE_NAMES = {
     "ttfm": "TTFM (compile_constraint + first mask)",
-    "regex": "schema -> regex (with its cache entry)",
-    "build": "automaton build (pieces determinised and spliced, distances, tables file written)",
+    "regex": "schema -> regex (its cache entry written if it took 5 ms or more)",
+    "build": ("automaton build (pieces determinised and spliced, distances; tables file "
+              "written if it took 5 ms or more)"),
     "determinise": "of which structgen's determinisation (regex -> NFA -> DFA, per piece)",
     "worker": "of which the compile worker's round trip (outlines-core)",
     "rest": "rest of compile_constraint (cache lookups, CompiledConstraint)",
