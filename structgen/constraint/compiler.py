@@ -229,6 +229,7 @@ class ConstraintCompiler:
                meanwhile=None) -> ByteAutomaton:
         started = time.monotonic()
         arrays = self._build_here(regex, budget)
+        built_here = arrays is not None
         seconds = time.monotonic() - started
         if arrays is not None and seconds > budget:  # the timeout holds here too
             status, payload = "timeout", None
@@ -242,7 +243,7 @@ class ConstraintCompiler:
             seconds = time.monotonic() - started
         if status == "ok":
             arrays = {name: payload[name] for name in ARRAY_NAMES}
-            automaton = ByteAutomaton.from_arrays(arrays)
+            automaton = ByteAutomaton.from_arrays(arrays, check=not built_here)
             if seconds >= STORE_AFTER_SECONDS:
                 self._store(key, regex, arrays)
             return automaton
