@@ -48,13 +48,58 @@ _CLASS_ITEM = re.compile(r"(" + _CODE + r"|[^\\])(?:-(" + _CODE + r"|[^\\]))?", 
 _CONTROL = {"t": 9, "n": 10, "r": 13, "f": 12, "v": 11, "a": 7, "0": 0}
 _QUANTIFIERS = {"*": (0, None), "+": (1, None), "?": (0, 1)}
 
-# The syntax tree: ("text", bytes), ("class", code point ranges), ("seq", [nodes]),
+# The syntax tree: ("text", bytes), ("class", code point ranges, its one-byte encodings, its
+# longer ones: ``_class_sequences``), ("seq", [nodes]),
 # ("alt", [nodes]), ("repeat", node, fewest, most or None), and ("group", its text, node) for a
 # parenthesised group of ``MIN_TEMPLATE`` characters or more: the NFA of a group whose text
 # recurs (a string's character, a shared definition, each copy of a counted repeat) is built
 # once and copied.
 MIN_TEMPLATE = 16
-_DOT = ("class", ((0, 9), (11, MAX_CODE)))  # what "." matches in outlines-core: all but "\n"
+
+
+def utf8_sequences(low: int, high: int) -> list[tuple[tuple[int, int], ...]]:
+    """The UTF-8 encodings of the code points ``low..high`` (surrogates excluded) as sequences
+    of byte ranges: each sequence matches exactly the encodings of one sub-range."""
+    sequences, pending = [], [(low, high)]
+    while pending:
+        low, high = pending.pop()
+        if low > high:
+            continue
+        if low <= 0xDFFF and high >= 0xD800:  # no encoding
+            pending += [(low, 0xD7FF), (0xE000, high)]
+            continue
+        bound = next((b for b in (0x7F, 0x7FF, 0xFFFF) if low <= b < high), None)
+        if bound is not None:  # split where the encoding grows a byte
+            pending += [(low, bound), (bound + 1, high)]
+            continue
+        for trailing in (1, 2, 3):  # split until each byte's range is independent
+            mask = (1 << (6 * trailing)) - 1
+            if low & ~mask != high & ~mask:
+                if low & mask:
+                    pending += [(low, low | mask), ((low | mask) + 1, high)]
+                    break
+                if high & mask != mask:
+                    pending += [(low, (high & ~mask) - 1), (high & ~mask, high)]
+                    break
+        else:
+            sequences.append(tuple(zip(chr(low).encode(), chr(high).encode())))
+    return sequences
+
+
+@functools.lru_cache(maxsize=4096)
+def _class_sequences(ranges: tuple) -> tuple[tuple, tuple]:
+    """(a class's one-byte encodings as one set of byte ranges, its longer byte sequences)."""
+    sequences = [s for low, high in ranges for s in utf8_sequences(low, high)]
+    return (tuple(s[0] for s in sequences if len(s) == 1),
+            tuple(s for s in sequences if len(s) > 1))
+
+
+def _class_node(ranges: tuple) -> tuple:
+    """A class's node, its UTF-8 byte sequences found once (``_class_sequences``)."""
+    return ("class", ranges, *_class_sequences(ranges))
+
+
+_DOT = _class_node(((0, 9), (11, MAX_CODE)))  # what "." matches in outlines-core: all but "\n"
 
 
 def _code_point(text: str) -> int:
@@ -88,7 +133,7 @@ def _class(text: str) -> tuple:
         if high < low:
             raise UnsupportedRegex(f"the class {text!r} has a backward range")
         ranges.append((low, high))
-    return ("class", tuple(complement(ranges) if negated else merged(ranges)))
+    return _class_node(tuple(complement(ranges) if negated else merged(ranges)))
 
 
 _SPACES = ("repeat", _class("[ \\t\\n\\r]"), 0, None)
@@ -96,7 +141,7 @@ _SPACES = ("repeat", _class("[ \\t\\n\\r]"), 0, None)
 
 @functools.lru_cache(maxsize=4096)
 def _character(code: int) -> tuple:
-    return ("text", bytes([code])) if code < 0x80 else ("class", ((code, code),))
+    return ("text", bytes([code])) if code < 0x80 else _class_node(((code, code),))
 
 
 def _counts(text: str) -> tuple[int, int | None]:
@@ -185,43 +230,6 @@ def literal_uses(regex: str, candidates: frozenset[int]) -> int | None:
     return uses
 
 
-def utf8_sequences(low: int, high: int) -> list[tuple[tuple[int, int], ...]]:
-    """The UTF-8 encodings of the code points ``low..high`` (surrogates excluded) as sequences
-    of byte ranges: each sequence matches exactly the encodings of one sub-range."""
-    sequences, pending = [], [(low, high)]
-    while pending:
-        low, high = pending.pop()
-        if low > high:
-            continue
-        if low <= 0xDFFF and high >= 0xD800:  # no encoding
-            pending += [(low, 0xD7FF), (0xE000, high)]
-            continue
-        bound = next((b for b in (0x7F, 0x7FF, 0xFFFF) if low <= b < high), None)
-        if bound is not None:  # split where the encoding grows a byte
-            pending += [(low, bound), (bound + 1, high)]
-            continue
-        for trailing in (1, 2, 3):  # split until each byte's range is independent
-            mask = (1 << (6 * trailing)) - 1
-            if low & ~mask != high & ~mask:
-                if low & mask:
-                    pending += [(low, low | mask), ((low | mask) + 1, high)]
-                    break
-                if high & mask != mask:
-                    pending += [(low, (high & ~mask) - 1), (high & ~mask, high)]
-                    break
-        else:
-            sequences.append(tuple(zip(chr(low).encode(), chr(high).encode())))
-    return sequences
-
-
-@functools.lru_cache(maxsize=4096)
-def _class_sequences(ranges: tuple) -> tuple[tuple, tuple]:
-    """(a class's one-byte encodings as one set of byte ranges, its longer byte sequences)."""
-    sequences = [s for low, high in ranges for s in utf8_sequences(low, high)]
-    return (tuple(s[0] for s in sequences if len(s) == 1),
-            tuple(s for s in sequences if len(s) > 1))
-
-
 @dataclass(frozen=True)
 class RegexNFA:
     """The NFA's arrays: ``kind``, ``arg`` and ``out`` per state (see the module), ``start``,
@@ -266,6 +274,7 @@ class _Builder:
         self.out: list[int] = []
         self.sets: list[tuple] = []
         self._set_number: dict[tuple, int] = {}
+        self._byte_number = [-1] * 256  # a single byte's set number, once it has one
         self._built: dict[str, tuple[int, int, int, int]] = {}  # group text -> its first states
         self._templates: dict[str, tuple] = {}  # group text -> ``_template``, once it recurs
 
@@ -275,14 +284,21 @@ class _Builder:
         self.out.append(out)
         return len(self.kind) - 1
 
-    def byte_set(self, ranges: tuple, out: int) -> int:
+    def set_number(self, ranges: tuple) -> int:
         number = self._set_number.get(ranges)
         if number is None:
             number = self._set_number[ranges] = len(self.sets)
             self.sets.append(ranges)
-        return self.add(BYTES, number, out)
+        return number
+
+    def byte_set(self, ranges: tuple, out: int) -> int:
+        return self.add(BYTES, self.set_number(ranges), out)
 
     def compile(self, node: tuple, out: int) -> int:
+        if node is _SPACES:  # flexible whitespace, the commonest repeat: a loop on one set
+            loop = self.add(SPLIT, out, -1)
+            self.out[loop] = self.byte_set(_SPACES[1][2], loop)
+            return loop
         tag = node[0]
         if tag == "group":
             template = self._templates.get(node[1])
@@ -294,16 +310,25 @@ class _Builder:
             entry = self.compile(node[2], out)
             self._built[node[1]] = (first, len(self.kind), entry, out)
             return entry
-        if tag == "text":
+        if tag == "text":  # (the commonest node: its loop written out)
+            numbers, kind, arg, moves = self._byte_number, self.kind, self.arg, self.out
             for byte in reversed(node[1]):
-                out = self.byte_set(((byte, byte),), out)
+                number = numbers[byte]
+                if number < 0:
+                    number = numbers[byte] = self.set_number(((byte, byte),))
+                kind.append(BYTES)
+                arg.append(number)
+                moves.append(out)
+                out = len(kind) - 1
             return out
         if tag == "seq":
             for child in reversed(node[1]):
                 out = self.compile(child, out)
             return out
         if tag == "class":
-            single, longer = _class_sequences(node[1])
+            _, _, single, longer = node
+            if not longer:  # (ASCII only: one set)
+                return self.byte_set(single, out) if single else self.alternatives([])
             entries = [self.byte_set(single, out)] if single else []
             tails: dict[tuple, int] = {}  # a sequence's ranges from one byte on -> their state
             entries += [self._sequence(sequence, out, tails) for sequence in longer]
