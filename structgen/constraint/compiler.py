@@ -208,8 +208,9 @@ class ConstraintCompiler:
 
     def _automaton(self, key: str, regex: str, budget: float, requested: float,
                    meanwhile=None) -> tuple[ByteAutomaton, str]:
-        """(the regex's automaton, where it came from: "memory", "disk" or "none"); a build
-        runs ``meanwhile()`` while the worker builds."""
+        """(the regex's automaton, where it came from: "memory", "disk" or "none"); a build by
+        the worker runs ``meanwhile()`` while it waits (a build here does not: it would add to
+        the compile what is done on first need anyway, as after a load)."""
         with self._lock:
             automaton = self._automata.get(key)
             if automaton is not None:
@@ -234,8 +235,6 @@ class ConstraintCompiler:
         if arrays is not None and seconds > budget:  # the timeout holds here too
             status, payload = "timeout", None
         elif arrays is not None:
-            if meanwhile is not None:
-                meanwhile()
             status, payload = "ok", arrays
         else:  # the worker gets what is left of the budget
             status, payload = (self._worker.compile(regex, budget - seconds, meanwhile, STRING_CHAR)
