@@ -295,10 +295,6 @@ class _Builder:
         return self.add(BYTES, self.set_number(ranges), out)
 
     def compile(self, node: tuple, out: int) -> int:
-        if node is _SPACES:  # flexible whitespace, the commonest repeat: a loop on one set
-            loop = self.add(SPLIT, out, -1)
-            self.out[loop] = self.byte_set(_SPACES[1][2], loop)
-            return loop
         tag = node[0]
         if tag == "group":
             template = self._templates.get(node[1])
