@@ -94,7 +94,7 @@ BUILD_HERE_SECONDS = 2.0
 #: A build or a schema -> regex conversion quicker than this is kept in memory only, not written
 #: to the disk cache: creating a file costs 0.5-0.7 ms here, a quarter or more of such a build,
 #: and the load that would replace it in a later process saves that process 1-3 ms at most
-#: (benchmarks/results/ttfm_phases.md has both).
+#: (both timed per build on the 228 regexes of ttfm_phases.py's sample; docs/constraints.md).
 STORE_AFTER_SECONDS = 0.005
 #: Compiled constraints kept in memory; each holds at most ``token_masks.DEFAULT_MASK_BYTES``
 #: (64 MiB) of masks, so 16 of them bound the masks of a process at 1 GiB.
@@ -232,9 +232,9 @@ class ConstraintCompiler:
         arrays = self._build_here(regex, budget)
         built_here = arrays is not None
         seconds = time.monotonic() - started
-        if arrays is not None and seconds > budget:  # the timeout holds here too
+        if built_here and seconds > budget:  # the timeout holds here too
             status, payload = "timeout", None
-        elif arrays is not None:
+        elif built_here:
             status, payload = "ok", arrays
         else:  # the worker gets what is left of the budget
             status, payload = (self._worker.compile(regex, budget - seconds, meanwhile, STRING_CHAR)
