@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -513,7 +514,9 @@ MAX_SPLICED_CELLS = 1 << 24
 
 
 def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
-                   max_cells: int = MAX_SPLICED_CELLS) -> dict | None:
+                   max_cells: int = MAX_SPLICED_CELLS,
+                   distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = table_distances,
+                   ) -> dict | None:
     """``arrays`` (an automaton built with placeholder bytes, ``counted.with_placeholders``)
     with each placeholder transition replaced by its counted string ({byte: (fewest, most)}),
     made of copies of ``char`` (the automaton of one JSON string character): copy ``i`` is the
@@ -525,7 +528,10 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     rows. None where a state that opens a counted string also starts something else with
     ``"`` (it would not be deterministic) or
     ``char`` is not a one-character automaton, or where the table would pass ``max_cells``
-    (then the plain build, bounded by the compile's time and memory, decides)."""
+    (then the plain build, bounded by the compile's time and memory, decides). ``distances``
+    (table, is_final -> distances) searches the result once: it finds the dead ends and is the
+    result's ``byte_distance`` (a chain of 2,000 characters is thousands of breadth-first levels,
+    each a few numpy calls in ``table_distances``: pass the compiled search where it is loaded)."""
     table, byte_class = arrays["table"], arrays["byte_class"]
     char_table, char_class = char["table"], char["byte_class"]
     char_final = np.flatnonzero(char["is_final"])
@@ -555,12 +561,15 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
                 for byte, (fewest, most) in kinds.items())
     if (len(outer) + added) * outer.shape[1] > max_cells:
         return None
-    rows = [outer]
+    # One int32 table, written in place: the outer automaton's rows, then each string's chain
+    # (a concatenation of int64 blocks cost more than the rest, most of it fresh memory).
+    spliced = np.empty((len(outer) + added, outer.shape[1]), np.int32)
+    spliced[:len(outer)] = outer
     next_state = len(outer)
     # one character's states but the final one, the initial first; the final becomes -1
     inner = [char_initial] + [s for s in range(1, len(char_table))
                               if s not in (char_initial, char_final[0])]
-    local = np.full(len(char_table), -2, np.int64)  # -2: dead
+    local = np.full(len(char_table), -2, np.int32)  # -2: dead
     local[inner] = np.arange(len(inner))
     local[char_final[0]] = -1
     # [inner, new classes]; at a character's start the quote closes the string (``_chain``), inside
@@ -569,30 +578,31 @@ def splice_counted(arrays: dict, kinds: dict[int, tuple], char: dict,
     counters = []
     for byte, (fewest, most) in kinds.items():
         for i, target in enumerate(targets[byte]):
-            rows[0][opens[byte][closes_into[byte] == i], quote_class] = next_state
+            spliced[opens[byte][closes_into[byte] == i], quote_class] = next_state
             if _loops(fewest, most):
                 # the first ``fewest`` characters, then one copy that loops (counted), then
                 # the last ``2 * COUNTER_LOOKAHEAD`` counts, which ``advance`` moves on to
-                head = _chain(steps, fewest, None, next_state, int(target), quote_class)
-                tail_start = next_state + len(head)
-                tail = _chain(steps, 0, 2 * COUNTER_LOOKAHEAD, tail_start, int(target),
-                              quote_class)
+                tail_start = next_state + _chain(spliced, steps, fewest, None, next_state,
+                                                 int(target), quote_class)
                 loop_start = next_state + fewest * width
                 counters.append((loop_start, loop_start + width, fewest,
                                  most - 2 * COUNTER_LOOKAHEAD, tail_start))
-                block = np.concatenate([head, tail])
+                next_state = tail_start + _chain(spliced, steps, 0, 2 * COUNTER_LOOKAHEAD,
+                                                 tail_start, int(target), quote_class)
             else:
-                block = _chain(steps, fewest, most, next_state, int(target), quote_class)
-            rows.append(block)
-            next_state += len(block)
-    spliced = np.ascontiguousarray(np.concatenate(rows).astype(np.int32))
+                next_state += _chain(spliced, steps, fewest, most, next_state, int(target),
+                                     quote_class)
     is_final = np.zeros(len(spliced), dtype=bool)
     is_final[:len(outer)] = arrays["is_final"]
-    live = reachable_backwards(spliced, is_final)
-    spliced[~live[spliced]] = 0
+    # Dropping the transitions into dead ends changes no distance: none of them led to acceptance.
+    distance = distances(spliced, is_final)
+    dead = distance == UNREACHABLE
+    dead[0] = False
+    if dead.any():
+        spliced[dead[spliced]] = 0
     return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
             "initial": arrays["initial"],
-            "counters": np.array(counters, np.int64).reshape(-1, 5)}
+            "counters": np.array(counters, np.int64).reshape(-1, 5), "byte_distance": distance}
 
 
 def _loops(fewest: int, most: int | None) -> bool:
@@ -603,29 +613,34 @@ def _loops(fewest: int, most: int | None) -> bool:
 
 
 def _chain_rows(width: int, fewest: int, most: int | None) -> int:
-    """The rows ``splice_counted`` writes for one counted string."""
+    """The rows ``splice_counted`` writes for one counted string (``_chain``'s, exactly)."""
     if _loops(fewest, most):
         return (fewest + 1) * width + 2 * COUNTER_LOOKAHEAD * width + 1
-    return width * (most if most is not None else fewest + 1) + 1
+    if most is None:
+        return (fewest + 1) * width
+    return most * width + 1
 
 
-def _chain(steps: np.ndarray, fewest: int, most: int | None, start: int, target: int,
-           quote_class: int) -> np.ndarray:
-    """The rows of one counted string whose first state is ``start`` and whose closing quote
-    leads to ``target``: a copy of the character's states (``steps``: -1 the character is
-    complete, -2 dead) per count, then (bounded) one state at ``most``, which only closes."""
-    width = len(steps)
+def _chain(table: np.ndarray, steps: np.ndarray, fewest: int, most: int | None, start: int,
+           target: int, quote_class: int) -> int:
+    """Write into ``table``, from row ``start``, the rows of one counted string whose closing
+    quote leads to ``target``: a copy of the character's states (``steps``: -1 the character is
+    complete, -2 dead) per count, then (bounded) one state at ``most``, which only closes. The
+    number of rows written."""
+    width, classes = steps.shape
     copies = most if most is not None else fewest + 1
-    index = np.arange(copies, dtype=np.int64)[:, None, None]
+    index = np.arange(copies, dtype=np.int32)[:, None, None]
     base = start + index * width
-    after = start + (index + 1) * width  # the next copy's start (the final character state)
+    after = base + width  # the next copy's start (the final character state)
     if most is None:  # the last copy loops onto itself
-        after = np.where(index == copies - 1, base, after)
-    block = np.where(steps[None] >= 0, base + steps[None], np.where(steps[None] == -1, after, 0))
+        after[-1] = base[-1]
+    block = table[start:start + copies * width].reshape(copies, width, classes)
+    np.copyto(block, np.where(steps[None] == -1, after, 0))
+    np.add(base, steps[None], out=block, where=steps[None] >= 0)
     block[:, 0, quote_class] = np.where(np.arange(copies) >= fewest, target, 0)
-    block = block.reshape(copies * width, -1)
-    if most is not None:  # after ``most`` characters: only the closing quote
-        last = np.zeros((1, block.shape[1]), np.int64)
-        last[0, quote_class] = target
-        block = np.concatenate([block, last])
-    return block
+    if most is None:
+        return copies * width
+    last = table[start + copies * width]  # after ``most`` characters: only the closing quote
+    last[:] = 0
+    last[quote_class] = target
+    return copies * width + 1

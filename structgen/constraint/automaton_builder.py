@@ -76,7 +76,8 @@ class AutomatonBuilder:
         if kinds:
             skeleton = build_with_shared_groups(replaced, self.determinise, tuple(kinds),
                                                 character, self.groups)
-            spliced = splice_counted(skeleton, kinds, self.characters[character])
+            spliced = splice_counted(skeleton, kinds, self.characters[character],
+                                     distances=self.distances)
             if spliced is not None:
                 return spliced
         return build_with_shared_groups(regex, self.determinise, (), character, self.groups)
