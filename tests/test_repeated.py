@@ -7,6 +7,7 @@ splice would not be deterministic (then the plain build must be what comes back)
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -24,7 +25,9 @@ from structgen.constraint.counted import PLACEHOLDERS
 from structgen.constraint.repeated import (
     build_sharing,
     build_with_shared_groups,
+    compiled_group_spans,
     free_bytes,
+    group_spans,
     repeated_groups,
 )
 from structgen.schema import schema_to_regex
@@ -59,6 +62,14 @@ SCHEMAS = {
     # free values: arrays and objects nest, each level written several times
     "free values": {"type": "object", "properties": {"a": {}, "b": {"type": "array"}}},
 }
+
+
+@pytest.fixture(params=["python", "compiled"])
+def scan(request, compiled_loops):
+    """The group scan: ``group_spans``, or its compiled twin (what builds in the parent use)."""
+    if request.param == "python":
+        return group_spans
+    return functools.partial(compiled_group_spans, loops=compiled_loops.automaton)
 
 
 @pytest.fixture
@@ -104,16 +115,17 @@ def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
     assert same_language(arrays, build_arrays(regex))
 
 
-def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds):
+def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds, scan):
     body = '"k":' + "1" * 80
     quantified = f"\\{{{body}\\}}?"  # the ? binds to the closing brace only
-    assert repeated_groups(f"{quantified},{quantified}") == []
+    assert repeated_groups(f"{quantified},{quantified}", scan=scan) == []
     barred = f"\\{{{body}|2\\}}"  # the bar splits the text, not a group of its own
-    assert repeated_groups(f"{barred},{barred}") == []
-    assert repeated_groups(f"(?:{barred}),(?:{barred})") == [  # the groups around them are
+    assert repeated_groups(f"{barred},{barred}", scan=scan) == []
+    assert repeated_groups(f"(?:{barred}),(?:{barred})", scan=scan) == [  # the groups around them are
         (0, len(barred) + 4), (len(barred) + 5, 2 * len(barred) + 9)]
     whole = f"\\{{{body}\\}}"
-    assert repeated_groups(f"{whole},{whole}") == [(0, len(whole)), (len(whole) + 1, 2 * len(whole) + 1)]
+    assert repeated_groups(f"{whole},{whole}", scan=scan) == [(0, len(whole)),
+                                                          (len(whole) + 1, 2 * len(whole) + 1)]
 
 
 def test_short_regexes_are_built_as_they_are():
@@ -240,29 +252,29 @@ def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresh
     assert any(STRING_CHAR in text for text in built[1:])  # a rebuild wrote it out
 
 
-def test_string_values_are_groups_and_quoted_literals_are_not(small_thresholds):
+def test_string_values_are_groups_and_quoted_literals_are_not(small_thresholds, scan):
     """A string value with a class in it is cut out where it repeats; a quoted literal (a
     member's key, an enum's value: its siblings start alike) is not; and a bar splits every
     brace or quote opened at its level, so a span it splits is never cut out."""
     value = '"[a-z]' + "x" * 80 + '"'
-    assert repeated_groups(f"\\[{value},{value}\\]") == [(2, 2 + len(value)),
+    assert repeated_groups(f"\\[{value},{value}\\]", scan=scan) == [(2, 2 + len(value)),
                                                        (3 + len(value), 3 + 2 * len(value))]
     literal = '"' + "k" * 80 + '"'
-    assert repeated_groups(f"\\[{literal},{literal}\\]") == []
+    assert repeated_groups(f"\\[{literal},{literal}\\]", scan=scan) == []
     split = '"[a-z]\\{' + "a" * 40 + "|" + "b" * 40 + '\\}"'  # the bar is at the quote's level
-    assert repeated_groups(f"(?:{split}),(?:{split})") == [  # only the groups around them
+    assert repeated_groups(f"(?:{split}),(?:{split})", scan=scan) == [  # only the groups around them
         (0, len(split) + 4), (len(split) + 5, 2 * len(split) + 9)]
-    assert repeated_groups(f"{split},{split}") == []
+    assert repeated_groups(f"{split},{split}", scan=scan) == []
 
 
 @pytest.mark.parametrize("tail", ["x" * 5000, "[^a]" * 1000 + "\\d" * 1000, "[" + "y" * 3000])
-def test_the_group_scan_steps_over_long_stretches_without_tokens(small_thresholds, tail):
+def test_the_group_scan_steps_over_long_stretches_without_tokens(small_thresholds, tail, scan):
     """Classes, escapes and plain characters between tokens, however many, are stepped over once
     (a nested quantifier once made a token-free tail cost 2^n tries); an unclosed ``[`` is a
     plain character, as the regex parser would refuse it anyway."""
     group = "(?:" + "a" * 80 + "|b)"
     regex = f"{group}c{group}{tail}"
-    spans = repeated_groups(regex)
+    spans = repeated_groups(regex, scan=scan)
     assert [regex[start:end] for start, end in spans] == [group, group]
 
 
@@ -311,3 +323,18 @@ def test_the_scans_tokens_are_those_read_one_character_at_a_time(regex):
     assert repeated._tokens_in_numpy(regex) == expected
     long_text = regex + "a" * repeated.NUMPY_SCAN + regex
     assert repeated._tokens(long_text) == tokens_one_by_one(long_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='\\[]()|"{}^?:*+aé', max_size=60), st.integers(1, 8),
+       st.lists(st.integers(1, 8), max_size=2))
+def test_the_compiled_group_scan_finds_the_spans_the_python_scan_does(compiled_loops, regex,
+                                                                      min_group, also):
+    """Over texts of the scan's own characters (escapes, classes closed or not, bars inside
+    braces, quantifiers after a closing), with small lengths so that most groups count: the
+    same spans, in the same order."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repeated, "MIN_GROUP", min_group)
+        for text in (regex, regex + "a" * repeated.NUMPY_SCAN + regex):
+            assert compiled_group_spans(text, tuple(also), compiled_loops.automaton) == \
+                group_spans(text, tuple(also))

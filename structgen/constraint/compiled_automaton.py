@@ -24,6 +24,9 @@ _DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))(int8[::1], int32[::
 _DISTANCES = "int32[::1](int32[:, ::1], boolean[::1], int32)"
 _PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1]))"
           "(int32[:, ::1], boolean[::1], int32)")
+# (the code points are read from the regex's encoded bytes in place: a read-only array)
+_GROUP_SPANS = numba.types.Tuple((numba.int64[::1], numba.int64[::1]))(
+    numba.types.Array(numba.uint32, 1, "C", readonly=True), numba.int64, numba.int64[::1])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -296,6 +299,127 @@ def prune(table, final, unreachable):  # pragma: no cover (compiled)
     return pruned, pruned_final, pruned_distance, renumber, column_class
 
 
+# The group scan's tokens, innermost first: what opens a parenthesis, then what opens a brace,
+# bracket or string, then what closes them.
+_GROUP, _CAPTURE, _OBJECT, _ARRAY, _QUOTE, _BAR, _CLOSE, _OBJECT_END, _ARRAY_END = range(1, 10)
+
+
+@numba.njit(_GROUP_SPANS, cache=True, nogil=True)
+def group_spans(text, min_group, also):  # pragma: no cover (compiled)
+    """``repeated.group_spans`` in one pass over ``text`` (the regex's code points): (starts,
+    ends) of the groups that could be shared, in the order they close. A backslash and the
+    character after it are one step (an escaped brace or bracket opens or closes an object or
+    an array), a class closed by a ``]`` is one step, an unclosed ``[`` is a plain character.
+    A ``(?:...)`` counts at least ``min_group`` long or as long as one of ``also``; an object,
+    array or string at least ``min_group`` long, with no ``|`` of its own and no quantifier
+    after it."""
+    n = len(text)
+    frame_start = np.zeros(16, np.int64)
+    frame_kind = np.zeros(16, np.int64)
+    frame_barred = np.zeros(16, np.int64)
+    starts = np.zeros(16, np.int64)
+    ends = np.zeros(16, np.int64)
+    depth = 0
+    found = 0
+    unclosed_from = n  # a ``[`` at or past this has no ``]`` after it
+    at = 0
+    while at < n:
+        char = text[at]
+        start = at
+        token = 0
+        if char == 92:  # a backslash: one step with the character it escapes
+            if at + 1 < n:
+                escaped = text[at + 1]
+                if escaped == 123:
+                    token = _OBJECT
+                elif escaped == 91:
+                    token = _ARRAY
+                elif escaped == 125:
+                    token = _OBJECT_END
+                elif escaped == 93:
+                    token = _ARRAY_END
+            at += 2
+        elif char == 91:  # a class, where a ``]`` closes it
+            end = at + 1
+            if end < n and text[end] == 94:
+                end += 1
+            if end < n and text[end] == 93:
+                end += 1
+            closed = -1
+            if at < unclosed_from:
+                while end < n:
+                    if text[end] == 92:
+                        end += 2
+                    elif text[end] == 93:
+                        closed = end
+                        break
+                    else:
+                        end += 1
+            if closed < 0:
+                unclosed_from = at
+                at += 1
+            else:
+                at = closed + 1
+        elif char == 40:
+            if at + 2 < n and text[at + 1] == 63 and text[at + 2] == 58:
+                token = _GROUP
+                at += 3
+            else:
+                token = _CAPTURE
+                at += 1
+        else:
+            if char == 124:
+                token = _BAR
+            elif char == 41:
+                token = _CLOSE
+            elif char == 34:
+                token = _QUOTE
+            at += 1
+        if token == 0:
+            continue
+        if token == _BAR:  # it splits the innermost parenthesis and all opened inside it
+            inner = depth - 1
+            while inner >= 0 and frame_kind[inner] > _CAPTURE:
+                frame_barred[inner] = 1
+                inner -= 1
+            continue
+        closes = False
+        if token == _CLOSE:
+            while depth and frame_kind[depth - 1] > _CAPTURE:
+                depth -= 1  # a brace left open inside the group: not a group of its own
+            if depth:
+                depth -= 1
+                if frame_kind[depth] == _GROUP:
+                    length = at - frame_start[depth]
+                    closes = length >= min_group
+                    for other in also:
+                        closes = closes or length == other
+        elif depth and frame_kind[depth - 1] > _CAPTURE and (
+                (token == _OBJECT_END and frame_kind[depth - 1] == _OBJECT)
+                or (token == _ARRAY_END and frame_kind[depth - 1] == _ARRAY)
+                or (token == _QUOTE and frame_kind[depth - 1] == _QUOTE)):
+            depth -= 1
+            following = text[at] if at < n else 0
+            closes = (not frame_barred[depth] and at - frame_start[depth] >= min_group
+                      and following != 63 and following != 42 and following != 43
+                      and following != 123)  # none of ``?*+{`` after it
+        elif token <= _QUOTE:  # an opening
+            frame_start = _grown(frame_start, depth + 1)
+            frame_kind = _grown(frame_kind, depth + 1)
+            frame_barred = _grown(frame_barred, depth + 1)
+            frame_start[depth] = start
+            frame_kind[depth] = token
+            frame_barred[depth] = 0
+            depth += 1
+        if closes:
+            starts = _grown(starts, found + 1)
+            ends = _grown(ends, found + 1)
+            starts[found] = frame_start[depth]
+            ends[found] = at
+            found += 1
+    return starts[:found].copy(), ends[:found].copy()
+
+
 def warm_up() -> None:
     """Call each loop once on a one-state NFA: numba's first call of a loaded function costs
     10-20 ms more, which the loading thread pays instead of a first compile."""
@@ -305,3 +429,4 @@ def warm_up() -> None:
                                        4, 64)
     prune(table, final, np.int32(np.iinfo(np.int32).max))
     distances(table, final, np.int32(np.iinfo(np.int32).max))
+    group_spans(np.frombuffer('(?:"a")'.encode("utf-32-le"), np.uint32), 1, np.zeros(1, np.int64))

@@ -65,6 +65,7 @@ from structgen.constraint.llguidance_backend import (
     json_schema_grammar,
     regex_grammar,
 )
+from structgen.constraint.repeated import compiled_group_spans
 from structgen.constraint.token_masks import TokenBytes
 from structgen.constraint.vocabulary import TokenizerInfo, tokenizer_info_of
 from structgen.errors import (
@@ -198,8 +199,9 @@ class ConstraintCompiler:
         determinise = functools.partial(determinise_here, loops=loops, deadline=deadline)
         with self._here_lock:
             if self._here is None:
-                self._here = AutomatonBuilder(determinise, functools.partial(
-                    compiled_distances, loops=loops))
+                self._here = AutomatonBuilder(
+                    determinise, functools.partial(compiled_distances, loops=loops),
+                    scan=functools.partial(compiled_group_spans, loops=loops))
             self._here.determinise = determinise  # this build's deadline
             try:
                 return self._here.build(regex, STRING_CHAR)
