@@ -123,18 +123,36 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
     ``always`` counts whatever its length and however often it occurs; none whose text is in
     ``kept`` does."""
     also = tuple({len(text) for text in always})
-    spans = [(start, end) for start, end in scan(regex, also)
-             if end - start >= MIN_GROUP
-             or (regex[start:end] in always and _in_a_plain_string(regex, start, end))]
-    texts = {span: regex[span[0]:span[1]] for span in spans}
-    spans = [span for span in spans if span != (0, len(regex)) and texts[span] not in kept
-             and (texts[span] in always or _opens_a_value(regex, span[0]))]
-    counts = Counter(texts[span] for span in spans)
+    spans, marked = [], set()  # the candidates; those whose text is in ``always``
+    for start, end in scan(regex, also):
+        is_always = end - start in also and regex[start:end] in always
+        if (end - start < MIN_GROUP and not (is_always and _in_a_plain_string(regex, start, end))
+                or (start, end) == (0, len(regex))):
+            continue
+        if is_always or _opens_a_value(regex, start):
+            spans.append((start, end))
+            if is_always:
+                marked.add((start, end))
+    # A text's count is read from the spans of its length, sliced when first asked: most spans
+    # lie inside a chosen group, and most lengths are never asked for.
+    of_length: dict[int, list[tuple[int, int]]] = {}
+    for span in spans:
+        of_length.setdefault(span[1] - span[0], []).append(span)
+    counts: dict[int, Counter] = {}
     chosen: list[tuple[int, int]] = []
     for span in sorted(spans, key=lambda span: (span[0], -span[1])):
         if chosen and span[0] < chosen[-1][1]:
             continue  # inside a chosen group: its own build handles it
-        if counts[texts[span]] > 1 or texts[span] in always:
+        text = regex[span[0]:span[1]]
+        if text in kept:
+            continue
+        if span in marked:
+            chosen.append(span)
+            continue
+        length = span[1] - span[0]
+        if length not in counts:
+            counts[length] = Counter(regex[start:end] for start, end in of_length[length])
+        if counts[length][text] > 1:
             chosen.append(span)
     return chosen
 
