@@ -7,12 +7,11 @@ splice would not be deterministic (then the plain build must be what comes back)
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from structgen.constraint import repeated
@@ -25,7 +24,6 @@ from structgen.constraint.counted import PLACEHOLDERS
 from structgen.constraint.repeated import (
     build_sharing,
     build_with_shared_groups,
-    compiled_group_spans,
     free_bytes,
     group_spans,
     repeated_groups,
@@ -65,11 +63,10 @@ SCHEMAS = {
 
 
 @pytest.fixture(params=["python", "compiled"])
-def scan(request, compiled_loops):
-    """The group scan: ``group_spans``, or its compiled twin (what builds in the parent use)."""
-    if request.param == "python":
-        return group_spans
-    return functools.partial(compiled_group_spans, loops=compiled_loops.automaton)
+def loops(request, compiled_loops):
+    """How the regex is read: in Python (the compile worker), or by the compiled loops (builds
+    in the parent)."""
+    return None if request.param == "python" else compiled_loops.automaton
 
 
 @pytest.fixture
@@ -115,16 +112,16 @@ def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
     assert same_language(arrays, build_arrays(regex))
 
 
-def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds, scan):
+def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds, loops):
     body = '"k":' + "1" * 80
     quantified = f"\\{{{body}\\}}?"  # the ? binds to the closing brace only
-    assert repeated_groups(f"{quantified},{quantified}", scan=scan) == []
+    assert repeated_groups(f"{quantified},{quantified}", loops=loops) == []
     barred = f"\\{{{body}|2\\}}"  # the bar splits the text, not a group of its own
-    assert repeated_groups(f"{barred},{barred}", scan=scan) == []
-    assert repeated_groups(f"(?:{barred}),(?:{barred})", scan=scan) == [  # the groups around them are
+    assert repeated_groups(f"{barred},{barred}", loops=loops) == []
+    assert repeated_groups(f"(?:{barred}),(?:{barred})", loops=loops) == [  # the groups around them are
         (0, len(barred) + 4), (len(barred) + 5, 2 * len(barred) + 9)]
     whole = f"\\{{{body}\\}}"
-    assert repeated_groups(f"{whole},{whole}", scan=scan) == [(0, len(whole)),
+    assert repeated_groups(f"{whole},{whole}", loops=loops) == [(0, len(whole)),
                                                           (len(whole) + 1, 2 * len(whole) + 1)]
 
 
@@ -252,29 +249,29 @@ def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresh
     assert any(STRING_CHAR in text for text in built[1:])  # a rebuild wrote it out
 
 
-def test_string_values_are_groups_and_quoted_literals_are_not(small_thresholds, scan):
+def test_string_values_are_groups_and_quoted_literals_are_not(small_thresholds, loops):
     """A string value with a class in it is cut out where it repeats; a quoted literal (a
     member's key, an enum's value: its siblings start alike) is not; and a bar splits every
     brace or quote opened at its level, so a span it splits is never cut out."""
     value = '"[a-z]' + "x" * 80 + '"'
-    assert repeated_groups(f"\\[{value},{value}\\]", scan=scan) == [(2, 2 + len(value)),
+    assert repeated_groups(f"\\[{value},{value}\\]", loops=loops) == [(2, 2 + len(value)),
                                                        (3 + len(value), 3 + 2 * len(value))]
     literal = '"' + "k" * 80 + '"'
-    assert repeated_groups(f"\\[{literal},{literal}\\]", scan=scan) == []
+    assert repeated_groups(f"\\[{literal},{literal}\\]", loops=loops) == []
     split = '"[a-z]\\{' + "a" * 40 + "|" + "b" * 40 + '\\}"'  # the bar is at the quote's level
-    assert repeated_groups(f"(?:{split}),(?:{split})", scan=scan) == [  # only the groups around them
+    assert repeated_groups(f"(?:{split}),(?:{split})", loops=loops) == [  # only the groups around them
         (0, len(split) + 4), (len(split) + 5, 2 * len(split) + 9)]
-    assert repeated_groups(f"{split},{split}", scan=scan) == []
+    assert repeated_groups(f"{split},{split}", loops=loops) == []
 
 
 @pytest.mark.parametrize("tail", ["x" * 5000, "[^a]" * 1000 + "\\d" * 1000, "[" + "y" * 3000])
-def test_the_group_scan_steps_over_long_stretches_without_tokens(small_thresholds, tail, scan):
+def test_the_group_scan_steps_over_long_stretches_without_tokens(small_thresholds, tail, loops):
     """Classes, escapes and plain characters between tokens, however many, are stepped over once
     (a nested quantifier once made a token-free tail cost 2^n tries); an unclosed ``[`` is a
     plain character, as the regex parser would refuse it anyway."""
     group = "(?:" + "a" * 80 + "|b)"
     regex = f"{group}c{group}{tail}"
-    spans = repeated_groups(regex, scan=scan)
+    spans = repeated_groups(regex, loops=loops)
     assert [regex[start:end] for start, end in spans] == [group, group]
 
 
@@ -336,5 +333,44 @@ def test_the_compiled_group_scan_finds_the_spans_the_python_scan_does(compiled_l
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(repeated, "MIN_GROUP", min_group)
         for text in (regex, regex + "a" * repeated.NUMPY_SCAN + regex):
-            assert compiled_group_spans(text, tuple(also), compiled_loops.automaton) == \
+            assert group_spans(text, tuple(also), compiled_loops.automaton) == \
                 group_spans(text, tuple(also))
+
+
+@settings(max_examples=500, deadline=None)
+@example('\\07')
+@example('\\017x')
+@example('\\x0b')
+@example('\\x0')
+@example('\\u000b')
+@example('\\U0000000b')
+@example('[\\x00-\\x1f]')
+@example('[^a]')
+@example('\\\x01')
+@example('\x02')
+@example('\\x02')
+@example('(?i)a')
+@example('a(?')
+@example('(?:a)')
+@example('[]a]')
+@example('[^]')
+@example('[]')
+@example('\\1')
+@example('\\8')
+@example('\\q')
+@example('[z-a]')
+@example('a.b')
+@example('\\b')
+@example('\\d\\s')
+@example('[\\a]')
+@example('\\')
+@example('[a\\')
+@given(st.text(alphabet=list('\\[]^-(?:.)xuU0179aAfFbsSdDwWz é') + ["\x01", "\x02", "\x0b"],
+               max_size=30))
+def test_the_compiled_reading_finds_the_free_bytes_the_regex_reading_does(compiled_loops, regex):
+    """Classes (``]`` first, escapes, ranges, negations, unclosed), escapes of codes, octal
+    digits, back-references, categories and punctuation, written placeholders, dots, inline
+    flags: the compiled pass and ``re``'s reading leave the same bytes free."""
+    for candidates in (list(PLACEHOLDERS), [1, 2, 11]):
+        assert free_bytes(regex, candidates, compiled_loops.automaton) == \
+            free_bytes(regex, candidates), candidates

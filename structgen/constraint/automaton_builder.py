@@ -15,7 +15,7 @@ import numpy as np
 
 from structgen.constraint.automaton import splice_counted, table_distances
 from structgen.constraint.counted import with_placeholders
-from structgen.constraint.repeated import build_with_shared_groups, group_spans
+from structgen.constraint.repeated import build_with_shared_groups
 
 #: Table cells (4 bytes each) of group automata a builder keeps between builds: 128 MiB.
 GROUP_CELLS = 1 << 25
@@ -46,16 +46,15 @@ class GroupAutomata(dict):
 class AutomatonBuilder:
     """``build(regex, character)``: the automaton's ``ARRAY_NAMES`` arrays, determinised by
     ``determinise`` (regex -> arrays); ``distances`` (table, is_final -> distances) searches a
-    spliced table; ``scan`` (``repeated.group_spans`` or its compiled twin) finds the groups
-    that could be shared. Not thread-safe: one build at a time."""
+    spliced table; ``loops``, the compiled loops where they are loaded, read the regex for the
+    groups to share. Not thread-safe: one build at a time."""
 
     def __init__(self, determinise: Callable[[str], dict],
                  distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = table_distances,
-                 max_cells: int = GROUP_CELLS,
-                 scan: Callable[[str, tuple[int, ...]], list] = group_spans):
+                 max_cells: int = GROUP_CELLS, loops=None):
         self.determinise = determinise
         self.distances = distances
-        self.scan = scan
+        self.loops = loops
         self.characters: dict[str, dict] = {}  # a string character's regex -> its automaton
         self.groups = GroupAutomata(max_cells)
 
@@ -72,17 +71,17 @@ class AutomatonBuilder:
     def _build(self, regex: str, character: str | None) -> dict:
         if character is None:
             return build_with_shared_groups(regex, self.determinise, (), None, self.groups,
-                                            self.scan)
+                                            self.loops)
         if character not in self.characters:
             self.characters[character] = self.determinise(character)
         self.groups[character] = self.characters[character]
         replaced, kinds = with_placeholders(regex, character)
         if kinds:
             skeleton = build_with_shared_groups(replaced, self.determinise, tuple(kinds),
-                                                character, self.groups, self.scan)
+                                                character, self.groups, self.loops)
             spliced = splice_counted(skeleton, kinds, self.characters[character],
                                      distances=self.distances)
             if spliced is not None:
                 return spliced
         return build_with_shared_groups(regex, self.determinise, (), character, self.groups,
-                                        self.scan)
+                                        self.loops)

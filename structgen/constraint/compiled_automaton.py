@@ -299,6 +299,10 @@ def prune(table, final, unreachable):  # pragma: no cover (compiled)
     return pruned, pruned_final, pruned_distance, renumber, column_class
 
 
+_READ_PIECES = numba.types.Tuple((numba.boolean, numba.int64[::1], numba.int64[::1]))(
+    numba.types.Array(numba.uint32, 1, "C", readonly=True), numba.boolean[::1],
+    numba.boolean[::1])
+
 # The group scan's tokens, innermost first: what opens a parenthesis, then what opens a brace,
 # bracket or string, then what closes them.
 _GROUP, _CAPTURE, _OBJECT, _ARRAY, _QUOTE, _BAR, _CLOSE, _OBJECT_END, _ARRAY_END = range(1, 10)
@@ -420,6 +424,114 @@ def group_spans(text, min_group, also):  # pragma: no cover (compiled)
     return starts[:found].copy(), ends[:found].copy()
 
 
+@numba.njit(cache=True, nogil=True)
+def _is_hex(text, start, count):  # pragma: no cover (compiled)
+    """Whether ``count`` hexadecimal digits follow from ``start``."""
+    if start + count > len(text):
+        return False
+    for at in range(start, start + count):
+        char = text[at]
+        if not (48 <= char <= 57 or 65 <= char <= 70 or 97 <= char <= 102):
+            return False
+    return True
+
+
+@numba.njit(_READ_PIECES, cache=True, nogil=True)
+def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
+    """``repeated.free_bytes``'s reading of ``text`` (the regex's code points) in one pass, as
+    its regex (``repeated._READ``) steps through it: each ASCII character ``c`` written as
+    itself or escaped with ``candidate[c]`` true sets ``matched[c]``; (False where a ``.`` or a
+    ``(?`` other than ``(?:`` means no byte is free; the starts and ends of the pieces left to
+    read: every class, and every escape of a letter or digit, each text once where it recurs
+    (a long regex writes the same few classes thousands of times))."""
+    n = len(text)
+    starts = np.zeros(16, np.int64)
+    ends = np.zeros(16, np.int64)
+    count = 0
+    seen_start = np.full(1024, -1, np.int64)  # one piece per hash of its text: a repeat is skipped
+    seen_end = np.zeros(1024, np.int64)
+    at = 0
+    while at < n:
+        char = text[at]
+        end = -1  # the end of a piece to read, if one starts here
+        if char == 91:  # a class: as the regex reads it, ``]`` first (or after ``^``) a member
+            member = at + 1
+            if member < n and text[member] == 94:
+                member += 1
+            bracket = member < n and text[member] == 93
+            if bracket:
+                member += 1
+            while member < n:
+                if text[member] == 92:
+                    if member + 1 >= n:
+                        break
+                    member += 2
+                elif text[member] == 93:
+                    end = member + 1
+                    break
+                else:
+                    member += 1
+            if end < 0 and bracket:  # backtracking: the first ``]`` closes it, ``[]`` or ``[^]``
+                end = at + 1 + (text[at + 1] == 94) + 1
+            if end < 0:
+                at += 1
+                continue
+        elif char == 92:
+            if at + 1 >= n:
+                break
+            escaped = text[at + 1]
+            if escaped < 128 and (48 <= escaped <= 57 or 65 <= escaped <= 90
+                                  or 97 <= escaped <= 122):
+                end = at + 2
+                if escaped == 120 and _is_hex(text, at + 2, 2):
+                    end = at + 4
+                elif escaped == 117 and _is_hex(text, at + 2, 4):
+                    end = at + 6
+                elif escaped == 85 and _is_hex(text, at + 2, 8):
+                    end = at + 10
+                elif 48 <= escaped <= 55:  # up to three octal digits
+                    while end < n and end < at + 4 and 48 <= text[end] <= 55:
+                        end += 1
+            else:  # punctuation (or a control or non-ASCII character) escaped: itself
+                if escaped < 128 and candidate[escaped]:
+                    matched[escaped] = True
+                at += 2
+                continue
+        elif char == 40 and at + 1 < n and text[at + 1] == 63:
+            if at + 2 < n and text[at + 2] != 58:
+                return False, starts[:0].copy(), ends[:0].copy()
+            at += 3
+            continue
+        elif char == 46:
+            return False, starts[:0].copy(), ends[:0].copy()
+        else:
+            if char < 128 and candidate[char]:
+                matched[char] = True
+            at += 1
+            continue
+        slot = 0
+        for member in range(at, end):
+            slot = (slot * 31 + text[member]) & 1023
+        other = seen_start[slot]
+        repeat = other >= 0 and seen_end[slot] - other == end - at
+        if repeat:
+            for offset in range(end - at):
+                if text[other + offset] != text[at + offset]:
+                    repeat = False
+                    break
+        if not repeat:
+            if other < 0:
+                seen_start[slot] = at
+                seen_end[slot] = end
+            starts = _grown(starts, count + 1)
+            ends = _grown(ends, count + 1)
+            starts[count] = at
+            ends[count] = end
+            count += 1
+        at = end
+    return True, starts[:count].copy(), ends[:count].copy()
+
+
 def warm_up() -> None:
     """Call each loop once on a one-state NFA: numba's first call of a loaded function costs
     10-20 ms more, which the loading thread pays instead of a first compile."""
@@ -429,4 +541,6 @@ def warm_up() -> None:
                                        4, 64)
     prune(table, final, np.int32(np.iinfo(np.int32).max))
     distances(table, final, np.int32(np.iinfo(np.int32).max))
-    group_spans(np.frombuffer('(?:"a")'.encode("utf-32-le"), np.uint32), 1, np.zeros(1, np.int64))
+    text = np.frombuffer('(?:"[a]")'.encode("utf-32-le"), np.uint32)
+    group_spans(text, 1, np.zeros(1, np.int64))
+    read_pieces(text, np.zeros(128, np.bool_), np.zeros(128, np.bool_))

@@ -65,7 +65,6 @@ from structgen.constraint.llguidance_backend import (
     json_schema_grammar,
     regex_grammar,
 )
-from structgen.constraint.repeated import compiled_group_spans
 from structgen.constraint.token_masks import TokenBytes
 from structgen.constraint.vocabulary import TokenizerInfo, tokenizer_info_of
 from structgen.errors import (
@@ -201,7 +200,7 @@ class ConstraintCompiler:
             if self._here is None:
                 self._here = AutomatonBuilder(
                     determinise, functools.partial(compiled_distances, loops=loops),
-                    scan=functools.partial(compiled_group_spans, loops=loops))
+                    loops=loops)
             self._here.determinise = determinise  # this build's deadline
             try:
                 return self._here.build(regex, STRING_CHAR)

@@ -72,12 +72,16 @@ _CLOSES_A_STRING = re.compile(r'(?:[*+]|\{\d+(?:,\d*)?\})"')
 _QUOTED_LITERAL = re.compile(r'"(?:[^"\\\[(]|\\[^0-9A-Za-z])*"')
 
 
-def group_spans(regex: str, also: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+def group_spans(regex: str, also: tuple[int, ...] = (), loops=None) -> list[tuple[int, int]]:
     r"""Spans of the groups of ``regex`` that could be shared, at every depth, in the order they
     close: a ``(?:...)`` at least ``MIN_GROUP`` long or as long as one of ``also``; an object's
     ``\{...\}``, an array's ``\[...\]`` or a string's ``"..."`` at least ``MIN_GROUP`` long
     that could stand alone (balanced in parentheses, no ``|`` of its own, no quantifier after
-    it). ``compiled_group_spans`` is the same scan, compiled."""
+    it). With ``loops`` (the compiled loops) the scan is one compiled pass over the code points
+    (``compiled_automaton.group_spans``), about a tenth of the time on a long regex."""
+    if loops is not None:
+        starts, ends = loops.group_spans(_code_points(regex), MIN_GROUP, np.array(also, np.int64))
+        return list(zip(starts.tolist(), ends.tolist()))
     frames: list[list] = []  # [start, the token that opened it, saw a bar of its own]
     spans = []
     for token, token_start, end in zip(*_tokens(regex)):
@@ -106,25 +110,20 @@ def group_spans(regex: str, also: tuple[int, ...] = ()) -> list[tuple[int, int]]
     return spans
 
 
-def compiled_group_spans(regex: str, also: tuple[int, ...], loops) -> list[tuple[int, int]]:
-    """``group_spans`` by the compiled loops (``loops``): one pass over the code points, about
-    a tenth of the time on a long regex."""
-    starts, ends = loops.group_spans(np.frombuffer(regex.encode("utf-32-le"), np.uint32),
-                                     MIN_GROUP, np.array(also, np.int64))
-    return list(zip(starts.tolist(), ends.tolist()))
+def _code_points(regex: str) -> np.ndarray:
+    """The regex's code points, one per character (read-only, over the encoded text)."""
+    return np.frombuffer(regex.encode("utf-32-le"), np.uint32)
 
 
 def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
-                    kept: set[str] | frozenset[str] = frozenset(),
-                    scan: Callable[[str, tuple[int, ...]], list] = group_spans,
+                    kept: set[str] | frozenset[str] = frozenset(), loops=None,
                     ) -> list[tuple[int, int]]:
-    r"""Spans of the outermost groups (``group_spans``, found by ``scan``) whose text occurs as
-    such a group more than once (the whole regex never counts). A ``(?:...)`` whose text is in
-    ``always`` counts whatever its length and however often it occurs; none whose text is in
-    ``kept`` does."""
+    r"""Spans of the outermost groups (``group_spans``) whose text occurs as such a group more
+    than once (the whole regex never counts). A ``(?:...)`` whose text is in ``always`` counts
+    whatever its length and however often it occurs; none whose text is in ``kept`` does."""
     also = tuple({len(text) for text in always})
     spans, marked = [], set()  # the candidates; those whose text is in ``always``
-    for start, end in scan(regex, also):
+    for start, end in group_spans(regex, also, loops):
         is_always = end - start in also and regex[start:end] in always
         if (end - start < MIN_GROUP and not (is_always and _in_a_plain_string(regex, start, end))
                 or (start, end) == (0, len(regex))):
@@ -239,19 +238,18 @@ def _classes_in_order(opens: list[int], ends: list[int]) -> tuple[list[int], lis
 
 def build_with_shared_groups(regex: str, build: Callable[[str], dict],
                              taken: tuple[int, ...] = (), character: str | None = None,
-                             groups: dict[str, dict | None] | None = None,
-                             scan: Callable[[str, tuple[int, ...]], list] = group_spans) -> dict:
+                             groups: dict[str, dict | None] | None = None, loops=None) -> dict:
     """``build(regex)``, its repeated groups built once (``build_sharing``) where the regex is
     long, and each JSON string ``character`` (its regex, a group) where it occurs twice or more:
     its Unicode class costs outlines-core about 0.4 ms per place it is written. ``taken``:
     placeholder bytes already standing for something; ``groups``: automata of groups built
-    before (kept by the worker between compiles); ``scan``: how groups are found
-    (``group_spans`` or ``compiled_group_spans``)."""
+    before (kept by the worker between compiles); ``loops``: the compiled loops, which read
+    the regex where they are loaded."""
     always = frozenset([character] if character and regex.count(character) > 1 else [])
     if len(regex) >= MIN_REGEX or always:
-        free = free_bytes(regex, [b for b in PLACEHOLDERS if b not in taken])
+        free = free_bytes(regex, [b for b in PLACEHOLDERS if b not in taken], loops)
         try:
-            arrays = build_sharing(regex, build, free, groups, always, scan) if free else None
+            arrays = build_sharing(regex, build, free, groups, always, loops) if free else None
         except ValueError:  # outlines-core refused a piece: the plain build decides
             arrays = None
         if arrays is not None:
@@ -272,12 +270,24 @@ def _pieces(candidates: tuple[int, ...]) -> re.Pattern:
     return re.compile(f"{_READ}|[{written}]" if written else _READ, re.S)
 
 
-def free_bytes(regex: str, candidates: list[int]) -> list[int]:
+def free_bytes(regex: str, candidates: list[int], loops=None) -> list[int]:
     """The bytes of ``candidates`` that nothing in ``regex`` can match (no literal, class,
     escape or ``.``): free to stand for its groups. None of them where the regex has a
-    construct this scan does not read (inline flags, look-around, back-references)."""
+    construct this scan does not read (inline flags, look-around, back-references). With
+    ``loops`` (the compiled loops) one compiled pass reads the regex, and only its classes and
+    the escapes of letters and digits are left to parse here."""
     matched: set[int] = set()
-    for piece in set(_pieces(tuple(candidates)).findall(regex)):  # each distinct piece once
+    if loops is not None:
+        candidate, found = np.zeros(128, dtype=bool), np.zeros(128, dtype=bool)
+        candidate[candidates] = True
+        readable, starts, ends = loops.read_pieces(_code_points(regex), candidate, found)
+        if not readable:
+            return []
+        matched.update(np.flatnonzero(found).tolist())
+        pieces = {regex[start:end] for start, end in zip(starts.tolist(), ends.tolist())}
+    else:
+        pieces = set(_pieces(tuple(candidates)).findall(regex))
+    for piece in pieces:  # each distinct piece once
         if piece[0] in "[\\" and len(piece) > 1:
             covered = _class_covers(piece, tuple(candidates))
             if covered is None:
@@ -332,8 +342,7 @@ def _opens_a_value(regex: str, start: int) -> bool:
 
 def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[int],
                   groups: dict[str, dict | None] | None = None,
-                  always: frozenset[str] = frozenset(),
-                  scan: Callable[[str, tuple[int, ...]], list] = group_spans) -> dict | None:
+                  always: frozenset[str] = frozenset(), loops=None) -> dict | None:
     """``build(regex)``'s language as arrays (no counters), repeated groups (and any group whose
     text is in ``always``) built once and spliced in (``placeholders``: the bytes free to stand
     for them). A group whose splice would not be deterministic is written out again and the
@@ -344,7 +353,7 @@ def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[i
     for _ in range(MAX_REBUILDS + 1):
         byte_of: dict[str, int] = {}
         pieces, position = [], 0
-        for start, end in repeated_groups(regex, always, kept, scan):
+        for start, end in repeated_groups(regex, always, kept, loops):
             text = regex[start:end]
             if text not in byte_of:
                 if len(byte_of) == len(placeholders):
@@ -358,7 +367,7 @@ def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[i
         pending = list(byte_of.values())
         for text, byte in byte_of.items():
             if text not in groups:
-                groups[text] = build_sharing(text, build, placeholders, groups, always, scan)
+                groups[text] = build_sharing(text, build, placeholders, groups, always, loops)
             spliced = None if groups[text] is None else splice_group(arrays, byte, groups[text],
                                                                      pending)
             if spliced is None:
@@ -442,4 +451,4 @@ def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> di
 
 
 __all__ = ["MAX_REBUILDS", "MIN_GROUP", "MIN_REGEX", "build_sharing", "build_with_shared_groups",
-           "compiled_group_spans", "free_bytes", "group_spans", "repeated_groups", "splice_group"]
+           "free_bytes", "group_spans", "repeated_groups", "splice_group"]
