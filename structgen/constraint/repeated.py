@@ -14,12 +14,16 @@ the skeleton's table in numpy: one copy per state the placeholder leads to. A st
 placeholder transition takes the group's first transitions; the group's accepting states take
 the transitions of the state it leads to, and one it cannot go on from is that state.
 
-That is the same language only where it stays deterministic; ``splice_group`` checks it (the
+That is the same language only where it stays deterministic; ``Splices.splice`` checks it (the
 group's first bytes start nothing else where it is entered, its accepting states continue with
 nothing the state after it starts, and it cannot be empty). A refused group is written out and
 the skeleton rebuilt (``MAX_REBUILDS``); past that the plain build decides. Placeholder bytes are
 control bytes no JSON text holds, and only those the regex cannot match anywhere
 (``free_bytes``).
+
+Where the compiled loops are loaded (builds in the parent), the scan for groups and the reading
+for free bytes are compiled passes over the regex's code points (``loops``); the compile worker
+reads it in Python. Both find the same groups and bytes (``tests/test_repeated.py``).
 """
 
 from __future__ import annotations
@@ -364,91 +368,130 @@ def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[i
         if not byte_of:
             return build(regex)
         arrays = build("".join(pieces) + regex[position:])
-        pending = list(byte_of.values())
-        for text, byte in byte_of.items():
+        for text in byte_of:
             if text not in groups:
                 groups[text] = build_sharing(text, build, placeholders, groups, always, loops)
-            spliced = None if groups[text] is None else splice_group(arrays, byte, groups[text],
-                                                                     pending)
-            if spliced is None:
+            if groups[text] is None:
                 kept.add(text)
                 break
-            arrays = spliced
-            pending.remove(byte)
         else:
-            return arrays
+            splices = Splices(arrays, {byte: groups[text] for text, byte in byte_of.items()})
+            refused = next((text for text, byte in byte_of.items()
+                            if not splices.splice(byte, groups[text])), None)
+            if refused is None:
+                return splices.arrays()
+            kept.add(refused)
     return None
 
 
-def splice_group(arrays: dict, byte: int, group: dict, pending: list[int]) -> dict | None:
-    """``arrays`` with each transition on placeholder ``byte`` replaced by ``group``'s automaton
-    (one copy per target state); ``pending`` placeholders (``byte`` among them) keep byte
-    classes of their own. None where the result would not be deterministic."""
-    table, byte_class = arrays["table"], arrays["byte_class"]
-    group_table, group_class = group["table"], group["byte_class"]
-    group_final, group_start = group["is_final"], int(group["initial"])
-    if group_final[group_start]:
-        return None  # an empty group: its entry would be an empty step
-    keys = byte_class.astype(np.int64) * 256 + group_class
-    keys[pending] = -1 - np.asarray(pending)
-    _, first, new_class = np.unique(keys, return_index=True, return_inverse=True)
-    new_class = new_class.reshape(256)
-    inner = group_table[:, group_class[first]]  # (a copy: fancy indexing)
-    inner[:, new_class[pending]] = 0
-    finals = np.flatnonzero(group_final)
-    goes_on = inner[finals] != 0  # [accepting state, class]: the group continues there
-    leaving = goes_on.any(axis=0)
-    # An accepting state the group cannot go on from is the target itself (a string's closing
-    # character leads back to the string's own state, as outlines-core's automaton has it);
-    # the others are copied, and those of them that accept take on the target's transitions.
-    closing = finals[~goes_on.any(axis=1)]
-    # (a mask, not np.setdiff1d, which imports numpy.ma: 10 ms on a worker's first compile)
-    copied = np.ones(len(inner), dtype=bool)
-    copied[0] = False
-    copied[closing] = False
-    kept = np.flatnonzero(copied)
-    column = table[:, byte_class[byte]]
-    sources = np.flatnonzero(column)
-    targets, leads_to = np.unique(column[sources], return_inverse=True)
-    rows = len(table) + len(targets) * len(kept)
-    if rows >= np.iinfo(np.int32).max:
-        return None
-    # One table for the result: the outer automaton's rows (its classes refined by the
-    # group's), then one copy of the group per target.
-    spliced = np.empty((rows, len(first)), np.int32)
-    outer = spliced[:len(table)]
-    np.take(table.astype(np.int32, copy=False), byte_class[first], axis=1, out=outer,
-            mode="clip")  # (every index is a class: "clip" only spares a buffered copy)
-    outer[:, new_class[byte]] = 0
-    entry = inner[group_start] != 0
-    if (outer[sources][:, entry] != 0).any():
-        return None
-    # placed[t, s]: where the group's state s is in the copy leading to targets[t]: its row
-    # there, the target itself for a closing state, and 0 (dead) for 0. One gather through it
-    # writes every copy.
-    bases = len(table) + np.arange(len(targets), dtype=np.int64) * len(kept)
-    placed = np.repeat(targets.astype(np.int32)[:, None], len(inner), axis=1)
-    placed[:, kept] = bases[:, None] + np.arange(len(kept))
-    placed[:, 0] = 0
-    entry_columns = np.flatnonzero(entry)
-    outer[np.ix_(sources, entry_columns)] = placed[leads_to[:, None],
-                                                   inner[group_start, entry_columns][None]]
-    if (outer[targets][:, leaving] != 0).any():
-        return None  # (checked after the entries: a target may be a source too)
-    copies = spliced[len(table):].reshape(len(targets), len(kept), len(first))
-    np.take(placed, inner[kept], axis=1, out=copies, mode="clip")
-    merged = np.flatnonzero(group_final[kept])  # the copies' rows that accept
-    if len(merged):
-        accepting = copies[:, merged]
-        copies[:, merged] = np.where(accepting != 0, accepting, outer[targets][:, None])
-    final = np.zeros((len(targets), len(kept)), dtype=bool)
-    final[:, merged] = arrays["is_final"][targets][:, None]
-    # Every state stays live (no new dead ends): a path through a placeholder step now runs
-    # through the group's copy, which reaches its accepting states and goes on as the target.
-    is_final = np.concatenate([arrays["is_final"], final.reshape(-1)])
-    return {"table": spliced, "byte_class": new_class.astype(np.uint8), "is_final": is_final,
-            "initial": arrays["initial"], "counters": NO_COUNTERS}
+class Splices:
+    """A skeleton's groups spliced in, one after the other, into one table: the byte classes
+    are refined once for every group to come (each placeholder a class of its own until its
+    splice), the table grows by doubling, and the placeholders' spent columns are merged at the
+    end into one (a whole-table copy per group cost more than the rest of a splice)."""
+
+    def __init__(self, arrays: dict, groups: dict[int, dict]):
+        byte_class = arrays["byte_class"]
+        refined = byte_class.astype(np.int64)
+        for group in groups.values():
+            refined = np.unique(refined * 256 + group["byte_class"], return_inverse=True)[1]
+        placeholders = list(groups)
+        # the placeholders' classes are the last columns: at the end they are one
+        refined[placeholders] = refined.max() + 1 + np.arange(len(placeholders))
+        _, self.first, new_class = np.unique(refined, return_index=True, return_inverse=True)
+        self.byte_class = new_class.reshape(256)
+        self.placeholder_columns = self.byte_class[placeholders]
+        table = arrays["table"]
+        self.rows = len(table)
+        # room for one copy of each group per state its placeholder leads to in the skeleton
+        # (a splice may add more: copies that take on a target's transitions)
+        room = self.rows + sum(len(np.unique(table[:, byte_class[byte]])) * len(group["table"])
+                               for byte, group in groups.items())
+        self.table = np.empty((room, len(self.first)), np.int32)
+        np.take(table.astype(np.int32, copy=False), byte_class[self.first], axis=1,
+                out=self.table[:self.rows], mode="clip")  # ("clip": no buffered copy)
+        self.is_final = np.zeros(len(self.table), dtype=bool)
+        self.is_final[:self.rows] = arrays["is_final"]
+        self.initial = arrays["initial"]
+
+    def splice(self, byte: int, group: dict) -> bool:
+        """Replace each transition on placeholder ``byte`` by ``group``'s automaton (one copy
+        per target state); False where the result would not be deterministic (the table is
+        then left half-written: the caller starts again)."""
+        group_final, group_start = group["is_final"], int(group["initial"])
+        if group_final[group_start]:
+            return False  # an empty group: its entry would be an empty step
+        inner = group["table"][:, group["byte_class"][self.first]]  # (a copy: fancy indexing)
+        inner[:, self.placeholder_columns] = 0
+        finals = np.flatnonzero(group_final)
+        goes_on = inner[finals] != 0  # [accepting state, class]: the group continues there
+        leaving = goes_on.any(axis=0)
+        # An accepting state the group cannot go on from is the target itself (a string's
+        # closing character leads back to the string's own state, as outlines-core's automaton
+        # has it); the others are copied, and those of them that accept take on the target's
+        # transitions.
+        closing = finals[~goes_on.any(axis=1)]
+        copied = np.ones(len(inner), dtype=bool)
+        copied[0] = False
+        copied[closing] = False
+        kept = np.flatnonzero(copied)
+        column = self.byte_class[byte]
+        sources = np.flatnonzero(self.table[:self.rows, column])
+        targets, leads_to = np.unique(self.table[sources, column], return_inverse=True)
+        rows = self.rows + len(targets) * len(kept)
+        if rows >= np.iinfo(np.int32).max:
+            return False
+        self._reserve(rows)
+        table = self.table[:self.rows]
+        entry = inner[group_start] != 0
+        if (table[sources][:, entry] != 0).any():
+            return False
+        table[:, column] = 0
+        # placed[t, s]: where the group's state s is in the copy leading to targets[t]: its row
+        # there, the target itself for a closing state, and 0 (dead) for 0. One gather through
+        # it writes every copy.
+        bases = self.rows + np.arange(len(targets), dtype=np.int64) * len(kept)
+        placed = np.repeat(targets.astype(np.int32)[:, None], len(inner), axis=1)
+        placed[:, kept] = bases[:, None] + np.arange(len(kept))
+        placed[:, 0] = 0
+        entry_columns = np.flatnonzero(entry)
+        table[np.ix_(sources, entry_columns)] = placed[leads_to[:, None],
+                                                       inner[group_start, entry_columns][None]]
+        if (table[targets][:, leaving] != 0).any():
+            return False  # (checked after the entries: a target may be a source too)
+        copies = self.table[self.rows:rows].reshape(len(targets), len(kept), -1)
+        np.take(placed, inner[kept], axis=1, out=copies, mode="clip")
+        merged = np.flatnonzero(group_final[kept])  # the copies' rows that accept
+        if len(merged):
+            accepting = copies[:, merged]
+            copies[:, merged] = np.where(accepting != 0, accepting, table[targets][:, None])
+        final = np.zeros((len(targets), len(kept)), dtype=bool)
+        final[:, merged] = self.is_final[targets][:, None]
+        self.is_final[self.rows:rows] = final.reshape(-1)
+        # Every state stays live (no new dead ends): a path through a placeholder step now
+        # runs through the group's copy, which reaches its accepting states and goes on as the
+        # target.
+        self.rows = rows
+        return True
+
+    def _reserve(self, rows: int) -> None:
+        if rows > len(self.table):
+            size = max(rows, 2 * len(self.table))
+            grown = np.empty((size, self.table.shape[1]), np.int32)
+            grown[:self.rows] = self.table[:self.rows]
+            self.table = grown
+            self.is_final = np.concatenate([self.is_final[:self.rows],
+                                            np.zeros(size - self.rows, dtype=bool)])
+
+    def arrays(self) -> dict:
+        """The spliced automaton (no counters), the spent placeholders' columns (the last ones,
+        all dead now) one class."""
+        width = self.table.shape[1] - len(self.placeholder_columns) + 1
+        return {"table": np.ascontiguousarray(self.table[:self.rows, :width]),
+                "byte_class": np.minimum(self.byte_class, width - 1).astype(np.uint8),
+                "is_final": self.is_final[:self.rows].copy(), "initial": self.initial,
+                "counters": NO_COUNTERS}
 
 
 __all__ = ["MAX_REBUILDS", "MIN_GROUP", "MIN_REGEX", "build_sharing", "build_with_shared_groups",
-           "free_bytes", "group_spans", "repeated_groups", "splice_group"]
+           "Splices", "free_bytes", "group_spans", "repeated_groups"]
