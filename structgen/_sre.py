@@ -5,6 +5,8 @@ compiler (``structgen.schema`` takes 120 ms to import)."""
 
 from __future__ import annotations
 
+import warnings
+
 try:  # Python >= 3.11
     from re import _constants as sre_constants
     from re import _parser as sre_parse
@@ -12,4 +14,14 @@ except ImportError:  # pragma: no cover
     import sre_constants
     import sre_parse
 
-__all__ = ["sre_constants", "sre_parse"]
+
+
+def parse(pattern: str):
+    """``sre_parse.parse``, without re's FutureWarning on ``[[``, ``--``, ``&&`` or ``||`` in a
+    class (valid today; the warning is about a future syntax, not the user's schema)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return sre_parse.parse(pattern)
+
+
+__all__ = ["parse", "sre_constants", "sre_parse"]

@@ -15,10 +15,10 @@ import json
 import math
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from structgen._sre import parse
 from structgen.errors import InvalidSchemaError, OutputError, UnsupportedSchemaError
 
 
@@ -214,14 +214,10 @@ def _is_json_scalar(value: Any) -> bool:
 
 def _check_user_regex(pattern: str) -> None:
     """Reject what a finite-state compiler cannot do (lookarounds, backreferences) up front."""
-    import re._parser as sre_parse
-
     if not isinstance(pattern, str) or not pattern:
         raise InvalidSchemaError("Regex pattern must be a non-empty string")
     try:
-        with warnings.catch_warnings():  # re's FutureWarning on `[[` and `&&`: valid where it counts
-            warnings.simplefilter("ignore", FutureWarning)
-            parsed = sre_parse.parse(pattern)
+        parsed = parse(pattern)
     except re.error as error:
         raise InvalidSchemaError(f"regex {pattern!r} does not parse: {error}") from None
     unsupported = next((_NON_REGULAR[op] for op in _opcodes(parsed) if op in _NON_REGULAR), None)

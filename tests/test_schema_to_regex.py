@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 import uuid
+import warnings
 from fractions import Fraction
 from typing import Annotated, Literal, Optional, Union
 
@@ -29,6 +30,7 @@ from outlines_core import Index, Vocabulary
 from pydantic import AnyUrl, BaseModel, Field, TypeAdapter
 from typing_extensions import TypedDict
 
+from structgen.constraint.repeated import free_bytes
 from structgen.errors import (
     InvalidSchemaError,
     RecursionLimitError,
@@ -1300,3 +1302,14 @@ def test_extra_properties_stay_out_where_they_could_change_the_outcome():
     assert not admits("dependencies", '{"x":0}') and not admits("dependencies", '{"y":0}')
     assert not admits("one_of", '{"k":"a","z":0}')  # another branch might take it
     assert not admits("counted", '{"a":1,"z":0}')
+
+
+def test_patterns_with_future_set_syntax_compile_without_warnings():
+    """re warns that ``[[``, ``&&`` and ``||`` in a class may mean sets one day; today they
+    are plain members, and structgen's own parsing of them (the schema compiler, the build's
+    reading of the regex) passes no such warning on to the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        regex = schema_to_regex({"type": "string", "pattern": "^[[a&&|| ]+$"})
+        assert free_bytes("[[a&&]", [1, 2]) == [1, 2]
+    assert re.fullmatch(regex, '"[a&&| "') and not re.fullmatch(regex, '"c"')

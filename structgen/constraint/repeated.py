@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from structgen._sre import sre_constants, sre_parse
+from structgen._sre import parse, sre_constants
 from structgen.constraint.automaton import NO_COUNTERS
 from structgen.constraint.counted import PLACEHOLDERS, class_covers
 
@@ -311,7 +311,7 @@ def free_bytes(regex: str, candidates: list[int], loops=None) -> list[int]:
 def _class_covers(text: str, candidates: tuple[int, ...]) -> frozenset[int] | None:
     """Which ``candidates`` the class (or escape) ``text`` matches; None where it may match any."""
     try:
-        parsed = list(sre_parse.parse(text))
+        parsed = list(parse(text))
     except Exception:  # a back-reference, or not re's dialect
         return None
     if len(parsed) != 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from structgen._sre import parse
 from structgen.code_points import MAX_CODE, complement, merged
 from structgen.errors import InvalidSchemaError, UnsatisfiableSchemaError, UnsupportedSchemaError
 from structgen.schema.layout import STRING_CHAR
@@ -85,7 +86,7 @@ def pattern_regex(pattern: str, min_length: int, max_length: int | None, where: 
 
 def _translate(pattern: str, min_length: int, max_length: int | None, where: str) -> str:
     try:
-        parsed = sre_parse.parse(pattern)
+        parsed = parse(pattern)
     except re.error as error:
         raise InvalidSchemaError(
             f"pattern {pattern!r} is not a valid regex: {error}", where) from None
