@@ -59,6 +59,7 @@ for name in names:
     t0 = time.perf_counter()
     cold = cc.compile_constraint(schema, info, whitespace="flexible", timeout=120)
     cold_s = time.perf_counter() - t0
+    base.wait_for_stores()  # its tables file is written in the background
     path = next(p for p in (Path(os.environ["STRUCTGEN_CACHE"]) / "constraints").glob("*.tables")
                 if cc.automaton_key(cold.regex) in p.name)
     ttfm, walk, again = [], [], []

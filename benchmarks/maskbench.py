@@ -178,6 +178,7 @@ class Structgen:
     def recompile_from_disk(self, schema):
         """TTFM with an empty memory cache but a warm disk cache (a new process's view): a
         build or conversion quicker than ``STORE_AFTER_SECONDS`` was not written, and is redone."""
+        self.compiler.wait_for_stores()  # the cold compile's tables file, written in the background
         fresh = self.module.ConstraintCompiler(timeout=self.timeout, memory_limit=self.memory_limit)
         fresh._worker = self.compiler._worker  # never used on a disk hit; avoids a second child
         fresh._tokens = self.compiler._tokens  # the tokenizer's arrays: built once per process

@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import types
 import warnings
 import zlib
@@ -405,6 +406,31 @@ def test_only_builds_and_conversions_slower_than_the_threshold_are_written(cache
         assert later.regex_of_schema(_schema_key(SCHEMA_A, DEFAULTS, info)) == schema_to_regex(
             SCHEMA_A)
         assert structgen.compile_constraint(SCHEMA_A, info).from_cache == "disk"
+
+
+def test_a_tables_file_is_written_after_the_compile_returns(cache, info, monkeypatch):
+    """``STORE_IN_BACKGROUND``: the constraint is ready while its tables file is still being
+    written (held here until the compile has returned); ``wait_for_stores`` and ``close`` wait
+    for the write, and a new compiler then reads the file."""
+    released = threading.Event()
+    writing = threading.Event()
+
+    def held_write(path, arrays, **header):
+        writing.set()
+        assert released.wait(30)
+        write_tables(path, arrays, **header)
+
+    monkeypatch.setattr(compiler_module, "write_tables", held_write)
+    path = tables_path(cache, DIGITS)
+    with compiler() as first:
+        assert first.compile_regex(DIGITS, info).from_cache == "none"
+        assert writing.wait(30) and not path.exists()  # compiled, the file not yet there
+        released.set()
+        first.wait_for_stores()
+        assert path.exists()
+    monkeypatch.setattr(compiler_module, "write_tables", write_tables)
+    with compiler() as later:
+        assert later.compile_regex(DIGITS, info).from_cache == "disk"
 
 
 def test_cache_files_are_private_to_the_user(cache, info):

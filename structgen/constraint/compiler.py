@@ -96,6 +96,10 @@ BUILD_HERE_SECONDS = 2.0
 #: and the load that would replace it in a later process saves that process 1-3 ms at most
 #: (both timed per build on the 228 regexes of ttfm_phases.py's sample; docs/constraints.md).
 STORE_AFTER_SECONDS = 0.005
+#: Tables files are written by a thread of their own, so the constraint is ready before its file
+#: is (the largest took 10-110 ms to write here: CRCs, the copy, the write). A process waits
+#: for the writes under way before it exits; ``ConstraintCompiler.wait_for_stores`` waits too.
+STORE_IN_BACKGROUND = True
 #: Compiled constraints kept in memory; each holds at most ``token_masks.DEFAULT_MASK_BYTES``
 #: (64 MiB) of masks, so 16 of them bound the masks of a process at 1 GiB.
 _MEMORY_CACHE_SIZE = 16
@@ -124,6 +128,7 @@ class ConstraintCompiler:
         self._schema_regex: dict[str, str] = {}
         # key -> (budget, error) of compiles that ran out of time or memory
         self._failures: OrderedDict[str, tuple[float, ConstraintError]] = OrderedDict()
+        self._stores: list[threading.Thread] = []  # tables files being written
 
     def start(self) -> None:
         """Start the compile worker now (it boots in the background while a model loads)."""
@@ -292,9 +297,28 @@ class ConstraintCompiler:
 
     def _store(self, key: str, regex: str, arrays: dict) -> None:
         folder = constraints_dir(create=True) if self.disk_cache else None
-        if folder is not None:
-            write_private(folder / f"{key}.tables",
-                          lambda path: write_tables(path, arrays, key=key, regex=regex))
+        if folder is None:
+            return
+        target = folder / f"{key}.tables"
+
+        def write() -> None:  # the arrays are never written to once built: safe to read here
+            write_private(target, lambda path: write_tables(path, arrays, key=key, regex=regex))
+
+        if not STORE_IN_BACKGROUND:
+            write()
+            return
+        thread = threading.Thread(target=write, name="structgen-store")  # not a daemon: joined at exit
+        with self._lock:
+            self._stores = [store for store in self._stores if store.is_alive()] + [thread]
+        thread.start()
+
+    def wait_for_stores(self, timeout: float | None = None) -> None:
+        """Wait for the tables files this compiler is writing (a test, a benchmark that reads
+        the disk cache next)."""
+        with self._lock:
+            stores = list(self._stores)
+        for store in stores:
+            store.join(timeout)
 
     def remember_schema(self, schema_key: str, regex: str, seconds: float) -> None:
         """Record which regex a schema compiled to, so the next lookup can skip schema -> regex;
@@ -366,7 +390,9 @@ class ConstraintCompiler:
             raise failed
 
     def close(self) -> None:
+        """Stop the compile worker, and finish writing the tables files under way."""
         self._worker.stop()
+        self.wait_for_stores()
 
 
 def determinise_here(regex: str, loops, deadline: float) -> dict:
