@@ -114,11 +114,12 @@ def write_tables(path: Path, tables: dict, *, key: str, regex: str) -> None:
     JSON header (the cache key and regex the file belongs to; each array's dtype, shape, offset
     and CRC-32), then the arrays, each 64-byte aligned."""
     # Smallest first: a cold hit's first page read brings the header and the per-state tables.
-    arrays = {name: np.asarray(value) for name, value in
+    arrays = {name: np.asarray(value, order="C") for name, value in
               sorted(tables.items(), key=lambda item: np.asarray(item[1]).nbytes)}
     layout, data, offset = {}, {}, 0
     for name, array in arrays.items():
-        data[name] = array.tobytes()  # C order
+        # the array's own bytes, C order, not a copy: the CRC and the write release the GIL
+        data[name] = memoryview(array.reshape(-1)).cast("B")
         layout[name] = [array.dtype.str, list(array.shape), offset, zlib.crc32(data[name])]
         offset += _aligned(array.nbytes)
     encoded = json.dumps({"key": key, "regex": regex, "arrays": layout}).encode()
