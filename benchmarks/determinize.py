@@ -1,6 +1,7 @@
 """The automaton build alone, two ways on the same regexes: outlines-core's ``Index`` over the
-256 single bytes (what the compile worker runs) and structgen's own determinisation (what a
-process with the compiled loops loaded runs, as after ``load_model``).
+256 single bytes (what the compile worker runs, its regex read in Python) and structgen's own
+determinisation (what a process with the compiled loops loaded runs, as after ``load_model``:
+the regex read by the compiled scans too).
 
     python benchmarks/determinize.py --data ../shared/jsonschemabench/dev --sample 250 --seed 0
 
@@ -89,7 +90,8 @@ def measure(regexes: list[str]) -> tuple[list[dict], int]:
     builders = {
         "outlines-core": AutomatonBuilder(build_arrays),
         "structgen": AutomatonBuilder(functools.partial(determinized_arrays, loops=loops),
-                                      functools.partial(compiled_distances, loops=loops)),
+                                      functools.partial(compiled_distances, loops=loops),
+                                      loops=loops),  # the compiled scans, as the compiler's
     }
     records, handed_over = [], 0
     for number, regex in enumerate(regexes):
