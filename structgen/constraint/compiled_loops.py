@@ -2,8 +2,9 @@
 
 Two modules: ``compiled_walks`` (the token walker's loops) and ``compiled_automaton`` (the
 determinisation of a regex into a byte automaton). Importing numba and loading them from its
-cache takes about 0.6 s; compiling them, the first time on a machine (or after an upgrade),
-about 12 s here (the walks 1.6 s, the determinisation 10.5 s; ``make install`` does it once).
+cache takes about 0.6-0.8 s; compiling them, the first time on a machine (or after an upgrade),
+about 20 s here (the walks 2 s; the determinisation and the regex scans 17 s; ``make install``
+does it once).
 A script that compiles one schema should wait for neither. ``load_model`` and
 ``from_transformers`` start the load while the model loads; until it is done, walks run in numpy
 and automata are built by outlines-core in the compile worker, and for good where numba is
