@@ -387,8 +387,8 @@ def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[i
 class Splices:
     """A skeleton's groups spliced in, one after the other, into one table: the byte classes
     are refined once for every group to come (each placeholder a class of its own until its
-    splice), the table grows by doubling, and the placeholders' spent columns are merged at the
-    end into one (a whole-table copy per group cost more than the rest of a splice)."""
+    splice), and the table grows by doubling (a whole-table copy per group cost more than the rest
+    of a splice)."""
 
     def __init__(self, arrays: dict, groups: dict[int, dict]):
         byte_class = arrays["byte_class"]
@@ -396,7 +396,6 @@ class Splices:
         for group in groups.values():
             refined = np.unique(refined * 256 + group["byte_class"], return_inverse=True)[1]
         placeholders = list(groups)
-        # the placeholders' classes are the last columns: at the end they are one
         refined[placeholders] = refined.max() + 1 + np.arange(len(placeholders))
         _, self.first, new_class = np.unique(refined, return_index=True, return_inverse=True)
         self.byte_class = new_class.reshape(256)
@@ -484,11 +483,11 @@ class Splices:
                                             np.zeros(size - self.rows, dtype=bool)])
 
     def arrays(self) -> dict:
-        """The spliced automaton (no counters), the spent placeholders' columns (the last ones,
-        all dead now) one class."""
-        width = self.table.shape[1] - len(self.placeholder_columns) + 1
-        return {"table": np.ascontiguousarray(self.table[:self.rows, :width]),
-                "byte_class": np.minimum(self.byte_class, width - 1).astype(np.uint8),
+        """The spliced automaton (no counters). The table is shrunk to its rows in place (no
+        copy: a large table's copy cost more in fresh memory than the splices); the spent
+        placeholders' columns stay, all dead, as a class each."""
+        self.table.resize((self.rows, self.table.shape[1]), refcheck=False)  # (no view is left)
+        return {"table": self.table, "byte_class": self.byte_class.astype(np.uint8),
                 "is_final": self.is_final[:self.rows].copy(), "initial": self.initial,
                 "counters": NO_COUNTERS}
 

@@ -410,7 +410,8 @@ class Walker:
         self.tokens = tokens
         self.width = automaton.table.shape[1]
         dtype = np.int32 if automaton.table.size < 2**31 else np.int64
-        self.table = (automaton.table.astype(dtype) * self.width).reshape(-1)
+        # (one pass and one new array: a large table's copies cost their fresh memory most)
+        self.table = np.multiply(automaton.table, self.width, dtype=dtype).reshape(-1)
         # a writable copy (one read from a cache file is not), as the compiled walks take it
         self.byte_class = np.array(automaton.byte_class, np.uint8)
         # a string split's rests as this automaton's byte classes, per split seen
