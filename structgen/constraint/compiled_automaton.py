@@ -308,6 +308,28 @@ _READ_PIECES = numba.types.Tuple((numba.boolean, numba.int64[::1], numba.int64[:
 _GROUP, _CAPTURE, _OBJECT, _ARRAY, _QUOTE, _BAR, _CLOSE, _OBJECT_END, _ARRAY_END = range(1, 10)
 
 
+@numba.njit(cache=True, nogil=True)
+def _class_close(text, at):  # pragma: no cover (compiled)
+    """Where the class that ``text[at]`` (a ``[``) opens is closed: the index of its ``]``, or
+    -1 where none closes it. A ``]`` first (or after ``^``) is a member; a backslash escapes
+    the next character. Where none closes one ``[``, none closes a later one either (the same
+    characters follow, paired the same way): the callers skip the search past the first."""
+    n = len(text)
+    end = at + 1
+    if end < n and text[end] == 94:
+        end += 1
+    if end < n and text[end] == 93:
+        end += 1
+    while end < n:
+        if text[end] == 92:
+            end += 2
+        elif text[end] == 93:
+            return end
+        else:
+            end += 1
+    return -1
+
+
 @numba.njit(_GROUP_SPANS, cache=True, nogil=True)
 def group_spans(text, min_group, also):  # pragma: no cover (compiled)
     """``repeated.group_spans`` in one pass over ``text`` (the regex's code points): (starts,
@@ -344,21 +366,7 @@ def group_spans(text, min_group, also):  # pragma: no cover (compiled)
                     token = _ARRAY_END
             at += 2
         elif char == 91:  # a class, where a ``]`` closes it
-            end = at + 1
-            if end < n and text[end] == 94:
-                end += 1
-            if end < n and text[end] == 93:
-                end += 1
-            closed = -1
-            if at < unclosed_from:
-                while end < n:
-                    if text[end] == 92:
-                        end += 2
-                    elif text[end] == 93:
-                        closed = end
-                        break
-                    else:
-                        end += 1
+            closed = _class_close(text, at) if at < unclosed_from else -1
             if closed < 0:
                 unclosed_from = at
                 at += 1
@@ -448,6 +456,7 @@ def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
     starts = np.zeros(16, np.int64)
     ends = np.zeros(16, np.int64)
     count = 0
+    unclosed_from = n  # a ``[`` at or past this has no ``]`` after it
     seen_start = np.full(1024, -1, np.int64)  # one piece per hash of its text: a repeat is skipped
     seen_end = np.zeros(1024, np.int64)
     at = 0
@@ -455,27 +464,17 @@ def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
         char = text[at]
         end = -1  # the end of a piece to read, if one starts here
         if char == 91:  # a class: as the regex reads it, ``]`` first (or after ``^``) a member
-            member = at + 1
-            if member < n and text[member] == 94:
-                member += 1
-            bracket = member < n and text[member] == 93
-            if bracket:
-                member += 1
-            while member < n:
-                if text[member] == 92:
-                    if member + 1 >= n:
-                        break
-                    member += 2
-                elif text[member] == 93:
-                    end = member + 1
-                    break
+            closed = _class_close(text, at) if at < unclosed_from else -1
+            if closed >= 0:
+                end = closed + 1
+            else:
+                unclosed_from = min(unclosed_from, at)
+                first = at + 1 + (at + 1 < n and text[at + 1] == 94)
+                if first < n and text[first] == 93:  # backtracking: that ``]`` closes it
+                    end = first + 1  # ``[]`` or ``[^]``
                 else:
-                    member += 1
-            if end < 0 and bracket:  # backtracking: the first ``]`` closes it, ``[]`` or ``[^]``
-                end = at + 1 + (text[at + 1] == 94) + 1
-            if end < 0:
-                at += 1
-                continue
+                    at += 1
+                    continue
         elif char == 92:
             if at + 1 >= n:
                 break
