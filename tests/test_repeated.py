@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from structgen.constraint import repeated
 from structgen.constraint.automaton import (
+    UNREACHABLE,
     ByteAutomaton,
     build_arrays,
-    reachable_backwards,
+    table_distances,
 )
 from structgen.constraint.counted import PLACEHOLDERS
 from structgen.constraint.repeated import (
@@ -35,7 +36,8 @@ def no_dead_ends(arrays: dict) -> bool:
     """Whether every transition leads to a state from which an accepting one is reachable (what
     the masks rely on: a token allowed is a token that can still be completed)."""
     table = arrays["table"]
-    return bool(reachable_backwards(table, arrays["is_final"])[table[table != 0]].all())
+    reachable = table_distances(table, arrays["is_final"]) < UNREACHABLE
+    return bool(reachable[table[table != 0]].all())
 
 
 def same_language(a: dict, b: dict) -> bool:

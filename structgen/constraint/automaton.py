@@ -239,11 +239,6 @@ def _classes_by_columns(source: np.ndarray, byte: np.ndarray, target: np.ndarray
     return byte_class, np.unique(byte_class, return_index=True)[1]
 
 
-def reachable_backwards(table: np.ndarray, is_final: np.ndarray) -> np.ndarray:
-    """Which states reach an accepting state over any bytes."""
-    return table_distances(table, is_final) < UNREACHABLE
-
-
 def implied_distances(table: np.ndarray, is_final: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """What each state's distance to acceptance is, given ``distance`` for its successors: 0 at
     an accepting state, else one more than its nearest successor's (``UNREACHABLE`` with none).

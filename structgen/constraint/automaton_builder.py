@@ -9,11 +9,12 @@ the two determinisations are checked against each other by the tests.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 
-from structgen.constraint.automaton import splice_counted, table_distances
+from structgen.constraint.automaton import compiled_distances, splice_counted, table_distances
 from structgen.constraint.counted import with_placeholders
 from structgen.constraint.repeated import build_with_shared_groups
 
@@ -45,16 +46,18 @@ class GroupAutomata(dict):
 
 class AutomatonBuilder:
     """``build(regex, character)``: the automaton's ``ARRAY_NAMES`` arrays, determinised by
-    ``determinise`` (regex -> arrays); ``distances`` (table, is_final -> distances) searches a
-    spliced table; ``loops``, the compiled loops where they are loaded, read the regex for the
-    groups to share. Not thread-safe: one build at a time."""
+    ``determinise`` (regex -> arrays); ``loops``, the compiled loops where they are loaded,
+    read the regex for the groups to share and search spliced tables for their distances
+    (without them, Python and numpy do). Not thread-safe: one build at a time."""
 
-    def __init__(self, determinise: Callable[[str], dict],
-                 distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = table_distances,
-                 max_cells: int = GROUP_CELLS, loops=None):
+    def __init__(self, determinise: Callable[[str], dict], loops=None,
+                 max_cells: int = GROUP_CELLS):
         self.determinise = determinise
-        self.distances = distances
         self.loops = loops
+        # (table, is_final) -> distances, for a spliced table
+        self.distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
+            table_distances if loops is None
+            else functools.partial(compiled_distances, loops=loops))
         self.characters: dict[str, dict] = {}  # a string character's regex -> its automaton
         self.groups = GroupAutomata(max_cells)
 

@@ -46,7 +46,6 @@ from structgen.constraint.automaton import (
     MAX_WORK,
     BuildTooLarge,
     ByteAutomaton,
-    compiled_distances,
     determinized_arrays,
 )
 from structgen.constraint.automaton_builder import AutomatonBuilder
@@ -203,9 +202,7 @@ class ConstraintCompiler:
         determinise = functools.partial(determinise_here, loops=loops, deadline=deadline)
         with self._here_lock:
             if self._here is None:
-                self._here = AutomatonBuilder(
-                    determinise, functools.partial(compiled_distances, loops=loops),
-                    loops=loops)
+                self._here = AutomatonBuilder(determinise, loops)
             self._here.determinise = determinise  # this build's deadline
             try:
                 return self._here.build(regex, STRING_CHAR)
