@@ -198,7 +198,10 @@ def test_group_automata_are_kept_between_compiles():
     for text, cells in (("a", 60), ("b", None), ("c", 30), ("d", 50)):
         kept[text] = None if cells is None else {"table": np.zeros((cells, 1), np.int32)}
     kept.trim()
-    assert list(kept) == ["b", "c", "d"]
+    assert list(kept) == ["b", "c", "d"] and kept.cells == 80
+    kept["c"] = {"table": np.zeros((70, 1), np.int32)}  # replaced: counted once, now the newest
+    kept.trim()
+    assert list(kept) == ["c"] and kept.cells == 70
 
 
 def test_string_characters_are_determinised_once():

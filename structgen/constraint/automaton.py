@@ -41,6 +41,7 @@ from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex
 
 END_MARK = 0  # the byte appended to the regex to mark acceptance
 START_MARK = 0x1F  # the byte put before it, so that its first byte starts nothing else
+MARKS = np.array([END_MARK, START_MARK], np.int64)
 UNREACHABLE = np.iinfo(np.int32).max
 
 #: The arrays a ``ByteAutomaton`` is made of (what the disk cache stores).
@@ -93,28 +94,23 @@ def determinized_arrays(regex: str, loops, max_states: int | None = None,
     compiler's dialect or a regex that matches nothing (outlines-core then reports it), and
     ``BuildTooLarge`` past the bounds (``MAX_STATES`` and ``MAX_WORK`` unless given)."""
     nfa = RegexNFA.from_regex(regex)
-    bounds, member = nfa.byte_intervals()
-    taker, taken = np.nonzero(member)  # each set's intervals, set by set
-    set_start = np.searchsorted(taker, np.arange(len(member) + 1))
+    bounds, set_start, set_intervals = loops.byte_intervals(
+        nfa.range_set, nfa.low, nfa.high, nfa.sets, MARKS)
     status, table, final = loops.determinize(
-        nfa.kind, nfa.arg, nfa.out, nfa.start, set_start, taken.astype(np.int32),
-        member.shape[1], max_states or MAX_STATES, max_work or MAX_WORK)
+        nfa.kind, nfa.arg, nfa.out, nfa.start, set_start, set_intervals, len(bounds) - 1,
+        max_states or MAX_STATES, max_work or MAX_WORK)
     if status != loops.BUILT:
         raise BuildTooLarge("too many states" if status == loops.TOO_MANY_STATES
                             else "too much work")
-    interval = np.searchsorted(bounds, np.arange(256), side="right") - 1  # of each byte
-    table[:, interval[[END_MARK, START_MARK]]] = 0  # alone in their intervals
+    table[:, np.searchsorted(bounds, MARKS)] = 0  # each mark alone in its interval
     table, is_final, distance, renumber, column_class = loops.prune(table, final,
                                                                     np.int32(UNREACHABLE))
     if distance[1] == UNREACHABLE:  # nothing to accept: outlines-core reports it as before
         raise UnsupportedRegex("the regex matches no text")
-    column = column_class[interval]  # each byte's column; classes renumbered by first byte
-    firsts = np.sort(np.unique(column, return_index=True)[1])
-    byte_class = np.empty(len(firsts), np.int64)
-    byte_class[column[firsts]] = np.arange(len(firsts))
+    byte_class, columns = loops.byte_classes(bounds, column_class)
     return {
-        "table": np.ascontiguousarray(table[:, interval[firsts]]),
-        "byte_class": byte_class[column].astype(np.uint8),
+        "table": np.ascontiguousarray(table[:, columns]),
+        "byte_class": byte_class,
         "is_final": is_final,
         "initial": np.int64(renumber[1]),
         "counters": NO_COUNTERS,

@@ -32,16 +32,25 @@ class GroupAutomata(dict):
     def __init__(self, max_cells: int = GROUP_CELLS):
         super().__init__()
         self.max_cells = max_cells
+        self.cells = 0  # kept as entries come and go: a trim after each build reads no table
+
+    def __setitem__(self, text: str, arrays: dict | None) -> None:
+        if text in self:
+            del self[text]
+        super().__setitem__(text, arrays)
+        self.cells += _cells(arrays)
+
+    def __delitem__(self, text: str) -> None:
+        self.cells -= _cells(self[text])
+        super().__delitem__(text)
 
     def trim(self) -> None:
-        cells = {text: 0 if arrays is None else arrays["table"].size
-                 for text, arrays in self.items()}
-        total = sum(cells.values())
-        for text in list(self):  # oldest first: a dict keeps insertion order
-            if total <= self.max_cells:
-                break
-            total -= cells[text]
-            del self[text]
+        while self.cells > self.max_cells:  # oldest first: a dict keeps insertion order
+            del self[next(iter(self))]
+
+
+def _cells(arrays: dict | None) -> int:
+    return 0 if arrays is None else arrays["table"].size
 
 
 class AutomatonBuilder:

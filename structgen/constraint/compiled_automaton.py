@@ -22,6 +22,9 @@ BUILT, TOO_MANY_STATES, TOO_MUCH_WORK = 0, 1, 2
 _DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))(int8[::1], int32[::1], int32[::1], "
                 "int64, int64[::1], int32[::1], int64, int64, int64)")
 _DISTANCES = "int32[::1](int32[:, ::1], boolean[::1], int32)"
+_INTERVALS = ("Tuple((int64[::1], int64[::1], int32[::1]))"
+              "(int64[::1], int64[::1], int64[::1], int64, int64[::1])")
+_BYTE_CLASSES = "Tuple((uint8[::1], int64[::1]))(int64[::1], int64[::1])"
 _PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1]))"
           "(int32[:, ::1], boolean[::1], int32)")
 # (the code points are read from the regex's encoded bytes in place: a read-only array)
@@ -38,6 +41,62 @@ def _grown(array, needed):  # pragma: no cover (compiled)
     grown = np.zeros(size, array.dtype)
     grown[:len(array)] = array
     return grown
+
+
+@numba.njit(_INTERVALS, cache=True, nogil=True)
+def byte_intervals(range_set, low, high, sets, alone):  # pragma: no cover (compiled)
+    """(the bounds of the byte intervals no byte set splits, each byte in ``alone`` in an
+    interval of its own; each set's intervals, set after set: ``set_start``,
+    ``set_intervals``) of ``sets`` byte sets given as ranges: set ``range_set[i]`` takes the
+    bytes ``low[i]..high[i]`` (a ``RegexNFA``'s)."""
+    member = np.zeros((max(sets, 1), 256), np.bool_)
+    for i in range(len(range_set)):
+        member[range_set[i], low[i]:high[i] + 1] = True
+    starts = np.zeros(257, np.bool_)  # the bytes that begin an interval, and the end
+    starts[0] = starts[256] = True
+    for byte in alone:
+        starts[byte] = starts[byte + 1] = True
+    for byte in range(1, 256):
+        if not starts[byte]:
+            for s in range(sets):
+                if member[s, byte] != member[s, byte - 1]:
+                    starts[byte] = True
+                    break
+    bounds = np.flatnonzero(starts)
+    intervals = len(bounds) - 1
+    set_start = np.zeros(sets + 1, np.int64)
+    for s in range(sets):
+        taken = 0
+        for i in range(intervals):
+            taken += member[s, bounds[i]]
+        set_start[s + 1] = set_start[s] + taken
+    set_intervals = np.empty(set_start[sets], np.int32)
+    for s in range(sets):
+        at = set_start[s]
+        for i in range(intervals):
+            if member[s, bounds[i]]:
+                set_intervals[at] = i
+                at += 1
+    return bounds, set_start, set_intervals
+
+
+@numba.njit(_BYTE_CLASSES, cache=True, nogil=True)
+def byte_classes(bounds, column_class):  # pragma: no cover (compiled)
+    """(each byte's class, numbered in order of first byte; the interval whose column stands
+    for each class) of a table over the intervals ``bounds`` whose equal columns share a
+    ``column_class`` (``prune``'s)."""
+    byte_class = np.empty(256, np.uint8)
+    number = np.full(len(column_class), -1, np.int64)  # column class -> byte class
+    columns = np.empty(256, np.int64)
+    classes = 0
+    for i in range(len(bounds) - 1):
+        k = column_class[i]
+        if number[k] == -1:
+            number[k] = classes
+            columns[classes] = i
+            classes += 1
+        byte_class[bounds[i]:bounds[i + 1]] = number[k]
+    return byte_class, columns[:classes].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,7 +159,7 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
                 max_work):  # pragma: no cover (compiled)
     """(status, table[states, intervals] with row 0 dead and row 1 the start, which rows are
     final) of the NFA ``kind``/``arg``/``out`` from ``start``; byte set ``b`` takes the byte
-    intervals ``set_intervals[set_start[b]:set_start[b + 1]]`` (``RegexNFA.byte_intervals``).
+    intervals ``set_intervals[set_start[b]:set_start[b + 1]]`` (``byte_intervals``).
     A state's moves are sorted into one bucket per interval, member by member, so a member
     costs the intervals its set takes, not all of them."""
     n = len(kind)
@@ -539,6 +598,9 @@ def warm_up() -> None:
     status, table, final = determinize(kind, zeros, zeros, 0, np.zeros(2, np.int64), zeros, 1,
                                        4, 64)
     prune(table, final, np.int32(np.iinfo(np.int32).max))
+    one = np.zeros(1, np.int64)
+    bounds, _, _ = byte_intervals(one, one, one, 1, one)
+    byte_classes(bounds, np.zeros(len(bounds) - 1, np.int64))
     distances(table, final, np.int32(np.iinfo(np.int32).max))
     text = np.frombuffer('(?:"[a]")'.encode("utf-32-le"), np.uint32)
     group_spans(text, 1, np.zeros(1, np.int64))

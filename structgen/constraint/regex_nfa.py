@@ -233,35 +233,27 @@ def literal_uses(regex: str, candidates: frozenset[int]) -> int | None:
 @dataclass(frozen=True)
 class RegexNFA:
     """The NFA's arrays: ``kind``, ``arg`` and ``out`` per state (see the module), ``start``,
-    and ``sets``: each byte set as a tuple of inclusive byte ranges."""
+    and its byte sets as inclusive ranges: range ``i`` of set ``range_set[i]`` is
+    ``low[i]..high[i]`` (``sets`` of them; ``compiled_automaton.byte_intervals`` reads them)."""
 
     kind: np.ndarray
     arg: np.ndarray
     out: np.ndarray
     start: int
-    sets: tuple
+    range_set: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    sets: int
 
     @classmethod
     def from_regex(cls, regex: str) -> "RegexNFA":
         builder = _Builder()
         final = builder.add(MATCH, 0, -1)
         start = builder.compile(parse(regex), final)
+        ranges = np.array(builder.ranges, np.int64).reshape(-1, 3)
         return cls(np.array(builder.kind, np.int8), np.array(builder.arg, np.int32),
-                   np.array(builder.out, np.int32), start, tuple(builder.sets))
-
-    def byte_intervals(self) -> tuple[np.ndarray, np.ndarray]:
-        """(the bounds of the byte intervals no set splits, each set's membership per interval:
-        bool[sets, intervals]). Bytes 0x00, 0x1f (outlines-core's marks) are intervals alone."""
-        ranges = [(number, low, high) for number, members in enumerate(self.sets)
-                  for low, high in members]
-        number, low, high = (np.array(column, np.int64).reshape(-1)
-                             for column in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
-        bounds = np.unique(np.concatenate([low, high + 1, [0, 1, 0x1F, 0x20, 256]]))
-        # +1 where a range opens, -1 past its end, summed along each set's row
-        change = np.zeros((max(len(self.sets), 1), len(bounds)), np.int64)
-        np.add.at(change, (number, np.searchsorted(bounds, low)), 1)
-        np.add.at(change, (number, np.searchsorted(bounds, high + 1)), -1)
-        return bounds, np.cumsum(change, axis=1)[:, :-1] > 0
+                   np.array(builder.out, np.int32), start, ranges[:, 0].copy(),
+                   ranges[:, 1].copy(), ranges[:, 2].copy(), len(builder._set_number))
 
 
 class _Builder:
@@ -272,7 +264,7 @@ class _Builder:
         self.kind: list[int] = []
         self.arg: list[int] = []
         self.out: list[int] = []
-        self.sets: list[tuple] = []
+        self.ranges: list[tuple[int, int, int]] = []  # (set number, low, high) of every set
         self._set_number: dict[tuple, int] = {}
         self._byte_number = [-1] * 256  # a single byte's set number, once it has one
         self._built: dict[str, tuple[int, int, int, int]] = {}  # group text -> its first states
@@ -287,8 +279,8 @@ class _Builder:
     def set_number(self, ranges: tuple) -> int:
         number = self._set_number.get(ranges)
         if number is None:
-            number = self._set_number[ranges] = len(self.sets)
-            self.sets.append(ranges)
+            number = self._set_number[ranges] = len(self._set_number)
+            self.ranges += [(number, low, high) for low, high in ranges]
         return number
 
     def byte_set(self, ranges: tuple, out: int) -> int:
