@@ -48,11 +48,14 @@ def private_cache_folder(name: str, create: bool = False) -> Path | None:
     root = cache_dir()
     folder = root / name
     try:
-        if create:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            folder.mkdir(mode=0o700, exist_ok=True)
         for path in (root, folder):
-            status = path.stat()
+            try:
+                status = path.stat()
+            except FileNotFoundError:  # made only where asked (a mkdir that finds it costs more)
+                if not create:
+                    return None
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                status = path.stat()
             if status.st_uid not in (os.getuid(), 0) or status.st_mode & 0o022:
                 if str(path) not in _WARNED:
                     _WARNED.add(str(path))

@@ -105,17 +105,29 @@ _SCHEMA, _DATA, _SCHEMA_LIST, _SCHEMA_MAP = range(4)
 
 
 def _walk(schema: Any):
-    """Every node of the document once, iteratively: (node, pointer, depth, kind)."""
-    stack: list[tuple[Any, str, int, int]] = [(schema, "", 1, _SCHEMA)]
+    """Every node of the document once, iteratively: (node, path, depth, kind). ``path`` is
+    (the parent's path, the key) or None at the root, spelt as a pointer by ``_pointer`` only
+    where one is needed (a pointer string per node was most of a walk's time)."""
+    stack: list[tuple[Any, tuple | None, int, int]] = [(schema, None, 1, _SCHEMA)]
     while stack:
-        node, pointer, depth, kind = stack.pop()
-        yield node, pointer, depth, kind
+        item = stack.pop()
+        yield item
+        node, path, depth, kind = item
         if isinstance(node, dict):
-            stack.extend((value, f"{pointer}/{escape_token(key) if isinstance(key, str) else key}",
-                          depth + 1, _kind(kind, key, value)) for key, value in node.items())
+            stack.extend((value, (path, key), depth + 1, _kind(kind, key, value))
+                         for key, value in node.items())
         elif isinstance(node, list):
-            stack.extend((value, f"{pointer}/{i}", depth + 1, _kind(kind, i, value))
+            stack.extend((value, (path, i), depth + 1, _kind(kind, i, value))
                          for i, value in enumerate(node))
+
+
+def _pointer(path: tuple | None) -> str:
+    """The JSON pointer of a ``_walk`` path."""
+    keys = []
+    while path is not None:
+        path, key = path
+        keys.append(f"/{escape_token(key)}" if isinstance(key, str) else f"/{key}")
+    return "".join(reversed(keys))
 
 
 def check_document(schema: Any) -> None:
@@ -124,27 +136,29 @@ def check_document(schema: Any) -> None:
     known draft, a ``$ref`` that is not local. One iterative walk, each node visited once, so it
     cannot overflow the stack it protects."""
     base = base_uri(schema)
-    for node, pointer, depth, kind in _walk(schema):
+    for node, path, depth, kind in _walk(schema):
         if isinstance(node, str):
-            _check_text(node, pointer, "string")
+            if not node.isascii():
+                _check_text(node, _pointer(path), "string")
         elif isinstance(node, (dict, list)) and depth > MAX_DEPTH:
-            raise UnsupportedSchemaError(f"the schema nests deeper than {MAX_DEPTH} levels", pointer)
+            raise UnsupportedSchemaError(f"the schema nests deeper than {MAX_DEPTH} levels",
+                                         _pointer(path))
         if not isinstance(node, dict):
             continue
         for key in node:
-            if isinstance(key, str):
-                _check_text(key, pointer, "name")
+            if isinstance(key, str) and not key.isascii():
+                _check_text(key, _pointer(path), "name")
         if kind == _SCHEMA and "$ref" in node:
-            _check_local_ref(node["$ref"], base, f"{pointer}/$ref")
+            _check_local_ref(node["$ref"], base, f"{_pointer(path)}/$ref")
         if kind == _SCHEMA and "$schema" in node:
-            draft_of(node, pointer)
+            draft_of(node, _pointer(path))
 
 
 def without_ref_cycles(schema: Any) -> Any:
     """``schema`` with every ``$ref`` that only leads to more ``$ref``s and back (``{"$ref": "#"}``)
     taken out: such a chain constrains nothing, so it means any value, but a validator following
     it recurses forever. The schema itself when there is none (the common case: no copy)."""
-    pure = {pointer: node["$ref"] for node, pointer, _, kind in _walk(schema)
+    pure = {_pointer(path): node["$ref"] for node, path, _, kind in _walk(schema)
             if kind == _SCHEMA and isinstance(node, dict) and isinstance(node.get("$ref"), str)
             and all(k == "$ref" or k in ANNOTATIONS or k in DEFINITIONS for k in node)}
     base = base_uri(schema)
