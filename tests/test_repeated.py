@@ -81,11 +81,12 @@ def small_thresholds(monkeypatch):
 @pytest.mark.parametrize("whitespace", ["compact", "flexible"])
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_shared_groups_keep_the_language_and_shrink_the_automaton(name, whitespace,
-                                                                   small_thresholds):
+                                                                   small_thresholds, loops):
     regex = schema_to_regex(SCHEMAS[name], whitespace=whitespace)
     assert repeated_groups(regex), "the schema should repeat a group"
     plain = build_arrays(regex)
-    shared = build_sharing(regex, build_arrays, free_bytes(regex, list(PLACEHOLDERS)))
+    shared = build_sharing(regex, build_arrays, free_bytes(regex, list(PLACEHOLDERS)),
+                           loops=loops)
     assert shared is not None, "every splice here is deterministic"
     assert len(shared["table"]) < len(plain["table"])
     assert same_language(plain, shared) and no_dead_ends(shared)
@@ -97,7 +98,7 @@ def test_shared_groups_keep_the_language_and_shrink_the_automaton(name, whitespa
         text.encode())
 
 
-def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
+def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds, loops):
     """The group ``\\{"a":1...\\}`` is entered where ``\\{"b"`` also starts: splicing it would
     need determinising, so the group is written out again and the regex built as it is."""
     group = r'\{"a":1' + "0" * 80 + r"\}"
@@ -109,9 +110,32 @@ def test_a_splice_that_would_not_be_deterministic_is_refused(small_thresholds):
         built.append(text)
         return build_arrays(text)
 
-    arrays = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)))
+    arrays = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)), loops=loops)
     assert built[-1] == regex  # the last build: nothing left to share
     assert same_language(arrays, build_arrays(regex))
+
+
+@pytest.mark.parametrize("whitespace", ["compact", "flexible"])
+def test_the_compiled_splices_write_the_arrays_numpy_writes(compiled_loops, small_thresholds,
+                                                            whitespace):
+    """Class refinement and splices by the compiled loops (builds in the parent) and by numpy
+    (the compile worker): the same arrays, refused splices and rebuilds included."""
+    from structgen.schema.layout import STRING_CHAR
+
+    refused = r'\{"a":1' + "0" * 80 + r"\}"
+    regexes = [schema_to_regex(schema, whitespace=whitespace) for schema in SCHEMAS.values()]
+    regexes.append(f"\\[(?:{refused}|\\{{\"b\":2\\}})(?:,{refused})*\\]" + "x" * 300)
+    going_on = "(?:a" + "b" * 70 + "c*)"  # accepting copies take on the target's transitions
+    regexes.append(f"\\[{going_on}(?:,{going_on})*\\]" + "x" * 300)
+    for regex in regexes:
+        placeholders = free_bytes(regex, list(PLACEHOLDERS))
+        by_numpy = build_sharing(regex, build_arrays, placeholders, {}, frozenset([STRING_CHAR]))
+        compiled = build_sharing(regex, build_arrays, placeholders, {}, frozenset([STRING_CHAR]),
+                                 compiled_loops.automaton)
+        assert by_numpy.keys() == compiled.keys()
+        for name in by_numpy:
+            assert np.array_equal(by_numpy[name], compiled[name]), (regex[:80], name)
+            assert np.asarray(by_numpy[name]).dtype == np.asarray(compiled[name]).dtype
 
 
 def test_a_group_followed_by_a_quantifier_or_with_its_own_bar_is_not_cut_out(small_thresholds, loops):
@@ -230,7 +254,7 @@ def test_string_characters_are_determinised_once():
                           for character in ("x", "é", "\\n", "\\u00e9", "😀"))
 
 
-def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresholds):
+def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresholds, loops):
     """Where a string also starts an enum's "abc", its character cannot be spliced; the skeleton
     is rebuilt with the character written out, and the repeated object is still shared."""
     from structgen.schema.layout import STRING_CHAR
@@ -247,7 +271,7 @@ def test_a_refused_group_is_written_out_and_the_others_still_shared(small_thresh
         return build_arrays(text)
 
     shared = build_sharing(regex, recording, free_bytes(regex, list(PLACEHOLDERS)), {},
-                           frozenset([STRING_CHAR]))
+                           frozenset([STRING_CHAR]), loops)
     plain = build_arrays(regex)
     assert shared is not None and same_language(shared, plain) and no_dead_ends(shared)
     assert len(shared["table"]) < len(plain["table"])

@@ -25,6 +25,9 @@ _DISTANCES = "int32[::1](int32[:, ::1], boolean[::1], int32)"
 _INTERVALS = ("Tuple((int64[::1], int64[::1], int32[::1]))"
               "(int64[::1], int64[::1], int64[::1], int64, int64[::1])")
 _BYTE_CLASSES = "Tuple((uint8[::1], int64[::1]))(int64[::1], int64[::1])"
+_REFINE = "Tuple((int64[::1], int64[::1]))(int64[::1], int64[:, ::1], int64[::1])"
+_SPLICE = ("Tuple((boolean, int32[:, ::1], boolean[::1], int64))(int32[:, ::1], boolean[::1], "
+           "int64, int64, int32[:, ::1], int64[::1], int64[::1], boolean[::1], int64)")
 _PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1]))"
           "(int32[:, ::1], boolean[::1], int32)")
 # (the code points are read from the regex's encoded bytes in place: a read-only array)
@@ -97,6 +100,123 @@ def byte_classes(bounds, column_class):  # pragma: no cover (compiled)
             classes += 1
         byte_class[bounds[i]:bounds[i + 1]] = number[k]
     return byte_class, columns[:classes].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _renumbered(keys):  # pragma: no cover (compiled)
+    """Each key's rank among the distinct keys (``np.unique``'s inverse), and the first
+    position of each distinct key (its index)."""
+    order = np.argsort(keys, kind="mergesort")
+    rank = np.empty(len(keys), np.int64)
+    first = np.empty(len(keys), np.int64)
+    distinct = -1
+    for i in range(len(order)):
+        if i == 0 or keys[order[i]] != keys[order[i - 1]]:
+            distinct += 1
+            first[distinct] = order[i]
+        rank[order[i]] = distinct
+    return rank, first[:distinct + 1].copy()
+
+
+@numba.njit(_REFINE, cache=True, nogil=True)
+def refine_classes(byte_class, group_classes, placeholders):  # pragma: no cover (compiled)
+    """(each byte's class in the coarsest partition finer than ``byte_class`` and every row of
+    ``group_classes``, each placeholder byte a class of its own, numbered last; the first byte
+    of each class): ``repeated.Splices``' classes, numbered as its numpy reading numbers them."""
+    refined = byte_class.copy()
+    for g in range(group_classes.shape[0]):
+        refined, _ = _renumbered(refined * 256 + group_classes[g])
+    top = refined.max()
+    for i in range(len(placeholders)):
+        refined[placeholders[i]] = top + 1 + i
+    return _renumbered(refined)
+
+
+@numba.njit(_SPLICE, cache=True, nogil=True)
+def splice(table, is_final, rows, column, group_table, group_columns, placeholder_columns,
+           group_final, group_start):  # pragma: no cover (compiled)
+    """``repeated.Splices.splice`` in one pass: each transition on the placeholder ``column``
+    of ``table[:rows]`` replaced by a copy of the group (``group_table``, its columns read
+    through ``group_columns``) per target state; (False, ...) where the result would not be
+    deterministic, else (True, the table and finality, grown where needed, their rows)."""
+    states, classes = group_table.shape[0], table.shape[1]
+    if group_final[group_start]:
+        return False, table, is_final, rows  # an empty group: its entry would be an empty step
+    inner = np.empty((states, classes), np.int32)
+    for s in range(states):
+        for c in range(classes):
+            inner[s, c] = group_table[s, group_columns[c]]
+        for c in placeholder_columns:
+            inner[s, c] = 0
+    # accepting states the group cannot go on from close it (they are the target itself);
+    # the others are copied, and those that accept take on the target's transitions
+    leaving = np.zeros(classes, np.bool_)
+    index = np.full(states, -1, np.int64)  # a copied state's row within its copy
+    kept = 0
+    for s in range(1, states):
+        goes_on = not group_final[s]
+        if group_final[s]:
+            for c in range(classes):
+                if inner[s, c] != 0:
+                    leaving[c] = True
+                    goes_on = True
+        if goes_on:
+            index[s] = kept
+            kept += 1
+    seen = np.zeros(rows, np.bool_)
+    for r in range(rows):
+        seen[table[r, column]] = True
+    target_index = np.full(rows, -1, np.int64)
+    targets = np.empty(rows, np.int64)
+    count = 0
+    for t in range(1, rows):  # in order, as np.unique gives them
+        if seen[t]:
+            target_index[t] = count
+            targets[count] = t
+            count += 1
+    needed = rows + count * kept
+    if needed >= 2147483647:
+        return False, table, is_final, rows
+    if needed > table.shape[0]:
+        size = max(needed, 2 * table.shape[0])
+        grown = np.empty((size, classes), np.int32)
+        grown[:rows] = table[:rows]
+        grown_final = np.zeros(size, np.bool_)
+        grown_final[:rows] = is_final[:rows]
+        table, is_final = grown, grown_final
+    for r in range(rows):
+        if table[r, column] != 0:
+            for c in range(classes):
+                if inner[group_start, c] != 0 and table[r, c] != 0:
+                    return False, table, is_final, rows
+    for r in range(rows):
+        t = table[r, column]
+        if t != 0:
+            table[r, column] = 0
+            base = rows + target_index[t] * kept
+            for c in range(classes):
+                s = inner[group_start, c]
+                if s != 0:
+                    table[r, c] = base + index[s] if index[s] >= 0 else t
+    for i in range(count):  # (checked after the entries: a target may be a source too)
+        for c in range(classes):
+            if leaving[c] and table[targets[i], c] != 0:
+                return False, table, is_final, rows
+    for i in range(count):
+        t, base = targets[i], rows + i * kept
+        for s in range(1, states):
+            if index[s] < 0:
+                continue
+            row = base + index[s]
+            for c in range(classes):
+                g = inner[s, c]
+                table[row, c] = 0 if g == 0 else (base + index[g] if index[g] >= 0 else t)
+            is_final[row] = group_final[s] and is_final[t]
+            if group_final[s]:
+                for c in range(classes):
+                    if table[row, c] == 0:
+                        table[row, c] = table[t, c]
+    return True, table, is_final, needed
 
 
 @numba.njit(cache=True, nogil=True)
@@ -601,6 +721,10 @@ def warm_up() -> None:
     one = np.zeros(1, np.int64)
     bounds, _, _ = byte_intervals(one, one, one, 1, one)
     byte_classes(bounds, np.zeros(len(bounds) - 1, np.int64))
+    _, first = refine_classes(np.zeros(256, np.int64), np.zeros((1, 256), np.int64), one)
+    splice(np.zeros((2, len(first)), np.int32), np.zeros(2, np.bool_), 2, 0,
+           np.zeros((2, len(first)), np.int32), np.zeros(len(first), np.int64), one,
+           np.ones(2, np.bool_), 1)
     distances(table, final, np.int32(np.iinfo(np.int32).max))
     text = np.frombuffer('(?:"[a]")'.encode("utf-32-le"), np.uint32)
     group_spans(text, 1, np.zeros(1, np.int64))

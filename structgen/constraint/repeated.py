@@ -375,7 +375,8 @@ def build_sharing(regex: str, build: Callable[[str], dict], placeholders: list[i
                 kept.add(text)
                 break
         else:
-            splices = Splices(arrays, {byte: groups[text] for text, byte in byte_of.items()})
+            splices = Splices(arrays, {byte: groups[text] for text, byte in byte_of.items()},
+                              loops)
             refused = next((text for text, byte in byte_of.items()
                             if not splices.splice(byte, groups[text])), None)
             if refused is None:
@@ -388,16 +389,25 @@ class Splices:
     """A skeleton's groups spliced in, one after the other, into one table: the byte classes
     are refined once for every group to come (each placeholder a class of its own until its
     splice), and the table grows by doubling (a whole-table copy per group cost more than the rest
-    of a splice)."""
+    of a splice). With ``loops`` (the compiled loops) the refinement and each splice are one
+    compiled pass each (``compiled_automaton.refine_classes``, ``splice``); numpy's reading,
+    for the compile worker, gives the same arrays."""
 
-    def __init__(self, arrays: dict, groups: dict[int, dict]):
+    def __init__(self, arrays: dict, groups: dict[int, dict], loops=None):
+        self.loops = loops
         byte_class = arrays["byte_class"]
-        refined = byte_class.astype(np.int64)
-        for group in groups.values():
-            refined = np.unique(refined * 256 + group["byte_class"], return_inverse=True)[1]
         placeholders = list(groups)
-        refined[placeholders] = refined.max() + 1 + np.arange(len(placeholders))
-        _, self.first, new_class = np.unique(refined, return_index=True, return_inverse=True)
+        if loops is None:
+            refined = byte_class.astype(np.int64)
+            for group in groups.values():
+                refined = np.unique(refined * 256 + group["byte_class"], return_inverse=True)[1]
+            refined[placeholders] = refined.max() + 1 + np.arange(len(placeholders))
+            _, self.first, new_class = np.unique(refined, return_index=True, return_inverse=True)
+        else:
+            new_class, self.first = loops.refine_classes(
+                byte_class.astype(np.int64),
+                np.array([group["byte_class"] for group in groups.values()], np.int64),
+                np.array(placeholders, np.int64))
         self.byte_class = new_class.reshape(256)
         self.placeholder_columns = self.byte_class[placeholders]
         table = arrays["table"]
@@ -418,6 +428,14 @@ class Splices:
         per target state); False where the result would not be deterministic (the table is
         then left half-written: the caller starts again)."""
         group_final, group_start = group["is_final"], int(group["initial"])
+        if self.loops is not None:
+            done, self.table, self.is_final, self.rows = self.loops.splice(
+                self.table, self.is_final, self.rows, int(self.byte_class[byte]),
+                np.ascontiguousarray(group["table"], np.int32),
+                group["byte_class"][self.first].astype(np.int64),
+                self.placeholder_columns.astype(np.int64),
+                np.ascontiguousarray(group_final, np.bool_), group_start)
+            return done
         if group_final[group_start]:
             return False  # an empty group: its entry would be an empty step
         inner = group["table"][:, group["byte_class"][self.first]]  # (a copy: fancy indexing)
