@@ -170,6 +170,10 @@ class _Compiler:
         self.any_number = unbounded_number(max_digits)
         self._any_values: dict[tuple[int, int], str] = {}
         self.cut: RecursionLimitError | None = None  # the first recursion cut met, if any
+        # (id of a node, level, inside a oneOf) -> (the node, its regex): normalize shares a
+        # definition's node between its uses, so each is written once however often it is
+        # inlined (the node is kept so that its id is not reused by another during the compile)
+        self._written: dict[tuple[int, int, bool], tuple[object, str]] = {}
         self.branches = BranchAnalysis(origins, self.check_time)
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -180,7 +184,12 @@ class _Compiler:
         Refused past ``MAX_REGEX_CHARS``: unrolled definitions can grow the text exponentially
         (memory), and no index compiles from such a regex within its budget anyway."""
         self.check_time()
+        key = (id(node), self.level, self._one_of_depth > 0)
+        known = self._written.get(key)
+        if known is not None:
+            return known[1]
         regex = self._value(node, where)
+        self._written[key] = (node, regex)
         if len(regex) > MAX_REGEX_CHARS:
             raise RegexTooLargeError(
                 f"the regex for this schema would pass {MAX_REGEX_CHARS:,} characters (definitions "
