@@ -20,6 +20,7 @@ the prompt nor an answer, can hold them).
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 from urllib.parse import unquote
 
@@ -251,7 +252,9 @@ def check_schema(schema: dict) -> None:
         except Exception:  # noqa: BLE001 - any doubt: jsonschema judges
             pass
     meta = cls(cls.META_SCHEMA, registry=NO_RETRIEVAL, format_checker=cls.FORMAT_CHECKER)
-    error = next(iter(meta.iter_errors(schema)), None)
+    with warnings.catch_warnings():  # its "regex" format compiles each pattern: no re warning
+        warnings.simplefilter("ignore", FutureWarning)  # on a "[[" (as ``_sre.parse``)
+        error = next(iter(meta.iter_errors(schema)), None)
     if error is not None:
         pointer = "".join(f"/{escape_token(str(part))}" for part in error.path)
         raise InvalidSchemaError(f"not a valid JSON schema: {error.message}", pointer)
