@@ -86,6 +86,7 @@ _ATOMS = st.one_of(
     st.text(st.sampled_from('ab{}":, \\'), min_size=1, max_size=4).map(
         lambda t: "".join(_escaped(ord(c)) for c in t)),
     _CODES.map(_escaped),
+    st.text(st.sampled_from("aé€\U0001d11e"), min_size=1, max_size=3),  # raw, beyond ASCII
     _class(),
 )
 _QUANTIFIERS = st.sampled_from(["", "", "*", "+", "?", "{2}", "{0,3}", "{1,}", "{2,4}"])
@@ -111,6 +112,7 @@ def test_random_regexes_determinise_as_outlines_core_does(loops, regex):
 
 @pytest.mark.parametrize("regex", [
     "", "a", "(?:)", "(?:a*)*", "(?:|a)+b", "x\\x1fy|z", "\\u00e9{3}",
+    "caf\u00e9+", "\u00e9\u20ac{2}",  # raw characters beyond ASCII: the quantifier takes one
     "[\\ud7ff-\\ue000]", "\\{\\}\\[\\]\\.",
     "(?:(?:)(?:)(?:)(?:)(?:))x(?:(?:)(?:)(?:)(?:)(?:))y",  # a recurring group that is empty
     "(?:(?:abc|defgh)+|ijklmnop)?,(?:(?:abc|defgh)+|ijklmnop)?;",  # one that may be

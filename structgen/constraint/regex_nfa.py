@@ -171,8 +171,10 @@ def parse(regex: str) -> tuple:
         if kind == "spaces":
             sequence.append(_SPACES)
         elif kind == "text":
-            sequence.append(("text", text.encode()) if text.isascii()
-                            else ("seq", [_character(ord(c)) for c in text]))
+            if text.isascii():
+                sequence.append(("text", text.encode()))
+            else:  # one node per character, so that a quantifier takes the last one alone
+                sequence.extend(_character(ord(c)) for c in text)
         elif kind == "class":
             sequence.append(_class(text))
         elif kind == "escape":
