@@ -30,7 +30,8 @@ from structgen.constraint.automaton import (
     table_distances,
 )
 from structgen.constraint.automaton_builder import AutomatonBuilder
-from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex, utf8_sequences
+from structgen.constraint.compiled_regex import MAX_NFA_STATES, utf8_sequences
+from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex
 from structgen.schema.layout import STRING_CHAR
@@ -119,7 +120,7 @@ def test_random_regexes_determinise_as_outlines_core_does(loops, regex):
 ])
 def test_edge_cases_determinise_as_outlines_core_does(loops, regex):
     """Empty texts, loops of empty groups, the marks' bytes, the surrogate gap, recurring
-    groups copied (``MIN_TEMPLATE``) that match nothing or may."""
+    groups that match nothing or may."""
     assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None
 
 
@@ -143,7 +144,8 @@ def test_utf8_sequences_match_exactly_the_encodings_of_the_range(low, width):
     """Each code point of the range matches one sequence, once; none outside it does, and no
     surrogate (which UTF-8 cannot hold) ever does."""
     high = min(low + width, 0x10FFFF)
-    sequences = utf8_sequences(low, high)
+    lengths, first, last = utf8_sequences(np.array([low]), np.array([high]))
+    sequences = [list(zip(first[k, :n], last[k, :n])) for k, n in enumerate(lengths)]
     probes = {low, high, low - 1, high + 1, (low + high) // 2, 0xD7FF, 0xD800, 0xDFFF, 0xE000,
               0x7F, 0x80, 0x7FF, 0x800, 0xFFFF, 0x10000}
     for code in sorted(c for c in probes if 0 <= c <= 0x10FFFF):
@@ -176,12 +178,14 @@ def test_the_maskbench_fixtures_build_the_same_automata(loops):
 @pytest.mark.parametrize("regex", ["^a", "a$", "\\d", "\\w+", "(?=a)a", "(a)\\1", "a{", "[a",
                                    "(?:a", "a)", "*a", "(?P<x>a)", "a{3,1}", "\\ud800",
                                    "[\\udfff-\\ue000]"])
-def test_syntax_outside_the_dialect_is_refused(regex):
+def test_syntax_outside_the_dialect_is_refused(loops, regex):
     with pytest.raises(UnsupportedRegex):
-        RegexNFA.from_regex(regex)
+        RegexNFA.from_regex(regex, loops)
 
 
 def test_a_build_past_its_bounds_stops(loops):
+    with pytest.raises(BuildTooLarge):  # its NFA alone: refused before a state is written
+        determinized_arrays("(?:(?:ab){1000}){%d}" % (MAX_NFA_STATES // 1000), loops)
     regex = "(?:a|b)*a(?:a|b){12}"  # 2**13 states: determinisation blows up
     with pytest.raises(BuildTooLarge):
         determinized_arrays(regex, loops, max_states=1000)
@@ -219,7 +223,7 @@ def test_the_compiler_builds_here_and_falls_back_to_the_worker(loops, monkeypatc
         compiler._worker.stop()
 
 
-def test_dialect_covers_what_the_schema_compiler_writes():
+def test_dialect_covers_what_the_schema_compiler_writes(loops):
     """Every construct ``regex_text`` writes parses: a regex of each kind of schema."""
     schema = {"type": "object", "properties": {
         "s": {"type": "string", "pattern": "^[a-z]+\\d{2}.$", "maxLength": 40},
@@ -228,7 +232,7 @@ def test_dialect_covers_what_the_schema_compiler_writes():
         "a": {"type": "array", "items": {"type": "integer"}, "maxItems": 3}}}
     regex = schema_to_regex(schema, whitespace="flexible")
     assert re.search(r"\\u|\\x", regex)
-    RegexNFA.from_regex(regex)
+    RegexNFA.from_regex(regex, loops)
 
 
 @settings(max_examples=100, deadline=None)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from structgen.constraint.regex_nfa import RegexNFA, UnsupportedRegex
+from structgen.constraint.regex_nfa import NFATooLarge, RegexNFA, UnsupportedRegex
 
 END_MARK = 0  # the byte appended to the regex to mark acceptance
 START_MARK = 0x1F  # the byte put before it, so that its first byte starts nothing else
@@ -93,7 +93,10 @@ def determinized_arrays(regex: str, loops, max_states: int | None = None,
     outlines-core refuses the regex). Raises ``UnsupportedRegex`` for syntax outside the schema
     compiler's dialect or a regex that matches nothing (outlines-core then reports it), and
     ``BuildTooLarge`` past the bounds (``MAX_STATES`` and ``MAX_WORK`` unless given)."""
-    nfa = RegexNFA.from_regex(regex)
+    try:
+        nfa = RegexNFA.from_regex(regex, loops)
+    except NFATooLarge as error:
+        raise BuildTooLarge(str(error)) from None
     bounds, set_start, set_intervals = loops.byte_intervals(
         nfa.range_set, nfa.low, nfa.high, nfa.sets, MARKS)
     status, table, final = loops.determinize(

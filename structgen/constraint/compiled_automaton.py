@@ -16,6 +16,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from structgen.constraint.compiled_regex import (  # noqa: F401 (the loops offer them)
+    MAX_NFA_STATES,
+    NFA_BUILT,
+    NFA_TOO_LARGE,
+    grown,
+    thompson,
+)
+
 #: ``determinize``'s status: a table; too many states; too much work.
 BUILT, TOO_MANY_STATES, TOO_MUCH_WORK = 0, 1, 2
 
@@ -33,17 +41,6 @@ _PRUNE = ("Tuple((int32[:, ::1], boolean[::1], int32[::1], int64[::1], int64[::1
 # (the code points are read from the regex's encoded bytes in place: a read-only array)
 _GROUP_SPANS = numba.types.Tuple((numba.int64[::1], numba.int64[::1]))(
     numba.types.Array(numba.uint32, 1, "C", readonly=True), numba.int64, numba.int64[::1])
-
-
-@numba.njit(cache=True, nogil=True)
-def _grown(array, needed):  # pragma: no cover (compiled)
-    """``array``, or a zero-padded copy at least twice as long when ``needed`` exceeds it."""
-    if needed <= len(array):
-        return array
-    size = max(2 * len(array), needed)
-    grown = np.zeros(size, array.dtype)
-    grown[:len(array)] = array
-    return grown
 
 
 @numba.njit(_INTERVALS, cache=True, nogil=True)
@@ -321,7 +318,7 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
         work += end - begin + total + intervals
         if work > max_work:
             return TOO_MUCH_WORK, empty, final[:0]
-        moves = _grown(moves, total)
+        moves = grown(moves, total)
         place = 0
         for interval in range(intervals):
             bucket_start[interval] = place
@@ -361,10 +358,10 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
                     return TOO_MANY_STATES, empty, final[:0]
                 target = states  # a new state: its members stored, its slot taken
                 states += 1
-                first, size = _grown(first, states), _grown(size, states)
-                hashes, final = _grown(hashes, states), _grown(final, states)
-                table = _grown(table, states * intervals)
-                members = _grown(members, used + closed)
+                first, size = grown(first, states), grown(size, states)
+                hashes, final = grown(hashes, states), grown(final, states)
+                table = grown(table, states * intervals)
+                members = grown(members, used + closed)
                 members[used:used + closed] = found[:closed]
                 first[target], size[target], hashes[target] = used, closed, value
                 used += closed
@@ -595,16 +592,16 @@ def group_spans(text, min_group, also):  # pragma: no cover (compiled)
                       and following != 63 and following != 42 and following != 43
                       and following != 123)  # none of ``?*+{`` after it
         elif token <= _QUOTE:  # an opening
-            frame_start = _grown(frame_start, depth + 1)
-            frame_kind = _grown(frame_kind, depth + 1)
-            frame_barred = _grown(frame_barred, depth + 1)
+            frame_start = grown(frame_start, depth + 1)
+            frame_kind = grown(frame_kind, depth + 1)
+            frame_barred = grown(frame_barred, depth + 1)
             frame_start[depth] = start
             frame_kind[depth] = token
             frame_barred[depth] = 0
             depth += 1
         if closes:
-            starts = _grown(starts, found + 1)
-            ends = _grown(ends, found + 1)
+            starts = grown(starts, found + 1)
+            ends = grown(ends, found + 1)
             starts[found] = frame_start[depth]
             ends[found] = at
             found += 1
@@ -701,8 +698,8 @@ def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
             if other < 0:
                 seen_start[slot] = at
                 seen_end[slot] = end
-            starts = _grown(starts, count + 1)
-            ends = _grown(ends, count + 1)
+            starts = grown(starts, count + 1)
+            ends = grown(ends, count + 1)
             starts[count] = at
             ends[count] = end
             count += 1
@@ -713,6 +710,7 @@ def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
 def warm_up() -> None:
     """Call each loop once on a one-state NFA: numba's first call of a loaded function costs
     10-20 ms more, which the loading thread pays instead of a first compile."""
+    thompson(np.frombuffer('(?:[ab]|\\u00e9)*c{2}'.encode("utf-32-le"), np.uint32))
     kind = np.array([2], np.int8)
     zeros = np.zeros(1, np.int32)
     status, table, final = determinize(kind, zeros, zeros, 0, np.zeros(2, np.int64), zeros, 1,
