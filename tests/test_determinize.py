@@ -124,6 +124,16 @@ def test_edge_cases_determinise_as_outlines_core_does(loops, regex):
     assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None
 
 
+def test_bytes_the_marks_share_their_sets_with_are_kept(loops):
+    """The marks' bytes (0x00, 0x1f) are cut out of every automaton, so each has a column of
+    its own: bytes that every set takes alike share a column otherwise, and "[^a]" takes 0x01
+    as it takes 0x00."""
+    for regex in ("[^a]b", ".b"):
+        automaton = ByteAutomaton.from_arrays(determinized_arrays(regex, loops))
+        assert automaton.accepts(b"\x01b") and automaton.accepts(b"zb"), regex
+        assert not automaton.accepts(b"\x00b") and not automaton.accepts(b"\x1fb"), regex
+
+
 def test_a_regex_that_matches_nothing_is_left_to_outlines_core_and_a_dead_branch_is_pruned(loops):
     """outlines-core refuses a regex with a state that takes no byte; structgen hands one that
     matches nothing at all back (the worker then reports it) and drops a branch that cannot

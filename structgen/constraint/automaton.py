@@ -97,22 +97,22 @@ def determinized_arrays(regex: str, loops, max_states: int | None = None,
         nfa = RegexNFA.from_regex(regex, loops)
     except NFATooLarge as error:
         raise BuildTooLarge(str(error)) from None
-    bounds, set_start, set_intervals = loops.byte_intervals(
+    byte_column, set_start, set_columns, columns = loops.byte_columns(
         nfa.range_set, nfa.low, nfa.high, nfa.sets, MARKS)
     status, table, final = loops.determinize(
-        nfa.kind, nfa.arg, nfa.out, nfa.start, set_start, set_intervals, len(bounds) - 1,
+        nfa.kind, nfa.arg, nfa.out, nfa.start, set_start, set_columns, columns,
         max_states or MAX_STATES, max_work or MAX_WORK)
     if status != loops.BUILT:
         raise BuildTooLarge("too many states" if status == loops.TOO_MANY_STATES
                             else "too much work")
-    table[:, np.searchsorted(bounds, MARKS)] = 0  # each mark alone in its interval
+    table[:, byte_column[MARKS]] = 0  # each mark alone in its column
     table, is_final, distance, renumber, column_class = loops.prune(table, final,
                                                                     np.int32(UNREACHABLE))
     if distance[1] == UNREACHABLE:  # nothing to accept: outlines-core reports it as before
         raise UnsupportedRegex("the regex matches no text")
-    byte_class, columns = loops.byte_classes(bounds, column_class)
+    byte_class, kept = loops.byte_classes(byte_column, column_class)
     return {
-        "table": np.ascontiguousarray(table[:, columns]),
+        "table": np.ascontiguousarray(table[:, kept]),
         "byte_class": byte_class,
         "is_final": is_final,
         "initial": np.int64(renumber[1]),

@@ -1,7 +1,7 @@
 """The byte automaton's compiled loops (numba): subset construction over a ``RegexNFA``, pruning
 the result to the states that can still accept, and distances to acceptance over a whole table.
 
-``determinize`` is the textbook subset construction over the NFA's byte intervals: a DFA state
+``determinize`` is the textbook subset construction over the NFA's byte columns: a DFA state
 is the sorted set of byte-set and final NFA states its epsilon closure holds, found again through
 an open-addressing hash table. It stops, with a status instead of a table, past ``max_states``
 states, ``max_work`` member visits or ``max_work / 16`` members stored, so a regex that would
@@ -30,8 +30,8 @@ BUILT, TOO_MANY_STATES, TOO_MUCH_WORK = 0, 1, 2
 _DETERMINIZE = ("Tuple((int64, int32[:, ::1], boolean[::1]))(int8[::1], int32[::1], int32[::1], "
                 "int64, int64[::1], int32[::1], int64, int64, int64)")
 _DISTANCES = "int32[::1](int32[:, ::1], boolean[::1], int32)"
-_INTERVALS = ("Tuple((int64[::1], int64[::1], int32[::1]))"
-              "(int64[::1], int64[::1], int64[::1], int64, int64[::1])")
+_COLUMNS = ("Tuple((int64[::1], int64[::1], int32[::1], int64))"
+            "(int64[::1], int64[::1], int64[::1], int64, int64[::1])")
 _BYTE_CLASSES = "Tuple((uint8[::1], int64[::1]))(int64[::1], int64[::1])"
 _REFINE = "Tuple((int64[::1], int64[::1]))(int64[::1], int64[:, ::1], int64[::1])"
 _SPLICE = ("Tuple((boolean, int32[:, ::1], boolean[::1], int64))(int32[:, ::1], boolean[::1], "
@@ -43,59 +43,80 @@ _GROUP_SPANS = numba.types.Tuple((numba.int64[::1], numba.int64[::1]))(
     numba.types.Array(numba.uint32, 1, "C", readonly=True), numba.int64, numba.int64[::1])
 
 
-@numba.njit(_INTERVALS, cache=True, nogil=True)
-def byte_intervals(range_set, low, high, sets, alone):  # pragma: no cover (compiled)
-    """(the bounds of the byte intervals no byte set splits, each byte in ``alone`` in an
-    interval of its own; each set's intervals, set after set: ``set_start``,
-    ``set_intervals``) of ``sets`` byte sets given as ranges: set ``range_set[i]`` takes the
-    bytes ``low[i]..high[i]`` (a ``RegexNFA``'s)."""
+@numba.njit(_COLUMNS, cache=True, nogil=True)
+def byte_columns(range_set, low, high, sets, alone):  # pragma: no cover (compiled)
+    """(each byte's column, the columns each set takes, set after set: ``set_start``,
+    ``set_columns``; how many columns) of ``sets`` byte sets given as ranges: set
+    ``range_set[i]`` takes the bytes ``low[i]..high[i]`` (a ``RegexNFA``'s). Bytes that every
+    set takes or leaves alike share a column, wherever they lie (a JSON skeleton's literals
+    leave most of the bytes between them alike: about half the columns of contiguous
+    intervals); each byte in ``alone`` has a column of its own."""
     member = np.zeros((max(sets, 1), 256), np.bool_)
     for i in range(len(range_set)):
         member[range_set[i], low[i]:high[i] + 1] = True
-    starts = np.zeros(257, np.bool_)  # the bytes that begin an interval, and the end
-    starts[0] = starts[256] = True
+    column = np.full(256, -1, np.int64)
     for byte in alone:
-        starts[byte] = starts[byte + 1] = True
-    for byte in range(1, 256):
-        if not starts[byte]:
+        column[byte] = -2  # numbered below, alone
+    first = np.empty(256, np.int64)  # each column's first byte
+    hashes = np.empty(256, np.uint64)
+    columns = 0
+    for byte in range(256):
+        if column[byte] == -2:
+            column[byte] = columns
+            first[columns], hashes[columns] = byte, 0
+            columns += 1
+            continue
+        value = np.uint64(14695981039346656037)
+        for s in range(sets):
+            if member[s, byte]:
+                value = (value ^ np.uint64(s)) * np.uint64(1099511628211)
+        for k in range(columns):
+            if hashes[k] != value or column[first[k]] != k or first[k] in alone:
+                continue
+            same = True
             for s in range(sets):
-                if member[s, byte] != member[s, byte - 1]:
-                    starts[byte] = True
+                if member[s, byte] != member[s, first[k]]:
+                    same = False
                     break
-    bounds = np.flatnonzero(starts)
-    intervals = len(bounds) - 1
+            if same:
+                column[byte] = k
+                break
+        if column[byte] == -1:
+            column[byte] = columns
+            first[columns], hashes[columns] = byte, value
+            columns += 1
     set_start = np.zeros(sets + 1, np.int64)
     for s in range(sets):
         taken = 0
-        for i in range(intervals):
-            taken += member[s, bounds[i]]
+        for k in range(columns):
+            taken += member[s, first[k]]
         set_start[s + 1] = set_start[s] + taken
-    set_intervals = np.empty(set_start[sets], np.int32)
+    set_columns = np.empty(set_start[sets], np.int32)
     for s in range(sets):
         at = set_start[s]
-        for i in range(intervals):
-            if member[s, bounds[i]]:
-                set_intervals[at] = i
+        for k in range(columns):
+            if member[s, first[k]]:
+                set_columns[at] = k
                 at += 1
-    return bounds, set_start, set_intervals
+    return column, set_start, set_columns, columns
 
 
 @numba.njit(_BYTE_CLASSES, cache=True, nogil=True)
-def byte_classes(bounds, column_class):  # pragma: no cover (compiled)
-    """(each byte's class, numbered in order of first byte; the interval whose column stands
-    for each class) of a table over the intervals ``bounds`` whose equal columns share a
-    ``column_class`` (``prune``'s)."""
+def byte_classes(byte_column, column_class):  # pragma: no cover (compiled)
+    """(each byte's class, numbered in order of first byte; the column that stands for each
+    class) of a table whose columns are read through ``byte_column`` and whose equal columns
+    share a ``column_class`` (``prune``'s)."""
     byte_class = np.empty(256, np.uint8)
     number = np.full(len(column_class), -1, np.int64)  # column class -> byte class
     columns = np.empty(256, np.int64)
     classes = 0
-    for i in range(len(bounds) - 1):
-        k = column_class[i]
+    for byte in range(256):
+        k = column_class[byte_column[byte]]
         if number[k] == -1:
             number[k] = classes
-            columns[classes] = i
+            columns[classes] = byte_column[byte]
             classes += 1
-        byte_class[bounds[i]:bounds[i + 1]] = number[k]
+        byte_class[byte] = number[k]
     return byte_class, columns[:classes].copy()
 
 
@@ -272,27 +293,27 @@ def _find(found, count, value, slots, hashes, size, first, members):  # pragma: 
 
 
 @numba.njit(_DETERMINIZE, cache=True, nogil=True)
-def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_states,
+def determinize(kind, arg, out, start, set_start, set_columns, columns, max_states,
                 max_work):  # pragma: no cover (compiled)
-    """(status, table[states, intervals] with row 0 dead and row 1 the start, which rows are
+    """(status, table[states, columns] with row 0 dead and row 1 the start, which rows are
     final) of the NFA ``kind``/``arg``/``out`` from ``start``; byte set ``b`` takes the byte
-    intervals ``set_intervals[set_start[b]:set_start[b + 1]]`` (``byte_intervals``).
-    A state's moves are sorted into one bucket per interval, member by member, so a member
-    costs the intervals its set takes, not all of them."""
+    columns ``set_columns[set_start[b]:set_start[b + 1]]`` (``byte_columns``).
+    A state's moves are sorted into one bucket per column, member by member, so a member
+    costs the columns its set takes, not all of them."""
     n = len(kind)
-    empty = np.zeros((0, intervals), np.int32)
+    empty = np.zeros((0, columns), np.int32)
     mark = np.zeros(n, np.int64)
     stack = np.empty(n, np.int32)
     found = np.empty(n, np.int32)
-    bucket_size = np.zeros(intervals + 1, np.int64)
-    bucket_start = np.zeros(intervals + 1, np.int64)
+    bucket_size = np.zeros(columns + 1, np.int64)
+    bucket_start = np.zeros(columns + 1, np.int64)
     moves = np.empty(64, np.int32)  # a state's moves, bucket after bucket
     members = np.empty(max(1024, n), np.int32)  # every DFA state's NFA states, in a row
     first = np.zeros(64, np.int64)  # DFA state -> where its members start in ``members``
     size = np.zeros(64, np.int64)
     hashes = np.zeros(64, np.uint64)
     final = np.zeros(64, np.bool_)
-    table = np.zeros(64 * intervals, np.int32)
+    table = np.zeros(64 * columns, np.int32)
     slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state
     found[0] = start
     count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
@@ -309,44 +330,44 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
         state += 1
         begin, end = first[state], first[state] + size[state]
         total = 0
-        for i in range(begin, end):  # how many moves each interval gets
+        for i in range(begin, end):  # how many moves each column gets
             s = members[i]
             if kind[s] == 0:
                 for j in range(set_start[arg[s]], set_start[arg[s] + 1]):
-                    bucket_size[set_intervals[j]] += 1
+                    bucket_size[set_columns[j]] += 1
                 total += set_start[arg[s] + 1] - set_start[arg[s]]
-        work += end - begin + total + intervals
+        work += end - begin + total + columns
         if work > max_work:
             return TOO_MUCH_WORK, empty, final[:0]
         moves = grown(moves, total)
         place = 0
-        for interval in range(intervals):
-            bucket_start[interval] = place
-            place += bucket_size[interval]
-            bucket_size[interval] = 0
-        bucket_start[intervals] = place
+        for column in range(columns):
+            bucket_start[column] = place
+            place += bucket_size[column]
+            bucket_size[column] = 0
+        bucket_start[columns] = place
         for i in range(begin, end):  # each bucket in member order: equal sets, equal buckets
             s = members[i]
             if kind[s] == 0:
                 for j in range(set_start[arg[s]], set_start[arg[s] + 1]):
-                    interval = set_intervals[j]
-                    moves[bucket_start[interval] + bucket_size[interval]] = out[s]
-                    bucket_size[interval] += 1
+                    column = set_columns[j]
+                    moves[bucket_start[column] + bucket_size[column]] = out[s]
+                    bucket_size[column] += 1
         last_start, last_count, last_target = 0, -1, 0
-        for interval in range(intervals):
-            count = bucket_size[interval]
-            bucket_size[interval] = 0
+        for column in range(columns):
+            count = bucket_size[column]
+            bucket_size[column] = 0
             if count == 0:
                 continue
-            at = bucket_start[interval]
-            if count == last_count:  # the moves of the last interval with any: its target
+            at = bucket_start[column]
+            if count == last_count:  # the moves of the last column with any: its target
                 same = True
                 for i in range(count):
                     if moves[at + i] != moves[last_start + i]:
                         same = False
                         break
                 if same:
-                    table[state * intervals + interval] = last_target
+                    table[state * columns + column] = last_target
                     continue
             generation += 1
             closed = _closure(moves[at:at + count], count, kind, arg, out, mark, generation,
@@ -360,7 +381,7 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
                 states += 1
                 first, size = grown(first, states), grown(size, states)
                 hashes, final = grown(hashes, states), grown(final, states)
-                table = grown(table, states * intervals)
+                table = grown(table, states * columns)
                 members = grown(members, used + closed)
                 members[used:used + closed] = found[:closed]
                 first[target], size[target], hashes[target] = used, closed, value
@@ -377,9 +398,9 @@ def determinize(kind, arg, out, start, set_start, set_intervals, intervals, max_
                         while slots[slot] != -1:
                             slot = (slot + np.uint64(1)) & mask
                         slots[slot] = other
-            table[state * intervals + interval] = target
+            table[state * columns + column] = target
             last_start, last_count, last_target = at, count, target
-    return BUILT, table[:states * intervals].reshape(states, intervals).copy(), final[:states].copy()
+    return BUILT, table[:states * columns].reshape(states, columns).copy(), final[:states].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -717,8 +738,8 @@ def warm_up() -> None:
                                        4, 64)
     prune(table, final, np.int32(np.iinfo(np.int32).max))
     one = np.zeros(1, np.int64)
-    bounds, _, _ = byte_intervals(one, one, one, 1, one)
-    byte_classes(bounds, np.zeros(len(bounds) - 1, np.int64))
+    byte_column, _, _, columns = byte_columns(one, one, one, 1, one)
+    byte_classes(byte_column, np.zeros(columns, np.int64))
     _, first = refine_classes(np.zeros(256, np.int64), np.zeros((1, 256), np.int64), one)
     splice(np.zeros((2, len(first)), np.int32), np.zeros(2, np.bool_), 2, 0,
            np.zeros((2, len(first)), np.int32), np.zeros(len(first), np.int64), one,
