@@ -106,20 +106,22 @@ _SCHEMA, _DATA, _SCHEMA_LIST, _SCHEMA_MAP = range(4)
 
 
 def _walk(schema: Any):
-    """Every node of the document once, iteratively: (node, path, depth, kind). ``path`` is
-    (the parent's path, the key) or None at the root, spelt as a pointer by ``_pointer`` only
-    where one is needed (a pointer string per node was most of a walk's time)."""
+    """Every dict and list of the document once, iteratively: (node, path, depth, kind). ``path``
+    is (the parent's path, the key) or None at the root, spelt as a pointer by ``_pointer``
+    only where one is needed (a pointer string per node was most of a walk's time); scalars
+    are not visited (``check_document`` reads its containers' strings itself)."""
     stack: list[tuple[Any, tuple | None, int, int]] = [(schema, None, 1, _SCHEMA)]
+    if not isinstance(schema, (dict, list)):
+        return
+    push = stack.append
     while stack:
         item = stack.pop()
         yield item
         node, path, depth, kind = item
-        if isinstance(node, dict):
-            stack.extend((value, (path, key), depth + 1, _kind(kind, key, value))
-                         for key, value in node.items())
-        elif isinstance(node, list):
-            stack.extend((value, (path, i), depth + 1, _kind(kind, i, value))
-                         for i, value in enumerate(node))
+        members = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in members:
+            if isinstance(value, (dict, list)):
+                push((value, (path, key), depth + 1, _kind(kind, key, value)))
 
 
 def _pointer(path: tuple | None) -> str:
@@ -136,23 +138,24 @@ def check_document(schema: Any) -> None:
     deeper than ``MAX_DEPTH``, a string or name with a lone surrogate, a ``$schema`` that is not a
     known draft, a ``$ref`` that is not local. One iterative walk, each node visited once, so it
     cannot overflow the stack it protects."""
+    if isinstance(schema, str) and not schema.isascii():
+        _check_text(schema, "", "string")
     base = base_uri(schema)
     for node, path, depth, kind in _walk(schema):
-        if isinstance(node, str):
-            if not node.isascii():
-                _check_text(node, _pointer(path), "string")
-        elif isinstance(node, (dict, list)) and depth > MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise UnsupportedSchemaError(f"the schema nests deeper than {MAX_DEPTH} levels",
                                          _pointer(path))
-        if not isinstance(node, dict):
-            continue
-        for key in node:
+        members = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in members:
             if isinstance(key, str) and not key.isascii():
                 _check_text(key, _pointer(path), "name")
-        if kind == _SCHEMA and "$ref" in node:
-            _check_local_ref(node["$ref"], base, f"{_pointer(path)}/$ref")
-        if kind == _SCHEMA and "$schema" in node:
-            draft_of(node, _pointer(path))
+            if isinstance(value, str) and not value.isascii():
+                _check_text(value, _pointer((path, key)), "string")
+        if kind == _SCHEMA and isinstance(node, dict):
+            if "$ref" in node:
+                _check_local_ref(node["$ref"], base, f"{_pointer(path)}/$ref")
+            if "$schema" in node:
+                draft_of(node, _pointer(path))
 
 
 def without_ref_cycles(schema: Any) -> Any:
