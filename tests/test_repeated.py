@@ -7,6 +7,7 @@ splice would not be deterministic (then the plain build must be what comes back)
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -364,6 +365,34 @@ def test_the_compiled_group_scan_finds_the_spans_the_python_scan_does(compiled_l
         for text in (regex, regex + "a" * repeated.NUMPY_SCAN + regex):
             assert group_spans(text, tuple(also), compiled_loops.automaton) == \
                 group_spans(text, tuple(also))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='()"{}[]|?:,ab\u00e9', max_size=80), st.integers(1, 6))
+def test_repeated_groups_by_hashes_are_those_by_texts(compiled_loops, regex, min_group):
+    """The compiled reading compares groups' texts by a hash of each (``span_hashes``); over
+    texts with many short groups, most of them repeated or nearly so, it chooses the groups the
+    Python reading chooses by comparing the texts, whatever is always or kept."""
+    loops = compiled_loops.automaton
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repeated, "MIN_GROUP", min_group)
+        spans = group_spans(regex)
+        texts = sorted({regex[start:end] for start, end in spans})
+        for always, kept in ((frozenset(), frozenset()), (frozenset(texts[:1]),
+                                                          frozenset(texts[1:2]))):
+            assert repeated_groups(regex, always, kept, loops) == \
+                repeated_groups(regex, always, kept)
+
+
+def test_span_hashes_tell_texts_apart_and_equal_texts_alike(compiled_loops):
+    text = "(?:ab)(?:ab)(?:ba)(?:\u00e9)(?:\u00e9)" * 3
+    code_points = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    starts = np.arange(0, len(text) - 6, dtype=np.int64)
+    ends = starts + 6
+    hashes = compiled_loops.automaton.span_hashes(code_points, starts, ends).tolist()
+    for i, j in itertools.combinations(range(len(starts)), 2):
+        same_text = text[starts[i]:ends[i]] == text[starts[j]:ends[j]]
+        assert (hashes[i] == hashes[j]) == same_text, (i, j)
 
 
 @settings(max_examples=500, deadline=None)

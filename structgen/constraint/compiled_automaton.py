@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from structgen.constraint.compiled_regex import (  # noqa: F401 (the loops offer them)
+from structgen.constraint.compiled_regex import (  # noqa: F401 (the NFA's, offered here too)
     MAX_NFA_STATES,
     NFA_BUILT,
     NFA_TOO_LARGE,
@@ -641,6 +641,37 @@ def _is_hex(text, start, count):  # pragma: no cover (compiled)
     return True
 
 
+_SPAN_HASHES = numba.uint64[::1](numba.types.Array(numba.uint32, 1, "C", readonly=True),
+                                  numba.int64[::1], numba.int64[::1])
+
+
+@numba.njit(_SPAN_HASHES, cache=True, nogil=True)
+def span_hashes(text, starts, ends):  # pragma: no cover (compiled)
+    """A 64-bit polynomial hash of each span ``text[starts[k]:ends[k]]`` (equal texts hash
+    alike), from one pass over the text: the prefix hash is kept at the spans' bounds only, and
+    each span's power of the base is found by squaring (no array the text's length)."""
+    bounds = np.concatenate((starts, ends))
+    order = np.argsort(bounds, kind="mergesort")
+    prefix = np.empty(len(bounds), np.uint64)
+    base = np.uint64(1000003)
+    value, at = np.uint64(0), 0
+    for k in order:
+        while at < bounds[k]:
+            value = value * base + np.uint64(text[at]) + np.uint64(1)
+            at += 1
+        prefix[k] = value
+    hashes = np.empty(len(starts), np.uint64)
+    for k in range(len(starts)):
+        power, factor, length = np.uint64(1), base, ends[k] - starts[k]
+        while length:
+            if length & 1:
+                power *= factor
+            factor *= factor
+            length >>= 1
+        hashes[k] = prefix[len(starts) + k] - prefix[k] * power
+    return hashes
+
+
 @numba.njit(_READ_PIECES, cache=True, nogil=True)
 def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
     """``repeated.free_bytes``'s reading of ``text`` (the regex's code points) in one pass, as
@@ -746,5 +777,6 @@ def warm_up() -> None:
            np.ones(2, np.bool_), 1)
     distances(table, final, np.int32(np.iinfo(np.int32).max))
     text = np.frombuffer('(?:"[a]")'.encode("utf-32-le"), np.uint32)
-    group_spans(text, 1, np.zeros(1, np.int64))
+    starts, ends = group_spans(text, 1, np.zeros(1, np.int64))
+    span_hashes(text, starts, ends)
     read_pieces(text, np.zeros(128, np.bool_), np.zeros(128, np.bool_))

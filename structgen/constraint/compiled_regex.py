@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 MAX_CODE = 0x10FFFF
-BYTES, SPLIT, MATCH = 0, 1, 2  # as regex_nfa's
+BYTES, SPLIT, MATCH = 0, 1, 2  # the kinds of NFA state (``regex_nfa``)
 #: ``thompson``'s status: an NFA; syntax outside the dialect (at the position it returns); more
 #: than ``MAX_NFA_STATES`` states (no determinisation here would finish within its bounds).
 NFA_BUILT, NFA_UNSUPPORTED, NFA_TOO_LARGE = 0, 1, 2

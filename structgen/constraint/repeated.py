@@ -136,28 +136,40 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
             spans.append((start, end))
             if is_always:
                 marked.add((start, end))
-    # A text's count is read from the spans of its length, sliced when first asked: most spans
-    # lie inside a chosen group, and most lengths are never asked for.
+    chosen: list[tuple[int, int]] = []
+    repeats = _repeats(regex, spans, loops)
+    for span in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if chosen and span[0] < chosen[-1][1]:
+            continue  # inside a chosen group: its own build handles it
+        if (span in marked or repeats(span)) and regex[span[0]:span[1]] not in kept:
+            chosen.append(span)
+    return chosen
+
+
+def _repeats(regex: str, spans: list[tuple[int, int]], loops=None) -> Callable:
+    """Whether a span's text is that of another of ``spans`` too. With ``loops`` the texts are
+    compared by a hash of each (``compiled_automaton.span_hashes``), never sliced; a collision
+    (two texts, one hash) would only share a group that occurs once, which keeps the language.
+    Without, a text's count is read from the spans of its length, sliced when first asked: most
+    spans lie inside a chosen group, and most lengths are never asked for."""
+    if loops is not None and spans:
+        bounds = np.array(spans, np.int64)
+        hashes = loops.span_hashes(_code_points(regex), bounds[:, 0].copy(), bounds[:, 1].copy())
+        key_of = dict(zip(spans, zip((bounds[:, 1] - bounds[:, 0]).tolist(), hashes.tolist())))
+        uses = Counter(key_of.values())
+        return lambda span: uses[key_of[span]] > 1
     of_length: dict[int, list[tuple[int, int]]] = {}
     for span in spans:
         of_length.setdefault(span[1] - span[0], []).append(span)
     counts: dict[int, Counter] = {}
-    chosen: list[tuple[int, int]] = []
-    for span in sorted(spans, key=lambda span: (span[0], -span[1])):
-        if chosen and span[0] < chosen[-1][1]:
-            continue  # inside a chosen group: its own build handles it
-        text = regex[span[0]:span[1]]
-        if text in kept:
-            continue
-        if span in marked:
-            chosen.append(span)
-            continue
+
+    def repeats(span: tuple[int, int]) -> bool:
         length = span[1] - span[0]
         if length not in counts:
             counts[length] = Counter(regex[start:end] for start, end in of_length[length])
-        if counts[length][text] > 1:
-            chosen.append(span)
-    return chosen
+        return counts[length][regex[span[0]:span[1]]] > 1
+
+    return repeats
 
 
 def _tokens(regex: str) -> tuple[list[int], list[int], list[int]]:
