@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -c "$$WARM_UP_LOOPS"
 	touch $@
 
-# numba compiles structgen's loops once per install (about 20 s here) into its cache; done here,
+# numba compiles structgen's loops once per install (about 45 s here) into its cache; done here,
 # the first demo or test loads them in about 0.6 s. A failure is printed, not fatal: the loops'
 # work then runs in numpy and outlines-core, as it does wherever numba cannot compile.
 define WARM_UP_LOOPS

@@ -1,10 +1,10 @@
 """CompiledLoops: structgen's numba loops, loaded once per process by a background thread.
 
 Two modules: ``compiled_walks`` (the token walker's loops) and ``compiled_automaton`` (the
-determinisation of a regex into a byte automaton). Importing numba and loading them from its
-cache takes about 0.6-0.8 s; compiling them, the first time on a machine (or after an upgrade),
-about 20 s here (the walks 2 s; the determinisation and the regex scans 17 s; ``make install``
-does it once).
+determinisation of a regex into a byte automaton, with ``compiled_regex``'s NFA). Importing numba
+and loading them from its cache takes about 0.8-0.9 s; compiling them, the first time on a
+machine (or after an upgrade), about 45 s here (the walks 2 s; the NFA 26 s; the determinisation
+and the regex scans 17 s; ``make install`` does it once).
 A script that compiles one schema should wait for neither. ``load_model`` and
 ``from_transformers`` start the load while the model loads; until it is done, walks run in numpy
 and automata are built by outlines-core in the compile worker, and for good where numba is
