@@ -108,7 +108,7 @@ def literal_uses(regex: str, candidates: frozenset[int]) -> int | None:
 class RegexNFA:
     """The NFA's arrays: ``kind``, ``arg`` and ``out`` per state (see the module), ``start``,
     and its byte sets as inclusive ranges: range ``i`` of set ``range_set[i]`` is
-    ``low[i]..high[i]`` (``sets`` of them; ``compiled_automaton.byte_intervals`` reads them)."""
+    ``low[i]..high[i]`` (``sets`` of them; ``compiled_automaton.byte_columns`` reads them)."""
 
     kind: np.ndarray
     arg: np.ndarray
