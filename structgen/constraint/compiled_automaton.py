@@ -43,6 +43,15 @@ _GROUP_SPANS = numba.types.Tuple((numba.int64[::1], numba.int64[::1]))(
     numba.types.Array(numba.uint32, 1, "C", readonly=True), numba.int64, numba.int64[::1])
 
 
+@numba.njit(cache=True, nogil=True)
+def _equal_columns(matrix, a, b):  # pragma: no cover (compiled)
+    """Whether columns ``a`` and ``b`` of ``matrix`` hold the same values."""
+    for row in range(matrix.shape[0]):
+        if matrix[row, a] != matrix[row, b]:
+            return False
+    return True
+
+
 @numba.njit(_COLUMNS, cache=True, nogil=True)
 def byte_columns(range_set, low, high, sets, alone):  # pragma: no cover (compiled)
     """(each byte's column, the columns each set takes, set after set: ``set_start``,
@@ -73,12 +82,7 @@ def byte_columns(range_set, low, high, sets, alone):  # pragma: no cover (compil
         for k in range(columns):
             if hashes[k] != value or column[first[k]] != k or first[k] in alone:
                 continue
-            same = True
-            for s in range(sets):
-                if member[s, byte] != member[s, first[k]]:
-                    same = False
-                    break
-            if same:
+            if _equal_columns(member, byte, first[k]):
                 column[byte] = k
                 break
         if column[byte] == -1:
@@ -480,13 +484,7 @@ def prune(table, final, unreachable):  # pragma: no cover (compiled)
     for c in range(intervals):
         column_class[c] = -1
         for k in range(classes):
-            other = representative[k]
-            same = True
-            for s in range(live):
-                if pruned[s, c] != pruned[s, other]:
-                    same = False
-                    break
-            if same:
+            if _equal_columns(pruned, c, representative[k]):
                 column_class[c] = k
                 break
         if column_class[c] == -1:

@@ -23,6 +23,9 @@ BYTES, SPLIT, MATCH = 0, 1, 2  # the kinds of NFA state (``regex_nfa``)
 NFA_BUILT, NFA_UNSUPPORTED, NFA_TOO_LARGE = 0, 1, 2
 MAX_NFA_STATES = 1 << 24
 
+_CONTROLS = np.full(128, -1, np.int64)  # the letter of an escape like \t -> its code
+for _letter, _code in zip("tnrfva0", (9, 10, 13, 12, 11, 7, 0)):
+    _CONTROLS[ord(_letter)] = _code
 _CHAR, _CLASS, _SEQ, _ALT, _REPEAT = 0, 1, 2, 3, 4  # tree nodes
 _EVAL, _SEQ_NEXT, _ALT_DONE, _LOOP_DONE, _FEWEST, _OPTIONAL = 0, 1, 2, 3, 4, 5  # tasks
 
@@ -78,20 +81,8 @@ def _escape(text, i):  # pragma: no cover (compiled)
         if code > MAX_CODE or 0xD800 <= code <= 0xDFFF:
             code = -1
         return code, end
-    if c == 116:
-        return 9, end
-    if c == 110:
-        return 10, end
-    if c == 114:
-        return 13, end
-    if c == 102:
-        return 12, end
-    if c == 118:
-        return 11, end
-    if c == 97:
-        return 7, end
-    if c == 48:
-        return 0, end
+    if c < 128 and _CONTROLS[c] >= 0:
+        return _CONTROLS[c], end
     if 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c >= 128:
         return -1, end
     return c, end
