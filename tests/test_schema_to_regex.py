@@ -45,6 +45,7 @@ from structgen.schema import (
     schema_to_regex,
 )
 from structgen.schema.numbers import integer_range
+from structgen.schema.regex_text import escape, string_literal
 
 SAMPLES = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 #: How deep open values nest in the regexes the corpus, sampling and Rust-dialect tests read: one
@@ -1317,3 +1318,15 @@ def test_patterns_with_future_set_syntax_compile_without_warnings():
         schema_to_regex({"$schema": "http://json-schema.org/draft-03/schema#",
                          "type": "string", "pattern": "^[[a-z]*[-]?[a-z]*]*$"})
     assert re.fullmatch(regex, '"[a&&| "') and not re.fullmatch(regex, '"c"')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20) | st.text(st.characters(max_codepoint=0x7F), max_size=20))
+def test_literal_text_and_json_strings_match_exactly_themselves(text):
+    """``escape`` (ASCII by one translate, the rest a character at a time) and
+    ``string_literal`` match exactly the text and its JSON string literal, lone surrogates
+    included, and nothing one character longer."""
+    assert re.fullmatch(escape(text), text, re.S) and not re.fullmatch(escape(text), text + "a")
+    literal = json.dumps(text, ensure_ascii=False)
+    assert re.fullmatch(string_literal(text), literal, re.S)
+    assert string_literal(text).isascii()

@@ -23,9 +23,17 @@ _SINGLE = re.compile(
 
 def escape(text: str) -> str:
     """A regex matching exactly ``text``."""
+    if text.isascii():  # (most keys and values: one translate, not a generator per character)
+        return text.translate(_ASCII_ESCAPES)
     return "".join(
         "\\" + c if c in _META else c if " " <= c <= "~" else hex_escape(ord(c)) for c in text
     )
+
+
+#: ``escape`` of each ASCII character, for ``str.translate``.
+_ASCII_ESCAPES = {code: "\\" + chr(code) if chr(code) in _META
+                  else chr(code) if 0x20 <= code <= 0x7E else f"\\x{code:02x}"
+                  for code in range(128)}
 
 
 def hex_escape(code: int) -> str:
@@ -42,6 +50,8 @@ def string_literal(text: str) -> str:
 def _json_string(text: str) -> str:
     """``text`` as a JSON string literal; lone surrogates (legal in JSON) escaped."""
     encoded = json.dumps(text, ensure_ascii=False)
+    if encoded.isascii():
+        return encoded
     return "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in encoded)
 
 
