@@ -194,8 +194,10 @@ def test_syntax_outside_the_dialect_is_refused(loops, regex):
 
 
 def test_a_build_past_its_bounds_stops(loops):
-    with pytest.raises(BuildTooLarge):  # its NFA alone: refused before a state is written
-        determinized_arrays("(?:(?:ab){1000}){%d}" % (MAX_NFA_STATES // 1000), loops)
+    for regex in ("(?:(?:ab){1000}){%d}" % (MAX_NFA_STATES // 1000),
+                  "a{18446744073709551617}", "a{1,18446744073709551617}"):  # (2**64 + 1: no wrap)
+        with pytest.raises(BuildTooLarge):  # its NFA alone: refused before a state is written
+            determinized_arrays(regex, loops)
     regex = "(?:a|b)*a(?:a|b){12}"  # 2**13 states: determinisation blows up
     with pytest.raises(BuildTooLarge):
         determinized_arrays(regex, loops, max_states=1000)

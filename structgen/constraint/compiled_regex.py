@@ -22,6 +22,7 @@ BYTES, SPLIT, MATCH = 0, 1, 2  # the kinds of NFA state (``regex_nfa``)
 #: than ``MAX_NFA_STATES`` states (no determinisation here would finish within its bounds).
 NFA_BUILT, NFA_UNSUPPORTED, NFA_TOO_LARGE = 0, 1, 2
 MAX_NFA_STATES = 1 << 24
+_HUGE_COUNT = 1 << 40  # a repeat count past this is read as this (its NFA is refused anyway)
 
 _CONTROLS = np.full(128, -1, np.int64)  # the letter of an escape like \t -> its code
 for _letter, _code in zip("tnrfva0", (9, 10, 13, 12, 11, 7, 0)):
@@ -330,8 +331,8 @@ def _parse(text):  # pragma: no cover (compiled)
                 most = 1
             elif c == 123:  # {m}, {m,} or {m,n}
                 j = i + 1
-                while j < n and 48 <= text[j] <= 57:
-                    fewest = fewest * 10 + text[j] - 48
+                while j < n and 48 <= text[j] <= 57:  # (saturated: no count wraps around)
+                    fewest = min(fewest * 10 + text[j] - 48, _HUGE_COUNT)
                     j += 1
                 if j == i + 1 or j >= n or (text[j] != 125 and text[j] != 44):
                     status = NFA_UNSUPPORTED
@@ -343,7 +344,7 @@ def _parse(text):  # pragma: no cover (compiled)
                     first_digit = j
                     most = 0
                     while j < n and 48 <= text[j] <= 57:
-                        most = most * 10 + text[j] - 48
+                        most = min(most * 10 + text[j] - 48, _HUGE_COUNT)
                         j += 1
                     if j >= n or text[j] != 125 or (j > first_digit and most < fewest):
                         status = NFA_UNSUPPORTED  # unclosed, or counting backwards
