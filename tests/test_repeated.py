@@ -369,6 +369,14 @@ def test_the_compiled_group_scan_finds_the_spans_the_python_scan_does(compiled_l
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet='()"{}[]|?:,ab\u00e9', max_size=80), st.integers(1, 6))
+@example(regex="(?::ab)(?::ab)", min_group=1)  # groups that begin with a separator,
+@example(regex="(?:,ab)(?:,ab)", min_group=1)
+@example(regex="(?:[a]b)(?:[a]b)", min_group=1)  # a class,
+@example(regex='(?:"ab")(?:"ab")', min_group=1)  # a quoted literal,
+@example(regex='(?:"a\\"b")x(?:"a\\"b")', min_group=1)  # one with an escaped quote,
+@example(regex='(?:"a(b")x(?:"a(b")', min_group=1)  # a string with a group in it,
+@example(regex='(?:"a\\1")x(?:"a\\1")', min_group=1)  # or with an escaped code
+@example(regex='"(?:ab)*","(?:ab){2,}"', min_group=9)  # a string's character, always counted
 def test_repeated_groups_by_hashes_are_those_by_texts(compiled_loops, regex, min_group):
     """The compiled reading compares groups' texts by a hash of each (``span_hashes``); over
     texts with many short groups, most of them repeated or nearly so, it chooses the groups the
@@ -382,6 +390,15 @@ def test_repeated_groups_by_hashes_are_those_by_texts(compiled_loops, regex, min
                                                           frozenset(texts[1:2]))):
             assert repeated_groups(regex, always, kept, loops) == \
                 repeated_groups(regex, always, kept)
+
+
+def test_a_short_group_always_counted_is_chosen_only_in_a_plain_string(compiled_loops, loops):
+    """A string's character (``always``) shorter than ``MIN_GROUP`` is chosen where it is a
+    plain string's repeated character, and left where anything else may stand beside it."""
+    regex = '"(?:ab)*","(?:ab){2,}",(?:ab)"'
+    assert repeated_groups(regex, frozenset(["(?:ab)"]), frozenset(), loops) == [(1, 7),
+                                                                                 (11, 17)]
+    assert repeated_groups(regex, frozenset(["(?:ab)"]), frozenset(["(?:ab)"]), loops) == []
 
 
 def test_span_hashes_tell_texts_apart_and_equal_texts_alike(compiled_loops):

@@ -670,6 +670,119 @@ def span_hashes(text, starts, ends):  # pragma: no cover (compiled)
     return hashes
 
 
+_CHOOSE_GROUPS = numba.types.Tuple((numba.int64[::1], numba.int64[::1]))(
+    numba.types.Array(numba.uint32, 1, "C", readonly=True), numba.int64[::1], numba.int64[::1],
+    numba.uint64[::1], numba.int64, numba.int64[::1], numba.uint64[::1], numba.int64[::1],
+    numba.uint64[::1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _among(length, value, lengths, hashes):  # pragma: no cover (compiled)
+    """Whether a text of ``length`` and hash ``value`` is one of ``lengths``/``hashes``."""
+    for i in range(len(lengths)):
+        if lengths[i] == length and hashes[i] == value:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _closes_a_string(text, at):  # pragma: no cover (compiled)
+    """``repeated._CLOSES_A_STRING`` at ``at``: ``*"``, ``+"``, ``{m}"``, ``{m,}"`` or ``{m,n}"``."""
+    n = len(text)
+    if at < n and (text[at] == 42 or text[at] == 43):
+        return at + 1 < n and text[at + 1] == 34
+    if at >= n or text[at] != 123:
+        return False
+    j = at + 1
+    while j < n and 48 <= text[j] <= 57:
+        j += 1
+    if j == at + 1 or j >= n:
+        return False
+    if text[j] == 44:
+        j += 1
+        while j < n and 48 <= text[j] <= 57:
+            j += 1
+    return j + 1 < n and text[j] == 125 and text[j + 1] == 34
+
+
+@numba.njit(cache=True, nogil=True)
+def _opens_a_value(text, start):  # pragma: no cover (compiled)
+    """``repeated._opens_a_value``: past any ``(?:``, not a class, a separator or a quoted
+    literal (characters and escaped punctuation between quotes)."""
+    n = len(text)
+    while start + 2 < n and text[start] == 40 and text[start + 1] == 63 and text[start + 2] == 58:
+        start += 3
+    c = text[start]
+    if c != 34:
+        return c != 91 and c != 44 and c != 58  # [ , :
+    j = start + 1
+    while j < n:
+        c = text[j]
+        if c == 34:
+            return False  # a quoted literal
+        if c == 92:  # an escape of punctuation goes on; of a letter or digit, a code: not literal
+            if j + 1 >= n:
+                return True
+            e = text[j + 1]
+            if 48 <= e <= 57 or 65 <= e <= 90 or 97 <= e <= 122:
+                return True
+            j += 2
+        elif c == 91 or c == 40:  # a class or a group: not a literal
+            return True
+        else:
+            j += 1
+    return True
+
+
+@numba.njit(_CHOOSE_GROUPS, cache=True, nogil=True)
+def choose_groups(text, starts, ends, hashes, min_group, always_lengths, always_hashes,
+                  kept_lengths, kept_hashes):  # pragma: no cover (compiled)
+    """``repeated.repeated_groups`` over the spans ``group_spans`` found and their
+    ``span_hashes``, the texts always counted and kept out given by length and hash: (the
+    chosen spans' starts, ends), outermost first."""
+    n, count = len(text), len(starts)
+    keep = np.zeros(count, np.bool_)
+    marked = np.zeros(count, np.bool_)
+    for k in range(count):
+        start, end = starts[k], ends[k]
+        always = _among(end - start, hashes[k], always_lengths, always_hashes)
+        plain = start > 0 and text[start - 1] == 34 and _closes_a_string(text, end)
+        if (end - start < min_group and not (always and plain)) or (start == 0 and end == n):
+            continue
+        if always or _opens_a_value(text, start):
+            keep[k], marked[k] = True, always
+    candidates = np.flatnonzero(keep)
+    # how many candidates share each one's text (length and hash), by sorting on them
+    key_order = candidates[np.argsort(hashes[candidates], kind="mergesort")]
+    uses = np.zeros(count, np.int64)
+    i = 0
+    while i < len(key_order):
+        j = i
+        while j + 1 < len(key_order) and hashes[key_order[j + 1]] == hashes[key_order[i]]:
+            j += 1
+        for a in range(i, j + 1):  # (equal hashes: count those of equal length too)
+            same = 0
+            for b in range(i, j + 1):
+                same += ends[key_order[b]] - starts[key_order[b]] == \
+                    ends[key_order[a]] - starts[key_order[a]]
+            uses[key_order[a]] = same
+        i = j + 1
+    order = candidates[np.argsort(starts[candidates] * (n + 1) + (n - ends[candidates]),
+                                  kind="mergesort")]
+    chosen_start = np.empty(len(order), np.int64)
+    chosen_end = np.empty(len(order), np.int64)
+    chosen, last_end = 0, -1
+    for k in order:
+        if chosen and starts[k] < last_end:
+            continue  # inside a chosen group: its own build handles it
+        if (marked[k] or uses[k] > 1) and not _among(ends[k] - starts[k], hashes[k],
+                                                       kept_lengths, kept_hashes):
+            chosen_start[chosen], chosen_end[chosen] = starts[k], ends[k]
+            last_end = ends[k]
+            chosen += 1
+    return chosen_start[:chosen].copy(), chosen_end[:chosen].copy()
+
+
 @numba.njit(_READ_PIECES, cache=True, nogil=True)
 def read_pieces(text, candidate, matched):  # pragma: no cover (compiled)
     """``repeated.free_bytes``'s reading of ``text`` (the regex's code points) in one pass, as
@@ -776,5 +889,7 @@ def warm_up() -> None:
     distances(table, final, np.int32(np.iinfo(np.int32).max))
     text = np.frombuffer('(?:"[a]")'.encode("utf-32-le"), np.uint32)
     starts, ends = group_spans(text, 1, np.zeros(1, np.int64))
-    span_hashes(text, starts, ends)
+    hashes = span_hashes(text, starts, ends)
+    none = np.zeros(0, np.int64)
+    choose_groups(text, starts, ends, hashes, 1, none, hashes[:0], none, hashes[:0])
     read_pieces(text, np.zeros(128, np.bool_), np.zeros(128, np.bool_))

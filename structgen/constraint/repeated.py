@@ -124,10 +124,16 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
                     ) -> list[tuple[int, int]]:
     r"""Spans of the outermost groups (``group_spans``) whose text occurs as such a group more
     than once (the whole regex never counts). A ``(?:...)`` whose text is in ``always`` counts
-    whatever its length and however often it occurs; none whose text is in ``kept`` does."""
+    whatever its length and however often it occurs; none whose text is in ``kept`` does.
+    With ``loops`` (the compiled loops) the whole choice is compiled passes, texts compared by
+    a hash of each (``compiled_automaton.span_hashes``, ``choose_groups``), never sliced: a
+    collision could only share a group that occurs once, or write out one that recurs, and
+    either keeps the language."""
     also = tuple({len(text) for text in always})
+    if loops is not None:
+        return _chosen_by_loops(regex, always, kept, also, loops)
     spans, marked = [], set()  # the candidates; those whose text is in ``always``
-    for start, end in group_spans(regex, also, loops):
+    for start, end in group_spans(regex, also):
         is_always = end - start in also and regex[start:end] in always
         if (end - start < MIN_GROUP and not (is_always and _in_a_plain_string(regex, start, end))
                 or (start, end) == (0, len(regex))):
@@ -136,40 +142,47 @@ def repeated_groups(regex: str, always: frozenset[str] = frozenset(),
             spans.append((start, end))
             if is_always:
                 marked.add((start, end))
-    chosen: list[tuple[int, int]] = []
-    repeats = _repeats(regex, spans, loops)
-    for span in sorted(spans, key=lambda span: (span[0], -span[1])):
-        if chosen and span[0] < chosen[-1][1]:
-            continue  # inside a chosen group: its own build handles it
-        if (span in marked or repeats(span)) and regex[span[0]:span[1]] not in kept:
-            chosen.append(span)
-    return chosen
-
-
-def _repeats(regex: str, spans: list[tuple[int, int]], loops=None) -> Callable:
-    """Whether a span's text is that of another of ``spans`` too. With ``loops`` the texts are
-    compared by a hash of each (``compiled_automaton.span_hashes``), never sliced; a collision
-    (two texts, one hash) would only share a group that occurs once, which keeps the language.
-    Without, a text's count is read from the spans of its length, sliced when first asked: most
-    spans lie inside a chosen group, and most lengths are never asked for."""
-    if loops is not None and spans:
-        bounds = np.array(spans, np.int64)
-        hashes = loops.span_hashes(_code_points(regex), bounds[:, 0].copy(), bounds[:, 1].copy())
-        key_of = dict(zip(spans, zip((bounds[:, 1] - bounds[:, 0]).tolist(), hashes.tolist())))
-        uses = Counter(key_of.values())
-        return lambda span: uses[key_of[span]] > 1
+    # A text's count is read from the spans of its length, sliced when first asked: most spans
+    # lie inside a chosen group, and most lengths are never asked for.
     of_length: dict[int, list[tuple[int, int]]] = {}
     for span in spans:
         of_length.setdefault(span[1] - span[0], []).append(span)
     counts: dict[int, Counter] = {}
-
-    def repeats(span: tuple[int, int]) -> bool:
+    chosen: list[tuple[int, int]] = []
+    for span in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if chosen and span[0] < chosen[-1][1]:
+            continue  # inside a chosen group: its own build handles it
+        text = regex[span[0]:span[1]]
+        if text in kept:
+            continue
+        if span in marked:
+            chosen.append(span)
+            continue
         length = span[1] - span[0]
         if length not in counts:
             counts[length] = Counter(regex[start:end] for start, end in of_length[length])
-        return counts[length][regex[span[0]:span[1]]] > 1
+        if counts[length][text] > 1:
+            chosen.append(span)
+    return chosen
 
-    return repeats
+
+def _chosen_by_loops(regex: str, always: frozenset[str], kept: set[str] | frozenset[str],
+                     also: tuple[int, ...], loops) -> list[tuple[int, int]]:
+    """``repeated_groups`` by the compiled loops: the spans, their hashes and the choice."""
+    text = _code_points(regex)
+    starts, ends = loops.group_spans(text, MIN_GROUP, np.array(also, np.int64))
+    hashes = loops.span_hashes(text, starts, ends)
+    chosen = loops.choose_groups(text, starts, ends, hashes, MIN_GROUP,
+                                 *_text_hashes(always, loops), *_text_hashes(kept, loops))
+    return list(zip(chosen[0].tolist(), chosen[1].tolist()))
+
+
+def _text_hashes(texts, loops) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, ``span_hashes``) of ``texts``, hashed as spans of their concatenation."""
+    texts = list(texts)
+    lengths = np.array([len(text) for text in texts], np.int64)
+    ends = np.cumsum(lengths)
+    return lengths, loops.span_hashes(_code_points("".join(texts)), ends - lengths, ends)
 
 
 def _tokens(regex: str) -> tuple[list[int], list[int], list[int]]:
