@@ -5,6 +5,7 @@ compiler (``structgen.schema`` takes 120 ms to import)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 try:  # Python >= 3.11
@@ -16,12 +17,19 @@ except ImportError:  # pragma: no cover
 
 
 
-def parse(pattern: str):
-    """``sre_parse.parse``, without re's FutureWarning on ``[[``, ``--``, ``&&`` or ``||`` in a
-    class (valid today; the warning is about a future syntax, not the user's schema)."""
+@contextlib.contextmanager
+def no_set_syntax_warnings():
+    """re's FutureWarning on ``[[``, ``--``, ``&&`` or ``||`` in a class, silenced: such a
+    pattern is valid today, and the warning is about a future syntax, not the user's schema."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def parse(pattern: str):
+    """``sre_parse.parse``, without re's set-syntax warning (``no_set_syntax_warnings``)."""
+    with no_set_syntax_warnings():
         return sre_parse.parse(pattern)
 
 
-__all__ = ["parse", "sre_constants", "sre_parse"]
+__all__ = ["no_set_syntax_warnings", "parse", "sre_constants", "sre_parse"]

@@ -80,7 +80,7 @@ def byte_columns(range_set, low, high, sets, alone):  # pragma: no cover (compil
             if member[s, byte]:
                 value = (value ^ np.uint64(s)) * np.uint64(1099511628211)
         for k in range(columns):
-            if hashes[k] != value or column[first[k]] != k or first[k] in alone:
+            if hashes[k] != value or first[k] in alone:
                 continue
             if _equal_columns(member, byte, first[k]):
                 column[byte] = k

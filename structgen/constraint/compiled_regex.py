@@ -16,7 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-MAX_CODE = 0x10FFFF
+from structgen.code_points import MAX_CODE
+
 BYTES, SPLIT, MATCH = 0, 1, 2  # the kinds of NFA state (``regex_nfa``)
 #: ``thompson``'s status: an NFA; syntax outside the dialect (at the position it returns); more
 #: than ``MAX_NFA_STATES`` states (no determinisation here would finish within its bounds).

@@ -76,16 +76,14 @@ _CLOSES_A_STRING = re.compile(r'(?:[*+]|\{\d+(?:,\d*)?\})"')
 _QUOTED_LITERAL = re.compile(r'"(?:[^"\\\[(]|\\[^0-9A-Za-z])*"')
 
 
-def group_spans(regex: str, also: tuple[int, ...] = (), loops=None) -> list[tuple[int, int]]:
+def group_spans(regex: str, also: tuple[int, ...] = ()) -> list[tuple[int, int]]:
     r"""Spans of the groups of ``regex`` that could be shared, at every depth, in the order they
     close: a ``(?:...)`` at least ``MIN_GROUP`` long or as long as one of ``also``; an object's
     ``\{...\}``, an array's ``\[...\]`` or a string's ``"..."`` at least ``MIN_GROUP`` long
     that could stand alone (balanced in parentheses, no ``|`` of its own, no quantifier after
-    it). With ``loops`` (the compiled loops) the scan is one compiled pass over the code points
-    (``compiled_automaton.group_spans``), about a tenth of the time on a long regex."""
-    if loops is not None:
-        starts, ends = loops.group_spans(_code_points(regex), MIN_GROUP, np.array(also, np.int64))
-        return list(zip(starts.tolist(), ends.tolist()))
+    it). The compiled loops scan the same way in one pass over the code points
+    (``compiled_automaton.group_spans``, which ``repeated_groups`` calls where they are loaded),
+    about a tenth of the time on a long regex."""
     frames: list[list] = []  # [start, the token that opened it, saw a bar of its own]
     spans = []
     for token, token_start, end in zip(*_tokens(regex)):
@@ -434,7 +432,7 @@ class Splices:
                 np.array([group["byte_class"] for group in groups.values()], np.int64),
                 np.array(placeholders, np.int64))
         self.byte_class = new_class.reshape(256)
-        self.placeholder_columns = self.byte_class[placeholders]
+        self.placeholder_columns = self.byte_class[placeholders].astype(np.int64)
         table = arrays["table"]
         self.rows = len(table)
         # room for one copy of each group per state its placeholder leads to in the skeleton
@@ -458,8 +456,8 @@ class Splices:
                 self.table, self.is_final, self.rows, int(self.byte_class[byte]),
                 np.ascontiguousarray(group["table"], np.int32),
                 group["byte_class"][self.first].astype(np.int64),
-                self.placeholder_columns.astype(np.int64),
-                np.ascontiguousarray(group_final, np.bool_), group_start)
+                self.placeholder_columns, np.ascontiguousarray(group_final, np.bool_),
+                group_start)
             return done
         if group_final[group_start]:
             return False  # an empty group: its entry would be an empty step

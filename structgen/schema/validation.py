@@ -20,7 +20,6 @@ the prompt nor an answer, can hold them).
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,6 +28,7 @@ import jsonschema_rs
 import referencing
 import referencing.exceptions
 
+from structgen._sre import no_set_syntax_warnings
 from structgen.errors import InvalidSchemaError, UnsupportedSchemaError
 
 #: How deep a schema document may nest (objects and arrays, counting the root as 1). Real-world
@@ -110,9 +110,9 @@ def _walk(schema: Any):
     is (the parent's path, the key) or None at the root, spelt as a pointer by ``_pointer``
     only where one is needed (a pointer string per node was most of a walk's time); scalars
     are not visited (``check_document`` reads its containers' strings itself)."""
-    stack: list[tuple[Any, tuple | None, int, int]] = [(schema, None, 1, _SCHEMA)]
     if not isinstance(schema, (dict, list)):
         return
+    stack: list[tuple[Any, tuple | None, int, int]] = [(schema, None, 1, _SCHEMA)]
     push = stack.append
     while stack:
         item = stack.pop()
@@ -255,8 +255,7 @@ def check_schema(schema: dict) -> None:
         except Exception:  # noqa: BLE001 - any doubt: jsonschema judges
             pass
     meta = cls(cls.META_SCHEMA, registry=NO_RETRIEVAL, format_checker=cls.FORMAT_CHECKER)
-    with warnings.catch_warnings():  # its "regex" format compiles each pattern: no re warning
-        warnings.simplefilter("ignore", FutureWarning)  # on a "[[" (as ``_sre.parse``)
+    with no_set_syntax_warnings():  # its "regex" format compiles each pattern with re
         error = next(iter(meta.iter_errors(schema)), None)
     if error is not None:
         pointer = "".join(f"/{escape_token(str(part))}" for part in error.path)
