@@ -752,20 +752,21 @@ def choose_groups(text, starts, ends, hashes, min_group, always_lengths, always_
         if always or _opens_a_value(text, start):
             keep[k], marked[k] = True, always
     candidates = np.flatnonzero(keep)
-    # how many candidates share each one's text (length and hash), by sorting on them
-    key_order = candidates[np.argsort(hashes[candidates], kind="mergesort")]
+    # how many candidates share each one's text (length and hash): sorted by hash, then by
+    # length (stable sorts), equal texts are runs (a text used thousands of times is one run,
+    # not thousands squared comparisons)
+    lengths = ends - starts
+    by_length = candidates[np.argsort(lengths[candidates], kind="mergesort")]
+    key_order = by_length[np.argsort(hashes[by_length], kind="mergesort")]
     uses = np.zeros(count, np.int64)
     i = 0
     while i < len(key_order):
         j = i
-        while j + 1 < len(key_order) and hashes[key_order[j + 1]] == hashes[key_order[i]]:
+        while (j + 1 < len(key_order) and hashes[key_order[j + 1]] == hashes[key_order[i]]
+               and lengths[key_order[j + 1]] == lengths[key_order[i]]):
             j += 1
-        for a in range(i, j + 1):  # (equal hashes: count those of equal length too)
-            same = 0
-            for b in range(i, j + 1):
-                same += ends[key_order[b]] - starts[key_order[b]] == \
-                    ends[key_order[a]] - starts[key_order[a]]
-            uses[key_order[a]] = same
+        for a in range(i, j + 1):
+            uses[key_order[a]] = j + 1 - i
         i = j + 1
     order = candidates[np.argsort(starts[candidates] * (n + 1) + (n - ends[candidates]),
                                   kind="mergesort")]
