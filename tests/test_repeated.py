@@ -451,3 +451,31 @@ def test_the_compiled_reading_finds_the_free_bytes_the_regex_reading_does(compil
     for candidates in (list(PLACEHOLDERS), [1, 2, 11]):
         assert free_bytes(regex, candidates, compiled_loops.automaton) == \
             free_bytes(regex, candidates), candidates
+
+
+@pytest.mark.parametrize("strings", [3, 8])
+def test_the_string_character_is_shared_from_the_builders_threshold(strings):
+    """A builder that shares the string character from 8 places determinises a regex with 3
+    whole (one determinisation, the character inside), and splices it into one with 8; both
+    are the regex's language."""
+    from structgen.constraint.automaton_builder import AutomatonBuilder
+    from structgen.schema.layout import STRING_CHAR
+
+    names = [f"k{i}" for i in range(strings)]
+    regex = schema_to_regex({"type": "object", "required": names,
+                             "properties": {name: {"type": "string"} for name in names}},
+                            whitespace="compact")
+    assert regex.count(STRING_CHAR) == strings
+    built = []
+
+    def recording(text: str) -> dict:
+        built.append(text)
+        return build_arrays(text)
+
+    arrays = AutomatonBuilder(recording, share_character_from=8).build(regex, STRING_CHAR)
+    whole = [text for text in built if text != STRING_CHAR]
+    if strings < 8:
+        assert whole == [regex]
+    else:
+        assert all(STRING_CHAR not in text for text in whole) and len(whole) == 1
+    assert same_language(arrays, build_arrays(regex)) and no_dead_ends(arrays)

@@ -57,12 +57,15 @@ class AutomatonBuilder:
     """``build(regex, character)``: the automaton's ``ARRAY_NAMES`` arrays, determinised by
     ``determinise`` (regex -> arrays); ``loops``, the compiled loops where they are loaded,
     read the regex for the groups to share and search spliced tables for their distances
-    (without them, Python and numpy do). Not thread-safe: one build at a time."""
+    (without them, Python and numpy do). A string character is determinised once and spliced
+    in where a regex writes it ``share_character_from`` times or more
+    (``build_with_shared_groups``). Not thread-safe: one build at a time."""
 
     def __init__(self, determinise: Callable[[str], dict], loops=None,
-                 max_cells: int = GROUP_CELLS):
+                 max_cells: int = GROUP_CELLS, share_character_from: int = 2):
         self.determinise = determinise
         self.loops = loops
+        self.share_character_from = share_character_from
         # (table, is_final) -> distances, for a spliced table
         self.distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
             table_distances if loops is None
@@ -83,17 +86,18 @@ class AutomatonBuilder:
     def _build(self, regex: str, character: str | None) -> dict:
         if character is None:
             return build_with_shared_groups(regex, self.determinise, (), None, self.groups,
-                                            self.loops)
+                                            self.loops, self.share_character_from)
         if character not in self.characters:
             self.characters[character] = self.determinise(character)
         self.groups[character] = self.characters[character]
         replaced, kinds = with_placeholders(regex, character)
         if kinds:
             skeleton = build_with_shared_groups(replaced, self.determinise, tuple(kinds),
-                                                character, self.groups, self.loops)
+                                                character, self.groups, self.loops,
+                                                self.share_character_from)
             spliced = splice_counted(skeleton, kinds, self.characters[character],
                                      distances=self.distances)
             if spliced is not None:
                 return spliced
         return build_with_shared_groups(regex, self.determinise, (), character, self.groups,
-                                        self.loops)
+                                        self.loops, self.share_character_from)

@@ -265,14 +265,16 @@ def _classes_in_order(opens: list[int], ends: list[int]) -> tuple[list[int], lis
 
 def build_with_shared_groups(regex: str, build: Callable[[str], dict],
                              taken: tuple[int, ...] = (), character: str | None = None,
-                             groups: dict[str, dict | None] | None = None, loops=None) -> dict:
+                             groups: dict[str, dict | None] | None = None, loops=None,
+                             share_character_from: int = 2) -> dict:
     """``build(regex)``, its repeated groups built once (``build_sharing``) where the regex is
-    long, and each JSON string ``character`` (its regex, a group) where it occurs twice or more:
-    its Unicode class costs outlines-core about 0.4 ms per place it is written. ``taken``:
-    placeholder bytes already standing for something; ``groups``: automata of groups built
-    before (kept by the worker between compiles); ``loops``: the compiled loops, which read
-    the regex where they are loaded."""
-    always = frozenset([character] if character and regex.count(character) > 1 else [])
+    long, and each JSON string ``character`` (its regex, a group) where it occurs
+    ``share_character_from`` times or more: its Unicode class costs outlines-core about 0.4 ms
+    per place it is written. ``taken``: placeholder bytes already standing for something;
+    ``groups``: automata of groups built before (kept by the worker between compiles);
+    ``loops``: the compiled loops, which read the regex where they are loaded."""
+    shared = character and regex.count(character) >= max(share_character_from, 2)
+    always = frozenset([character] if shared else [])
     if len(regex) >= MIN_REGEX or always:
         free = free_bytes(regex, [b for b in PLACEHOLDERS if b not in taken], loops)
         try:
