@@ -319,6 +319,9 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
     final = np.zeros(64, np.bool_)
     table = np.zeros(64 * columns, np.int32)
     slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state
+    # NFA state -> the DFA state of its closure, once found: a column whose one move is that
+    # state goes there without a closure (most moves are one state, most to a state seen)
+    single = np.full(n, -1, np.int32)
     found[0] = start
     count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
     value = _hash(found, count)  # the start is state 1 (the arrays have room for it)
@@ -364,6 +367,11 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
             if count == 0:
                 continue
             at = bucket_start[column]
+            if count == 1 and single[moves[at]] != -1:
+                target = single[moves[at]]
+                table[state * columns + column] = target
+                last_start, last_count, last_target = at, count, target
+                continue
             if count == last_count:  # the moves of the last column with any: its target
                 same = True
                 for i in range(count):
@@ -404,6 +412,8 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
                         slots[slot] = other
             table[state * columns + column] = target
             last_start, last_count, last_target = at, count, target
+            if count == 1:
+                single[moves[at]] = target
     return BUILT, table[:states * columns].reshape(states, columns).copy(), final[:states].copy()
 
 
@@ -478,13 +488,19 @@ def prune(table, final, unreachable):  # pragma: no cover (compiled)
             pruned_distance[r] = distance[s]
             for c in range(intervals):
                 pruned[r, c] = renumber[table[s, c]]
+    # each column's hash in one pass over the rows; only columns that hash alike are compared
+    column_hash = np.full(intervals, np.uint64(14695981039346656037))
+    for r in range(live):
+        for c in range(intervals):
+            column_hash[c] = (column_hash[c] ^ np.uint64(pruned[r, c])) * np.uint64(1099511628211)
     column_class = np.empty(intervals, np.int64)
     representative = np.empty(intervals, np.int64)
     classes = 0
     for c in range(intervals):
         column_class[c] = -1
         for k in range(classes):
-            if _equal_columns(pruned, c, representative[k]):
+            if column_hash[representative[k]] == column_hash[c] and _equal_columns(
+                    pruned, c, representative[k]):
                 column_class[c] = k
                 break
         if column_class[c] == -1:
