@@ -6,6 +6,8 @@ runs, longest first (outlines-core matches leftmost-first), in canonical spellin
 
 from __future__ import annotations
 
+import functools
+
 from structgen.schema.regex_text import alt, repeat
 
 _FLOAT_DIGITS = 15  # significant decimal digits that a double holds exactly
@@ -16,6 +18,7 @@ _FLOAT_DIGITS = 15  # significant decimal digits that a double holds exactly
 DEFAULT_MAX_DIGITS = 16
 
 
+@functools.cache  # one per digit limit: every schema_to_regex call writes it
 def unbounded_number(max_digits: int) -> str:
     """An unbounded number: at most ``max_digits`` digits before and after the point, and an
     exponent that keeps it finite (``1e999`` would parse as inf, which JSON cannot hold), so at
@@ -99,6 +102,7 @@ def integer_range(low: int | None, high: int | None, max_digits: int) -> str:
     return alt(parts)
 
 
+@functools.lru_cache(maxsize=1024)  # the same bounds recur (an exponent's, 0..100, 1..12)
 def natural_range(low: int, high: int) -> str:
     """Regex of the decimal spellings (no leading zeros) of ``low..high``, ``0 <= low <= high``.
 

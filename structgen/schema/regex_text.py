@@ -7,6 +7,7 @@ parsed regex. They hold no JSON-schema knowledge.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -68,9 +69,21 @@ def atom(fragment: str) -> str:
 
 
 def _is_group(fragment: str) -> bool:
-    """True when ``fragment`` is one parenthesized group from its first to its last character."""
+    """True when ``fragment`` is one parenthesized group from its first to its last character.
+    A schema's value regex is asked again at each use (an atom, a repeat, an alternative): the
+    answers for fragments up to ``_REMEMBERED_FRAGMENT`` characters are kept (at most 512 of
+    them), longer ones are scanned each time, so what is kept stays under 16 MiB."""
     if not (fragment.startswith("(") and fragment.endswith(")")):
         return False
+    if len(fragment) > _REMEMBERED_FRAGMENT:
+        return _one_group(fragment)
+    return _remembered_one_group(fragment)
+
+
+_REMEMBERED_FRAGMENT = 32_768
+
+
+def _one_group(fragment: str) -> bool:
     depth, i = 0, 0
     while i < len(fragment):
         c = fragment[i]
@@ -86,6 +99,9 @@ def _is_group(fragment: str) -> bool:
                 return False
         i += 1
     return True
+
+
+_remembered_one_group = functools.lru_cache(maxsize=512)(_one_group)
 
 
 def optional(fragment: str) -> str:
