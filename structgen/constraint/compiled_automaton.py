@@ -185,41 +185,43 @@ def splice(table, is_final, rows, column, group_table, group_columns, placeholde
         if goes_on:
             index[s] = kept
             kept += 1
-    seen = np.zeros(rows, np.bool_)
+    # the rows with a placeholder step, found in one pass down the column (a large table's
+    # column is a cache miss a row: each later pass goes over these rows only)
+    sources = np.empty(16, np.int64)
+    found = 0
     for r in range(rows):
-        seen[table[r, column]] = True
-    target_index = np.full(rows, -1, np.int64)
-    targets = np.empty(rows, np.int64)
-    count = 0
-    for t in range(1, rows):  # in order, as np.unique gives them
-        if seen[t]:
-            target_index[t] = count
-            targets[count] = t
-            count += 1
+        if table[r, column] != 0:
+            sources = grown(sources, found + 1)
+            sources[found] = r
+            found += 1
+    sources = sources[:found]
+    leads_to = np.empty(found, np.int64)
+    for i in range(found):
+        leads_to[i] = table[sources[i], column]
+    targets = np.unique(leads_to)  # in order, as the numpy reading has them
+    count = len(targets)
     needed = rows + count * kept
     if needed >= 2147483647:
         return False, table, is_final, rows
     if needed > table.shape[0]:
         size = max(needed, 2 * table.shape[0])
-        grown = np.empty((size, classes), np.int32)
-        grown[:rows] = table[:rows]
+        grown_table = np.empty((size, classes), np.int32)
+        grown_table[:rows] = table[:rows]
         grown_final = np.zeros(size, np.bool_)
         grown_final[:rows] = is_final[:rows]
-        table, is_final = grown, grown_final
-    for r in range(rows):
-        if table[r, column] != 0:
-            for c in range(classes):
-                if inner[group_start, c] != 0 and table[r, c] != 0:
-                    return False, table, is_final, rows
-    for r in range(rows):
-        t = table[r, column]
-        if t != 0:
-            table[r, column] = 0
-            base = rows + target_index[t] * kept
-            for c in range(classes):
-                s = inner[group_start, c]
-                if s != 0:
-                    table[r, c] = base + index[s] if index[s] >= 0 else t
+        table, is_final = grown_table, grown_final
+    for r in sources:
+        for c in range(classes):
+            if inner[group_start, c] != 0 and table[r, c] != 0:
+                return False, table, is_final, rows
+    for i in range(found):
+        r, t = sources[i], leads_to[i]
+        table[r, column] = 0
+        base = rows + np.searchsorted(targets, t) * kept
+        for c in range(classes):
+            s = inner[group_start, c]
+            if s != 0:
+                table[r, c] = base + index[s] if index[s] >= 0 else t
     for i in range(count):  # (checked after the entries: a target may be a source too)
         for c in range(classes):
             if leaving[c] and table[targets[i], c] != 0:
