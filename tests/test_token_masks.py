@@ -226,7 +226,7 @@ def assert_walk_is_brute_force(constraint, info, prefix: bytes, run: bool | None
     assert state
     walker = constraint.masks.walker
     if run is not None:
-        row = walker.table[state * walker.width:(state + 1) * walker.width]
+        row = walker.plain[state * walker.width:(state + 1) * walker.width]
         assert (walker._run(state, row) is not None) == run
     expected, following = brute_force(constraint, info, state)
     assert np.array_equal(constraint.mask(state), expected)
@@ -389,3 +389,27 @@ def test_a_process_that_ends_while_the_loops_load_exits_cleanly():
                            "COMPILED_LOOPS; COMPILED_LOOPS.start()"],
                           capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_the_compiled_walks_step_the_automatons_own_table(smollm2_tokenizer):
+    """With the compiled loops loaded, structural states, strings and the tokens leaving them
+    are walked on the automaton's table itself: no premultiplied copy is made (a large
+    automaton's copy cost tens of ms of fresh memory and doubled what a constraint holds)."""
+    from structgen.constraint.compiled_loops import COMPILED_LOOPS
+
+    COMPILED_LOOPS.start()
+    assert COMPILED_LOOPS.wait(), COMPILED_LOOPS.error
+    info = TokenizerInfo.from_huggingface(smollm2_tokenizer)
+    schema = {"type": "object", "required": ["walked_on_its_own_table", "count"],
+              "properties": {"walked_on_its_own_table": {"type": "string"},
+                             "count": {"type": "integer"}}}
+    constraint = structgen.compile_constraint(schema, info, whitespace="indented")
+    matcher = constraint.matcher()
+    text = '{\n  "walked_on_its_own_table": "ab cd",\n  "count": 12\n}'
+    for token in smollm2_tokenizer.encode(text, add_special_tokens=False):
+        assert matcher.mask()[token]
+        assert matcher.advance(token)
+    walker = constraint.masks.walker
+    assert constraint.masks.walks > 5
+    assert np.shares_memory(walker.plain, constraint.automaton.table)
+    assert "table" not in vars(walker)

@@ -12,8 +12,8 @@ user's cache folder, and a later process loads it in about 0.5 s, numba's import
 ``compiled_loops.CompiledLoops`` does that in a background thread, and the walker uses numpy until
 it is done.
 
-Both loops take the automaton's table with state numbers premultiplied by its width (int32, or
-int64 for a table of 2**31 cells or more) and write the allowed tokens' ids and next states into
+Both loops take the automaton's table as one row after another (a state's row starts at the
+state times the width) and write the allowed tokens' ids and next states into
 ``out_ids``/``out_next``, returning how many.
 """
 
@@ -32,7 +32,7 @@ _RESTS = [f"int64({table}[::1], int64, uint8[::1], int64, uint8[::1]{', int64[::
 @numba.njit(_PAIRS, cache=True, nogil=True)
 def walk_pairs(table, width, byte_class, row, flat, starts, lengths, ids, by_pair, pair_start,
                out_ids, out_next):  # pragma: no cover (compiled; tests compare it with numpy)
-    """The tokens the state whose premultiplied row is ``row`` takes: for each first byte it
+    """The tokens the state whose row starts at ``row`` takes: for each first byte it
     takes and each second byte the state after it takes, the tokens of that byte pair
     (``by_pair[pair_start[p]:pair_start[p + 1]]``, positions into ``flat``/``starts``/
     ``lengths``/``ids``; pair ``first * 257 + 256`` holds the one-byte tokens) are stepped from
@@ -45,10 +45,10 @@ def walk_pairs(table, width, byte_class, row, flat, starts, lengths, ids, by_pai
         pair = first * 257 + 256
         for k in range(pair_start[pair], pair_start[pair + 1]):
             out_ids[found] = ids[by_pair[k]]
-            out_next[found] = after_first // width
+            out_next[found] = after_first
             found += 1
         for second in range(256):
-            after_second = table[after_first + byte_class[second]]
+            after_second = table[after_first * width + byte_class[second]]
             if after_second == 0:
                 continue
             pair = first * 257 + second
@@ -57,12 +57,12 @@ def walk_pairs(table, width, byte_class, row, flat, starts, lengths, ids, by_pai
                 state = after_second
                 start = starts[position]
                 for i in range(2, lengths[position]):
-                    state = table[state + byte_class[flat[start + i]]]
+                    state = table[state * width + byte_class[flat[start + i]]]
                     if state == 0:
                         break
                 if state != 0:
                     out_ids[found] = ids[position]
-                    out_next[found] = state // width
+                    out_next[found] = state
                     found += 1
     return found
 
@@ -70,10 +70,10 @@ def walk_pairs(table, width, byte_class, row, flat, starts, lengths, ids, by_pai
 @numba.njit(_RESTS, cache=True, nogil=True)
 def walk_rests(table, width, byte_class, row, flat, starts, lengths, ids, places, leaves,
                by_first, first_start, out_ids, out_next):  # pragma: no cover (compiled)
-    """A string split's outside tokens (``Rests``) whose first byte the state whose
-    premultiplied row is ``row`` takes (``by_first[first_start[b]:first_start[b + 1]]``: those
-    starting with byte ``b``): token ``k`` starts at the run's place ``leaves[k]`` (``places``:
-    the run's states, premultiplied) and steps its rest, the ``lengths[k]`` bytes at
+    """A string split's outside tokens (``Rests``) whose first byte the state whose row starts
+    at ``row`` takes (``by_first[first_start[b]:first_start[b + 1]]``: those starting with byte
+    ``b``): token ``k`` starts at the run's place ``leaves[k]`` (``places``: the run's states)
+    and steps its rest, the ``lengths[k]`` bytes at
     ``flat[starts[k]:]``; one without a rest ends at its place."""
     found = 0
     for first in range(256):
@@ -86,10 +86,10 @@ def walk_rests(table, width, byte_class, row, flat, starts, lengths, ids, places
             for i in range(lengths[k]):
                 if state == 0:
                     break
-                state = table[state + byte_class[flat[start + i]]]
+                state = table[state * width + byte_class[flat[start + i]]]
             if state != 0:
                 out_ids[found] = ids[k]
-                out_next[found] = state // width
+                out_next[found] = state
                 found += 1
     return found
 

@@ -403,15 +403,17 @@ _HASH_BASE = np.uint64(0x100000001B3)  # the FNV prime: any odd 64-bit multiplie
 
 
 class Walker:
-    """``walk`` for one (automaton, tokenizer) pair: the table with state numbers premultiplied
-    by the class count (a step is one add and one gather) and the tokens' bytes as classes."""
+    """``walk`` for one (automaton, tokenizer) pair: the automaton's table as one row after
+    another (``plain``), which the compiled walks, the string runs and their characters step
+    through, and the tokens' bytes as classes. The numpy walks (before the compiled loops are
+    loaded) step a copy with state numbers premultiplied by the class count (``table``: a step
+    is one add and one gather), made on their first use: a large automaton's copy cost its
+    fresh memory most (27 MB and tens of ms for Github_ultra o25423)."""
 
     def __init__(self, automaton: ByteAutomaton, tokens: TokenBytes):
         self.tokens = tokens
         self.width = automaton.table.shape[1]
-        dtype = np.int32 if automaton.table.size < 2**31 else np.int64
-        # (one pass and one new array: a large table's copies cost their fresh memory most)
-        self.table = np.multiply(automaton.table, self.width, dtype=dtype).reshape(-1)
+        self.plain = np.ascontiguousarray(automaton.table, np.int32).reshape(-1)
         # a writable copy (one read from a cache file is not), as the compiled walks take it
         self.byte_class = np.array(automaton.byte_class, np.uint8)
         # a string split's rests as this automaton's byte classes, per split seen
@@ -422,6 +424,13 @@ class Walker:
     def compiled(self):
         """``compiled_walks`` if loaded and in use here, else None (numpy walks)."""
         return COMPILED_LOOPS.walks if self.use_compiled else None
+
+    @functools.cached_property
+    def table(self) -> np.ndarray:
+        """``plain`` with each state number premultiplied by the width (int32, or int64 for a
+        table of 2**31 cells or more), for the numpy walks."""
+        dtype = np.int32 if self.plain.size < 2**31 else np.int64
+        return np.multiply(self.plain, self.width, dtype=dtype)
 
     @functools.cached_property
     def classes(self) -> list[np.ndarray]:
@@ -454,15 +463,15 @@ class Walker:
         (Stepping the vocabulary's prefix trie instead, 275k nodes for Llama-3, measured no
         faster: its 128 levels cost four numpy calls each.)"""
         tokens, width = self.tokens, self.width
-        row = self.table[state * width:(state + 1) * width]
         if not tokens.columns:
             return None, np.zeros(0, np.int64), np.zeros(0, np.int64)
-        run = self._run(state, row)
-        if run is not None:  # a string: its characters' tokens are placed, not stepped
-            return self._walk_string(row, *run)
+        run = self._run(state, self.plain[state * width:(state + 1) * width])
         compiled = self.compiled
+        if run is not None:  # a string: its characters' tokens are placed, not stepped
+            return self._walk_string(state, *run)
         if compiled is not None:
             return None, *self._walk_pairs_compiled(compiled, state)
+        row = self.table[state * width:(state + 1) * width]
         firsts = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
         # the tokens whose first two bytes the state takes: after a whitespace state's " ", 40%
         # of Llama-3's tokens start, and nearly all die at their second byte
@@ -482,12 +491,12 @@ class Walker:
         the state takes, each stepped to its end or its first dead byte."""
         tokens = self.tokens
         found = np.empty(len(tokens.ids), np.int64), np.empty(len(tokens.ids), np.int64)
-        count = compiled.walk_pairs(self.table, self.width, self.byte_class, state * self.width,
+        count = compiled.walk_pairs(self.plain, self.width, self.byte_class, state * self.width,
                                     tokens.flat, tokens.starts, tokens.lengths,
                                     tokens.ids, tokens.by_pair, tokens.pair_start, *found)
         return found[0][:count].copy(), found[1][:count].copy()
 
-    def _walk_string(self, row: np.ndarray, chain: np.ndarray, same: np.ndarray):
+    def _walk_string(self, state: int, chain: np.ndarray, same: np.ndarray):
         """``walk_parts`` along a run (``_run``): a token of whole characters, each of which
         steps one place down the run wherever the token could stand on it, ends as many places
         down as it has characters. Each distinct character shape (its bytes' classes: tens, for
@@ -497,14 +506,13 @@ class Walker:
         loop = bool((chain == chain[0]).all())
         places = chain[:2] if loop else chain  # a loop's places are all alike
         shapes, shape_of, longer = self._character_shapes
-        premultiplied = places.astype(self.table.dtype) * self.width
-        current = premultiplied[:-1, None] + shapes[0][None, :]
-        np.take(self.table, current, out=current)
+        plain, width = self.plain, self.width
+        current = plain[places[:-1, None] * width + shapes[0][None, :]].astype(np.int64)
         for k in (1, 2, 3):
-            current[:, longer[k]] = self.table[current[:, longer[k]] + shapes[k][longer[k]]]
-        steps_one = (current == premultiplied[1:, None]).all(axis=0)
+            current[:, longer[k]] = plain[current[:, longer[k]] * width + shapes[k][longer[k]]]
+        steps_one = (current == places[1:, None]).all(axis=0)
         split = self.tokens.string_split(same, steps_one[shape_of], loop)
-        ids, following = self._walk_outside(row, split, chain)
+        ids, following = self._walk_outside(state, split, chain)
         placed = Placed(split.inside_bits, split.inside_ids, split.inside_counts,
                         split.count_values, chain)
         dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
@@ -512,7 +520,7 @@ class Walker:
             placed = placed.shorter_than(int(dead[0]))
         return placed, ids, following
 
-    def _walk_outside(self, row: np.ndarray, split: StringSplit, chain: np.ndarray):
+    def _walk_outside(self, state: int, split: StringSplit, chain: np.ndarray):
         """A string's other tokens (``split.outside``), each walked from its first byte that
         leaves the run (``_walk_rests``); where most of them start with a byte the state
         refuses (a string that takes few characters), only those that start well, found by
@@ -521,11 +529,12 @@ class Walker:
         compiled = self.compiled
         if compiled is not None:  # each rest stepped to its first dead byte, in one call
             found = np.empty(len(rest.ids), np.int64), np.empty(len(rest.ids), np.int64)
-            count = compiled.walk_rests(self.table, self.width, self.byte_class,
-                                        int(chain[0]) * self.width, rest.flat, rest.starts,
-                                        rest.lengths, rest.ids, chain.astype(np.int64) * self.width,
+            count = compiled.walk_rests(self.plain, self.width, self.byte_class,
+                                        state * self.width, rest.flat, rest.starts,
+                                        rest.lengths, rest.ids, chain.astype(np.int64),
                                         rest.leaves, rest.by_first, rest.first_start, *found)
             return found[0][:count].copy(), found[1][:count].copy()
+        row = self.plain[state * self.width:(state + 1) * self.width]
         taken = np.flatnonzero(row[self.byte_class])  # the first bytes the state takes
         starts = rest.first_start[taken]
         sizes = rest.first_start[taken + 1] - starts
@@ -582,7 +591,7 @@ class Walker:
         distinct, shape_of, longer = self.tokens.character_shapes(rank[numbered.reshape(-1)])
         actual = labels[by_appearance]  # a numbered class's class in this automaton
         shapes = [np.where(distinct[:, k] >= 0, actual[np.maximum(distinct[:, k], 0)], 0)
-                  .astype(self.table.dtype) for k in range(4)]
+                  .astype(np.int64) for k in range(4)]
         return shapes, shape_of, longer
 
     def _walk_in_place(self, row: np.ndarray, classes: list, going: list,
@@ -608,12 +617,12 @@ class Walker:
         state loops: found first, by the bytes that lead back to it) or counted (``maxLength``:
         one state per character). None elsewhere (a structural state, the last byte of a
         character)."""
-        width, table = self.width, self.table
-        following = row[self.byte_class]
+        width, plain = self.width, self.plain
+        following = row[self.byte_class]  # (``row``: the state's row of ``plain``)
         taken = following[following != 0]
         if len(taken) < RUN_BYTES:
             return None
-        looping = following == state * width
+        looping = following == state
         if np.count_nonzero(looping) >= RUN_BYTES:  # a free string: it stays where it is
             return np.full(len(self.tokens.columns) + 1, state, np.int64), looping
         targets, counts = np.unique(taken, return_counts=True)
@@ -621,22 +630,22 @@ class Walker:
             return None
         target = int(targets[np.argmax(counts)])
         same = following == target
-        if not table.item(target + int(self.byte_class[np.argmax(same)])):
+        if not plain.item(target * width + int(self.byte_class[np.argmax(same)])):
             return None  # a run of one byte places nothing a walk would not
         kinds = np.unique(self.byte_class[same]).tolist()
         longest = len(self.tokens.columns)
-        chain = [state * width, target]
+        chain = [state, target]
         while len(chain) <= longest:  # follow one of the bytes' classes ...
-            step = table.item(chain[-1] + kinds[0])
+            step = plain.item(chain[-1] * width + kinds[0])
             if step == chain[-1]:  # a loop (or the dead state): it stays there
                 chain.extend([step] * (longest + 1 - len(chain)))
             else:
                 chain.append(step)
         steps = np.array(chain, dtype=np.int64)
-        after = table[steps[1:-1, None] + np.array(kinds)[None, :]]
+        after = plain[steps[1:-1, None] * width + np.array(kinds)[None, :]]
         if not (after == steps[2:, None]).all():
             return None  # ... and where the others part ways within a token's length, walk
-        return steps // width, same
+        return steps, same
 
     def _walk_few(self, state: int, row: np.ndarray,
                   position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
