@@ -5,6 +5,7 @@ on texts drawn from the regex and on near misses, for random bounds and surround
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -25,6 +26,7 @@ from structgen.constraint.automaton import (
 )
 from structgen.constraint.compiler import ConstraintCompiler
 from structgen.constraint.counted import with_placeholders
+from structgen.constraint.repeated import free_bytes
 from structgen.constraint.vocabulary import TokenizerInfo
 from structgen.schema import schema_to_regex
 from structgen.schema.layout import STRING_CHAR
@@ -49,21 +51,35 @@ def string_schema(fewest: int, most: int | None) -> dict:
     return schema if most is None else {**schema, "maxLength": most}
 
 
-def test_only_long_counted_strings_are_replaced():
+@pytest.fixture(params=["python", "compiled"])
+def free(request, compiled_loops):
+    """How the placeholders are checked: the replaced regex read in Python (the compile worker),
+    or the regex itself read by the compiled loops (builds in the parent)."""
+    if request.param == "python":
+        return None
+    return functools.partial(free_bytes, loops=compiled_loops.automaton)
+
+
+def test_only_long_counted_strings_are_replaced(free):
     long, short = repeat_string(0, 100), repeat_string(0, 10)
-    replaced, kinds = with_placeholders(f"\\[{long},{short},{long}\\]", STRING_CHAR)
+    replaced, kinds = with_placeholders(f"\\[{long},{short},{long}\\]", STRING_CHAR, free_bytes=free)
     assert replaced == f"\\[\\x01,{short},\\x01\\]" and kinds == {1: (0, 100)}
-    assert with_placeholders(repeat_string(70, None), STRING_CHAR) == ("\\x01", {1: (70, None)})
-    assert with_placeholders(repeat_string(80, 80), STRING_CHAR) == ("\\x01", {1: (80, 80)})
-    assert with_placeholders(short, STRING_CHAR) == (short, {})
-    assert with_placeholders(long + "?", STRING_CHAR) == (long + "?", {})  # the quantifier binds to the quote
+    assert with_placeholders(repeat_string(70, None), STRING_CHAR,
+                             free_bytes=free) == ("\\x01", {1: (70, None)})
+    assert with_placeholders(repeat_string(80, 80), STRING_CHAR,
+                             free_bytes=free) == ("\\x01", {1: (80, 80)})
+    two = f"\\[{repeat_string(0, 100)},{repeat_string(5, 90)}\\]"
+    assert with_placeholders(two, STRING_CHAR, free_bytes=free)[1] == {1: (0, 100), 2: (5, 90)}
+    assert with_placeholders(short, STRING_CHAR, free_bytes=free) == (short, {})
+    # the quantifier binds to the quote
+    assert with_placeholders(long + "?", STRING_CHAR, free_bytes=free) == (long + "?", {})
 
 
 @pytest.mark.parametrize("elsewhere", [".", "[^a]", r"\s", "\\x01", "[\\x00-\\x1f]", r"\W",
-                                       "\x01", "\\u0001", "a|[\\x01]"])
-def test_no_placeholder_where_the_regex_could_match_its_byte(elsewhere):
-    regex = f"{repeat_string(0, 100)}{elsewhere}"
-    assert with_placeholders(regex, STRING_CHAR) == (regex, {})
+                                       "\x01", "\\u0001", "a|[\\x01]", "\\x02(?:x)?"])
+def test_no_placeholder_where_the_regex_could_match_its_byte(elsewhere, free):
+    regex = f"{repeat_string(0, 100)}{repeat_string(3, 70)}{elsewhere}"
+    assert with_placeholders(regex, STRING_CHAR, free_bytes=free) == (regex, {})
 
 
 def repeat_string(fewest: int, most: int | None) -> str:

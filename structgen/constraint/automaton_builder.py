@@ -16,7 +16,7 @@ import numpy as np
 
 from structgen.constraint.automaton import compiled_distances, splice_counted, table_distances
 from structgen.constraint.counted import with_placeholders
-from structgen.constraint.repeated import build_with_shared_groups
+from structgen.constraint.repeated import build_with_shared_groups, free_bytes
 
 #: Table cells (4 bytes each) of group automata a builder keeps between builds: 128 MiB.
 GROUP_CELLS = 1 << 25
@@ -70,6 +70,8 @@ class AutomatonBuilder:
         self.distances: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
             table_distances if loops is None
             else functools.partial(compiled_distances, loops=loops))
+        # (regex, candidate bytes) -> those nothing in it matches, read by the compiled loops
+        self.free_bytes = None if loops is None else functools.partial(free_bytes, loops=loops)
         self.characters: dict[str, dict] = {}  # a string character's regex -> its automaton
         self.groups = GroupAutomata(max_cells)
 
@@ -90,7 +92,7 @@ class AutomatonBuilder:
         if character not in self.characters:
             self.characters[character] = self.determinise(character)
         self.groups[character] = self.characters[character]
-        replaced, kinds = with_placeholders(regex, character)
+        replaced, kinds = with_placeholders(regex, character, free_bytes=self.free_bytes)
         if kinds:
             skeleton = build_with_shared_groups(replaced, self.determinise, tuple(kinds),
                                                 character, self.groups, self.loops,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 
 from structgen._sre import sre_constants
 from structgen.constraint.automaton import END_MARK, START_MARK
@@ -40,13 +41,18 @@ def _counted(character: str) -> re.Pattern:
     return re.compile(re.escape(f'"{character}') + r"\{(\d+)(,(\d*))?\}\"(?![?*+{])")
 
 
-def with_placeholders(regex: str, character: str,
-                      min_count: int = MIN_COUNT) -> tuple[str, dict[int, tuple]]:
+def with_placeholders(regex: str, character: str, min_count: int = MIN_COUNT,
+                      free_bytes: Callable[[str, list[int]], list[int]] | None = None,
+                      ) -> tuple[str, dict[int, tuple]]:
     """(``regex`` with each long counted string of ``character`` (the schema compiler's
     ``STRING_CHAR``) replaced by a placeholder byte, {byte: (fewest, most or None)}); the regex
     unchanged and {} where there is none to replace, or where a placeholder byte could be
-    matched by something else in the regex (``regex_nfa.literal_uses``). The build runs it,
-    inside its time budget."""
+    matched by something else in the regex. That is read from the replaced regex
+    (``regex_nfa.literal_uses``: each placeholder written, and nothing else) or, given
+    ``free_bytes`` (``repeated.free_bytes`` over the compiled loops; regex, candidates -> the
+    candidates nothing in it matches), from the regex itself: where it matches none of them,
+    the replaced one matches them only where they were written (one Python pass over a 55k
+    regex cost 22 ms). The build runs it, inside its time budget."""
     kinds: dict[tuple, int] = {}
     written = []  # one entry per placeholder written
 
@@ -66,7 +72,11 @@ def with_placeholders(regex: str, character: str,
     replaced = _counted(character).sub(replace, regex)
     if not kinds:
         return regex, {}
-    if _may_match_placeholders(replaced, set(kinds.values()), len(written)):
+    used = sorted(kinds.values())
+    if free_bytes is not None:
+        if free_bytes(regex, used) != used:
+            return regex, {}
+    elif _may_match_placeholders(replaced, set(used), len(written)):
         return regex, {}
     return replaced, {byte: kind for kind, byte in kinds.items()}
 
