@@ -9,7 +9,9 @@ The regexes are those ``compile_constraint`` builds for the sampled schemas (its
 ``whitespace``, which is ``flexible`` here as in maskbench.py). Each is built by two
 ``AutomatonBuilder``s, one per determinisation, kept across schemas as the worker and the
 compiler keep theirs (counted strings and repeated groups are spliced the same way around
-either), the order alternating per regex; both run in this process, so neither time holds the
+either; the string character from two places for outlines-core, as the worker shares it, from
+``compiler.SHARE_CHARACTER_HERE`` for structgen's, as the compiler does), the order alternating
+per regex; both run in this process, so neither time holds the
 worker's round trip. The two automata must agree on acceptance, on the bytes that lead on and on
 the distance to acceptance from every state pair one input reaches. A regex structgen hands to
 the worker (outside the dialect, or past the bounds) is counted and left out of the times.
@@ -79,6 +81,7 @@ def measure(regexes: list[str]) -> tuple[list[dict], int]:
     )
     from structgen.constraint.automaton_builder import AutomatonBuilder
     from structgen.constraint.compiled_loops import COMPILED_LOOPS
+    from structgen.constraint.compiler import SHARE_CHARACTER_HERE
     from structgen.constraint.regex_nfa import UnsupportedRegex
     from structgen.schema.layout import STRING_CHAR
 
@@ -88,8 +91,10 @@ def measure(regexes: list[str]) -> tuple[list[dict], int]:
     loops = COMPILED_LOOPS.automaton
     builders = {
         "outlines-core": AutomatonBuilder(build_arrays),
-        # the compiled scans and distances, as the compiler's
-        "structgen": AutomatonBuilder(functools.partial(determinized_arrays, loops=loops), loops),
+        # the compiled scans and distances, and the string character shared from as many
+        # places, as the compiler's
+        "structgen": AutomatonBuilder(functools.partial(determinized_arrays, loops=loops), loops,
+                                      share_character_from=SHARE_CHARACTER_HERE),
     }
     records, handed_over = [], 0
     for number, regex in enumerate(regexes):
