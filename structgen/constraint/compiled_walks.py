@@ -22,10 +22,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_TABLES = ("int32", "int64")
-_PAIRS = [f"int64({table}[::1], int64, uint8[::1], int64, uint8[::1]{', int64[::1]' * 7})"
+# The table is read, never written: a read-only one (an automaton loaded from the disk cache)
+# is stepped in place, and a writable one converts to the read-only type.
+_TABLES = [numba.types.Array(dtype, 1, "C", readonly=True) for dtype in (numba.int32, numba.int64)]
+_BYTES, _INDEX = numba.uint8[::1], numba.int64[::1]
+_PAIRS = [numba.int64(table, numba.int64, _BYTES, numba.int64, _BYTES, *[_INDEX] * 7)
           for table in _TABLES]
-_RESTS = [f"int64({table}[::1], int64, uint8[::1], int64, uint8[::1]{', int64[::1]' * 9})"
+_RESTS = [numba.int64(table, numba.int64, _BYTES, numba.int64, _BYTES, *[_INDEX] * 9)
           for table in _TABLES]
 
 
