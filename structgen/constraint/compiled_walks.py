@@ -97,6 +97,14 @@ def walk_rests(table, width, byte_class, row, flat, starts, lengths, ids, places
     return found
 
 
+@numba.njit(numba.void(numba.int64[::1], numba.uint32[::1]), cache=True, nogil=True)
+def set_bits(ids, words):  # pragma: no cover (compiled; the masks' tests read what it sets)
+    """Set bit ``i % 32`` of ``words[i // 32]`` for each token id ``i`` of ``ids``: a walk's
+    tokens packed as a bitmask, without a boolean array the vocabulary's length."""
+    for token in ids:
+        words[token >> 5] |= np.uint32(1) << np.uint32(token & 31)
+
+
 def warm_up() -> None:
     """Call each loop once on empty arrays, for both table types: numba's first call of a
     loaded function costs 10-20 ms more (measured here), which the loading thread pays instead
@@ -108,3 +116,4 @@ def warm_up() -> None:
                    index.copy(), index.copy())
         walk_rests(table, 1, classes, 0, classes, index, index, index, index, index, index,
                    first_starts, index.copy(), index.copy())
+    set_bits(index, np.zeros(1, np.uint32))

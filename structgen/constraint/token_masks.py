@@ -814,12 +814,22 @@ class MaskStore:
                 self._entries.move_to_end(state)
                 return entry
         placed, ids, following = self._walk(state)
-        bits = np.zeros(self.vocab_size, dtype=bool) if placed is None else placed.bits.copy()
-        bits[ids] = True
-        bits[self.eos_token_id] = self.automaton.is_final[state]
+        final = self.automaton.is_final[state]
+        compiled = self.walker.compiled
+        if placed is None and compiled is not None:  # the ids set as bits, in one pass
+            words = np.zeros((self.vocab_size + 31) // 32, np.uint32)
+            compiled.set_bits(ids, words)
+            if final:
+                words[self.eos_token_id >> 5] |= np.uint32(1 << (self.eos_token_id & 31))
+            packed = words.view(np.int32)
+        else:
+            bits = np.zeros(self.vocab_size, dtype=bool) if placed is None else placed.bits.copy()
+            bits[ids] = True
+            bits[self.eos_token_id] = final
+            packed = pack_bitmask(bits)
         exact = self._distance
         worst = _worst(placed, following, self.bound if exact is None else exact)
-        entry = (pack_bitmask(bits), worst, exact is not None)
+        entry = (packed, worst, exact is not None)
         with self._lock:
             self._entries[state] = entry
             while len(self._entries) > self.max_entries:
