@@ -308,6 +308,7 @@ class StringSplit:
         self.inside_counts = characters.counts[inside]
         self.inside_bits = np.zeros(tokens.vocab_size, dtype=bool)
         self.inside_bits[self.inside_ids] = True
+        self.inside_packed = pack_bitmask(self.inside_bits)  # each string state's mask starts so
         counts = self.inside_counts
         self.count_values = counts[np.flatnonzero(np.diff(counts, prepend=counts[:1] + 1))]
         is_outside = np.ones(len(tokens.ids), dtype=bool)
@@ -367,11 +368,13 @@ class Rests(NamedTuple):
 
 class Placed(NamedTuple):
     """A string run's tokens of whole characters, placed without a walk: ``bits`` (bool
-    [vocab], shared: copied before any write), their ``ids`` and character ``counts`` (most
-    first), the distinct counts (``values``), and the run's states ``chain``: token
-    ``ids[i]`` leads to ``chain[counts[i]]`` (in a loop, every place is the state itself)."""
+    [vocab], shared: copied before any write) and the same packed (``packed``, shared too),
+    their ``ids`` and character ``counts`` (most first), the distinct counts (``values``), and
+    the run's states ``chain``: token ``ids[i]`` leads to ``chain[counts[i]]`` (in a loop, every
+    place is the state itself)."""
 
     bits: np.ndarray
+    packed: np.ndarray
     ids: np.ndarray
     counts: np.ndarray
     values: np.ndarray
@@ -382,8 +385,8 @@ class Placed(NamedTuple):
         cut = int(np.searchsorted(-self.counts, -count, side="right"))
         bits = self.bits.copy()
         bits[self.ids[:cut]] = False
-        return Placed(bits, self.ids[cut:], self.counts[cut:], self.values[self.values < count],
-                      self.chain)
+        return Placed(bits, pack_bitmask(bits), self.ids[cut:], self.counts[cut:],
+                      self.values[self.values < count], self.chain)
 
     def worst(self, distance: np.ndarray) -> int:
         """The largest ``distance`` after one of these tokens."""
@@ -513,8 +516,8 @@ class Walker:
         steps_one = (current == places[1:, None]).all(axis=0)
         split = self.tokens.string_split(same, steps_one[shape_of], loop)
         ids, following = self._walk_outside(state, split, chain)
-        placed = Placed(split.inside_bits, split.inside_ids, split.inside_counts,
-                        split.count_values, chain)
+        placed = Placed(split.inside_bits, split.inside_packed, split.inside_ids,
+                        split.inside_counts, split.count_values, chain)
         dead = np.flatnonzero(chain == 0)  # a suffix of the run: the dead state stays dead
         if len(dead):  # inside tokens are most characters first: those too long are a prefix
             placed = placed.shorter_than(int(dead[0]))
@@ -816,11 +819,15 @@ class MaskStore:
         placed, ids, following = self._walk(state)
         final = self.automaton.is_final[state]
         compiled = self.walker.compiled
-        if placed is None and compiled is not None:  # the ids set as bits, in one pass
-            words = np.zeros((self.vocab_size + 31) // 32, np.uint32)
+        if compiled is not None:  # the ids set as bits, in one pass
+            words = (np.zeros((self.vocab_size + 31) // 32, np.uint32) if placed is None
+                     else placed.packed.view(np.uint32).copy())
             compiled.set_bits(ids, words)
+            eos_bit = np.uint32(1 << (self.eos_token_id & 31))
             if final:
-                words[self.eos_token_id >> 5] |= np.uint32(1 << (self.eos_token_id & 31))
+                words[self.eos_token_id >> 5] |= eos_bit
+            else:
+                words[self.eos_token_id >> 5] &= ~eos_bit
             packed = words.view(np.int32)
         else:
             bits = np.zeros(self.vocab_size, dtype=bool) if placed is None else placed.bits.copy()
