@@ -17,9 +17,11 @@ import numba
 import numpy as np
 
 from structgen.constraint.compiled_regex import (  # noqa: F401 (the NFA's, offered here too)
+    FNV_OFFSET,
     MAX_NFA_STATES,
     NFA_BUILT,
     NFA_TOO_LARGE,
+    fnv_step,
     grown,
     thompson,
 )
@@ -75,10 +77,10 @@ def byte_columns(range_set, low, high, sets, alone):  # pragma: no cover (compil
             first[columns], hashes[columns] = byte, 0
             columns += 1
             continue
-        value = np.uint64(14695981039346656037)
+        value = FNV_OFFSET
         for s in range(sets):
             if member[s, byte]:
-                value = (value ^ np.uint64(s)) * np.uint64(1099511628211)
+                value = fnv_step(value, s)
         for k in range(columns):
             if hashes[k] != value or first[k] in alone:
                 continue
@@ -273,9 +275,9 @@ def _closure(seeds, count, kind, arg, out, mark, generation, stack, found):  # p
 
 @numba.njit(cache=True, nogil=True)
 def _hash(found, size):  # pragma: no cover (compiled)
-    value = np.uint64(14695981039346656037)  # FNV-1a over the members
+    value = FNV_OFFSET  # over the members
     for i in range(size):
-        value = (value ^ np.uint64(found[i])) * np.uint64(1099511628211)
+        value = fnv_step(value, found[i])
     return value
 
 
@@ -491,10 +493,10 @@ def prune(table, final, unreachable):  # pragma: no cover (compiled)
             for c in range(intervals):
                 pruned[r, c] = renumber[table[s, c]]
     # each column's hash in one pass over the rows; only columns that hash alike are compared
-    column_hash = np.full(intervals, np.uint64(14695981039346656037))
+    column_hash = np.full(intervals, FNV_OFFSET)
     for r in range(live):
         for c in range(intervals):
-            column_hash[c] = (column_hash[c] ^ np.uint64(pruned[r, c])) * np.uint64(1099511628211)
+            column_hash[c] = fnv_step(column_hash[c], pruned[r, c])
     column_class = np.empty(intervals, np.int64)
     representative = np.empty(intervals, np.int64)
     classes = 0

@@ -37,6 +37,17 @@ _THOMPSON = numba.types.Tuple((
     numba.types.Array(numba.uint32, 1, "C", readonly=True))
 
 
+#: FNV-1a's offset basis: a hash begins here and takes each item by ``fnv_step``. The compiled
+#: passes hash classes' ranges, DFA states' members, bytes' byte sets and tables' columns so.
+FNV_OFFSET = np.uint64(14695981039346656037)
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def fnv_step(value, item):  # pragma: no cover (compiled)
+    """FNV-1a's hash ``value`` with ``item`` taken in."""
+    return (value ^ np.uint64(item)) * np.uint64(1099511628211)
+
+
 @numba.njit(cache=True, nogil=True)
 def grown(array, needed):  # pragma: no cover (compiled)
     """``array``, or a zero-padded copy at least twice as long when ``needed`` exceeds it."""
@@ -244,10 +255,9 @@ def utf8_sequences(lows, highs):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, nogil=True)
 def _fnv(lows, highs):  # pragma: no cover (compiled)
-    value = np.uint64(14695981039346656037)
+    value = FNV_OFFSET
     for i in range(len(lows)):
-        value = (value ^ np.uint64(lows[i])) * np.uint64(1099511628211)
-        value = (value ^ np.uint64(highs[i])) * np.uint64(1099511628211)
+        value = fnv_step(fnv_step(value, lows[i]), highs[i])
     return value
 
 
