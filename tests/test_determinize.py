@@ -111,12 +111,27 @@ def test_random_regexes_determinise_as_outlines_core_does(loops, regex):
     assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None, regex
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_class(), min_size=1, max_size=3),
+       st.lists(st.tuples(st.integers(0, 2), _QUANTIFIERS, st.booleans()), min_size=2,
+                max_size=8))
+def test_recurring_class_texts_determinise_as_outlines_core_does(loops, pool, picks):
+    """A class written again is taken from its first parse (by its text): the same texts over
+    and over, in sequence and in alternatives, as long regexes write them."""
+    regex = ""
+    for pick, quantifier, alternative in picks:
+        regex += ("|" if alternative and regex else "") + pool[pick % len(pool)] + quantifier
+    assert same_automaton(build_arrays(regex), determinized_arrays(regex, loops)) is None, regex
+
+
 @pytest.mark.parametrize("regex", [
     "", "a", "(?:)", "(?:a*)*", "(?:|a)+b", "x\\x1fy|z", "\\u00e9{3}",
     "caf\u00e9+", "\u00e9\u20ac{2}",  # raw characters beyond ASCII: the quantifier takes one
     "[\\ud7ff-\\ue000]", "\\{\\}\\[\\]\\.",
     "(?:(?:)(?:)(?:)(?:)(?:))x(?:(?:)(?:)(?:)(?:)(?:))y",  # a recurring group that is empty
     "(?:(?:abc|defgh)+|ijklmnop)?,(?:(?:abc|defgh)+|ijklmnop)?;",  # one that may be
+    # a class's text again, the same class in other words, a longer text that starts alike
+    "[ab]x[ab]|[ba]y[ab\\]]z[ab]*[^\\x00\\x1fab]w[^\\x00\\x1fab]+[a-b]",
 ])
 def test_edge_cases_determinise_as_outlines_core_does(loops, regex):
     """Empty texts, loops of empty groups, the marks' bytes, the surrogate gap, recurring

@@ -262,6 +262,56 @@ def _fnv(lows, highs):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, nogil=True)
+def _text_hash(text, start, end):  # pragma: no cover (compiled)
+    value = FNV_OFFSET
+    for at in range(start, end):
+        value = fnv_step(value, text[at])
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _class_seen(text, i, text_class, text_hash, text_start, text_end):  # pragma: no cover
+    """(the distinct class of the class written at ``text[i]`` (a ``[``), where it ends) where
+    the same text was parsed before, else (-1, -1). Its end is read as ``_class_ranges`` reads
+    it (after ``[`` or ``[^``, the first ``]`` not escaped); a text equal to one parsed before
+    parses alike."""
+    n = len(text)
+    end = i + 2 if i + 1 < n and text[i + 1] == 94 else i + 1
+    while end < n and text[end] != 93:
+        end += 2 if text[end] == 92 else 1
+    if end >= n:
+        return -1, -1
+    end += 1
+    value = _text_hash(text, i, end)
+    mask = np.uint64(len(text_class) - 1)
+    slot = value & mask
+    while text_class[slot] != -1:
+        other = text_start[slot]
+        if text_hash[slot] == value and text_end[slot] - other == end - i:
+            same = True
+            for k in range(end - i):
+                if text[other + k] != text[i + k]:
+                    same = False
+                    break
+            if same:
+                return text_class[slot], end
+        slot = (slot + np.uint64(1)) & mask
+    return -1, -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _class_text_kept(text, start, end, known, text_class, text_hash, text_start,
+                     text_end):  # pragma: no cover (compiled)
+    """Keep that the class written at ``text[start:end]`` is distinct class ``known``."""
+    value = _text_hash(text, start, end)
+    mask = np.uint64(len(text_class) - 1)
+    slot = value & mask
+    while text_class[slot] != -1:
+        slot = (slot + np.uint64(1)) & mask
+    text_class[slot], text_hash[slot], text_start[slot], text_end[slot] = known, value, start, end
+
+
+@numba.njit(cache=True, nogil=True)
 def _parse(text):  # pragma: no cover (compiled)
     """(status, position, the tree: nodes, node_type, node_a, node_b, node_c, kids; the distinct
     classes' UTF-8 sequences: class_seq (class k's are class_seq[k]:class_seq[k + 1] of),
@@ -277,16 +327,28 @@ def _parse(text):  # pragma: no cover (compiled)
     kids = np.empty(most_nodes, np.int64)
     kid_count = 0
     nodes = 0
-    # distinct classes: ranges (to tell them apart) and UTF-8 sequences, found by hash
-    class_slots = np.full(64, -1, np.int64)
-    class_hash = np.zeros(16, np.uint64)
-    class_ranges = np.zeros(17, np.int64)  # class k's ranges: range_low/high[r[k]:r[k + 1]]
-    range_low = np.empty(64, np.int64)
-    range_high = np.empty(64, np.int64)
-    class_seq = np.zeros(17, np.int64)
-    seq_len = np.empty(64, np.int64)
-    seq_first = np.empty((64, 4), np.int64)
-    seq_last = np.empty((64, 4), np.int64)
+    # a class's text -> its distinct class, for the texts parsed before (a long regex writes the
+    # same few classes thousands of times: a repeat is hashed and compared, not parsed again)
+    brackets = 0
+    for char in text:
+        brackets += char == 91
+    text_slots = 64
+    while text_slots < 2 * brackets:
+        text_slots *= 2
+    text_class = np.full(text_slots, -1, np.int64)
+    text_hash = np.empty(text_slots, np.uint64)
+    text_start = np.empty(text_slots, np.int64)
+    text_end = np.empty(text_slots, np.int64)
+    # distinct classes (at most one per "[", and "."), told apart by their ranges, found by
+    # hash; a class written in k characters has at most k ranges. Every array here is sized
+    # once: arrays reassigned in the loop slowed all of it 2.5x (their UTF-8 sequences are
+    # found after it).
+    most_classes = brackets + 1
+    class_slots = np.full(text_slots * 2, -1, np.int64)
+    class_hash = np.empty(most_classes, np.uint64)
+    class_ranges = np.zeros(most_classes + 1, np.int64)  # class k's: range_low/high[r[k]:r[k + 1]]
+    range_low = np.empty(n + 2, np.int64)
+    range_high = np.empty(n + 2, np.int64)
     classes = 0
     items = np.empty(most_nodes, np.int64)  # open sequences' items, then their alternatives
     top = 0
@@ -372,6 +434,15 @@ def _parse(text):  # pragma: no cover (compiled)
             nodes += 1
             i = end
             continue
+        if c == 91:
+            known, end = _class_seen(text, i, text_class, text_hash, text_start, text_end)
+            if known >= 0:
+                node_type[nodes], node_a[nodes] = _CLASS, known
+                items[top] = nodes
+                top += 1
+                nodes += 1
+                i = end
+                continue
         if c == 91 or c == 46:  # a class, or "." (all but "\n", as in outlines-core)
             if c == 91:
                 lows, highs, end = _class_ranges(text, i)
@@ -399,44 +470,18 @@ def _parse(text):  # pragma: no cover (compiled)
                         known = other
                         break
                 slot = (slot + np.uint64(1)) & mask
-            if known < 0:  # a new class: its ranges and UTF-8 sequences kept
+            if known < 0:  # a new class: its ranges kept
                 known = classes
                 classes += 1
-                class_hash, class_ranges = grown(class_hash, classes), grown(class_ranges,
-                                                                             classes + 1)
-                class_seq = grown(class_seq, classes + 1)
                 class_hash[known] = value
                 used = class_ranges[known]
-                range_low, range_high = grown(range_low, used + len(lows)), \
-                    grown(range_high, used + len(lows))
                 range_low[used:used + len(lows)] = lows
                 range_high[used:used + len(lows)] = highs
                 class_ranges[known + 1] = used + len(lows)
-                lengths, first, last = utf8_sequences(lows, highs)
-                used = class_seq[known]
-                if used + len(lengths) > len(seq_len):
-                    size = max(2 * len(seq_len), used + len(lengths))
-                    seq_len = grown(seq_len, size)
-                    wider = np.empty((size, 4), np.int64)
-                    wider[:used] = seq_first[:used]
-                    seq_first = wider
-                    wider = np.empty((size, 4), np.int64)
-                    wider[:used] = seq_last[:used]
-                    seq_last = wider
-                seq_len[used:used + len(lengths)] = lengths
-                seq_first[used:used + len(lengths)] = first
-                seq_last[used:used + len(lengths)] = last
-                class_seq[known + 1] = used + len(lengths)
                 class_slots[slot] = known
-                if 2 * classes > len(class_slots):  # at most half full
-                    class_slots = np.full(2 * len(class_slots), -1, np.int64)
-                    mask = np.uint64(len(class_slots) - 1)
-                    for k in range(classes):
-                        slot = class_hash[k] & mask
-                        while class_slots[slot] != -1:
-                            slot = (slot + np.uint64(1)) & mask
-                        class_slots[slot] = k
             node_type[nodes], node_a[nodes] = _CLASS, known
+            if c == 91:
+                _class_text_kept(text, i, end, known, text_class, text_hash, text_start, text_end)
             i = end
         elif c == 92:  # an escape
             code, end = _escape(text, i)
@@ -454,8 +499,31 @@ def _parse(text):  # pragma: no cover (compiled)
         items[top] = nodes
         top += 1
         nodes += 1
-    return (status, i, nodes, node_type, node_a, node_b, node_c, kids, class_seq[:classes + 1],
-            seq_len, seq_first, seq_last)
+    class_seq, seq_len, seq_first, seq_last = _class_sequences(classes, class_ranges, range_low,
+                                                               range_high)
+    return status, i, nodes, node_type, node_a, node_b, node_c, kids, class_seq, seq_len, \
+        seq_first, seq_last
+
+
+@numba.njit(cache=True, nogil=True)
+def _class_sequences(classes, class_ranges, range_low, range_high):  # pragma: no cover
+    """(class_seq, seq_len, seq_first, seq_last): the UTF-8 sequences of each distinct class,
+    class ``k``'s at ``class_seq[k]:class_seq[k + 1]`` (``utf8_sequences`` of its ranges)."""
+    class_seq = np.zeros(classes + 1, np.int64)
+    for k in range(classes):
+        a, b = class_ranges[k], class_ranges[k + 1]
+        class_seq[k + 1] = class_seq[k] + len(utf8_sequences(range_low[a:b], range_high[a:b])[0])
+    total = class_seq[classes]
+    seq_len = np.empty(total, np.int64)
+    seq_first = np.empty((total, 4), np.int64)
+    seq_last = np.empty((total, 4), np.int64)
+    for k in range(classes):
+        a, b = class_ranges[k], class_ranges[k + 1]
+        lengths, first, last = utf8_sequences(range_low[a:b], range_high[a:b])
+        seq_len[class_seq[k]:class_seq[k + 1]] = lengths
+        seq_first[class_seq[k]:class_seq[k + 1]] = first
+        seq_last[class_seq[k]:class_seq[k + 1]] = last
+    return class_seq, seq_len, seq_first, seq_last
 
 
 @numba.njit(cache=True, nogil=True)
