@@ -45,7 +45,7 @@ from structgen.schema import (
     schema_to_regex,
 )
 from structgen.schema.numbers import integer_range
-from structgen.schema.regex_text import escape, string_literal
+from structgen.schema.regex_text import alt, escape, string_literal
 
 SAMPLES = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 #: How deep open values nest in the regexes the corpus, sampling and Rust-dialect tests read: one
@@ -925,6 +925,14 @@ def test_one_of_disjointness_proofs():
         schema_to_regex({"oneOf": [{"type": "number", "maximum": 0}, above]})
     with pytest.raises(UnsupportedSchemaError):  # every value of each is valid under the other
         schema_to_regex({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]})
+
+
+@given(st.lists(st.sampled_from(["a", "b", "ab", "(?:c)", ""]), min_size=1, max_size=12))
+def test_alt_writes_each_part_once_in_order(parts):
+    """Few parts are compared, many hashed: either way each is written once, first come first."""
+    unique = list(dict.fromkeys(parts))
+    expected = unique[0] if len(unique) == 1 else "(?:" + "|".join(unique) + ")"
+    assert alt(parts) == expected
 
 
 def test_one_of_branches_build_one_validator_per_node(monkeypatch):
