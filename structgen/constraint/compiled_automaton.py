@@ -299,43 +299,22 @@ def _find(found, count, value, slots, hashes, size, first, members):  # pragma: 
     return -1, slot
 
 
-@numba.njit(_DETERMINIZE, cache=True, nogil=True)
-def determinize(kind, arg, out, start, set_start, set_columns, columns, max_states,
-                max_work):  # pragma: no cover (compiled)
-    """(status, table[states, columns] with row 0 dead and row 1 the start, which rows are
-    final) of the NFA ``kind``/``arg``/``out`` from ``start``; byte set ``b`` takes the byte
-    columns ``set_columns[set_start[b]:set_start[b + 1]]`` (``byte_columns``).
-    A state's moves are sorted into one bucket per column, member by member, so a member
-    costs the columns its set takes, not all of them."""
-    n = len(kind)
-    empty = np.zeros((0, columns), np.int32)
-    mark = np.zeros(n, np.int64)
-    stack = np.empty(n, np.int32)
-    found = np.empty(n, np.int32)
-    bucket_size = np.zeros(columns + 1, np.int64)
-    bucket_start = np.zeros(columns + 1, np.int64)
-    moves = np.empty(64, np.int32)  # a state's moves, bucket after bucket
-    members = np.empty(max(1024, n), np.int32)  # every DFA state's NFA states, in a row
-    first = np.zeros(64, np.int64)  # DFA state -> where its members start in ``members``
-    size = np.zeros(64, np.int64)
-    hashes = np.zeros(64, np.uint64)
-    final = np.zeros(64, np.bool_)
-    table = np.zeros(64 * columns, np.int32)
-    slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state
-    # NFA state -> the DFA state of its closure, once found: a column whose one move is that
-    # state goes there without a closure (most moves are one state, most to a state seen)
-    single = np.full(n, -1, np.int32)
-    found[0] = start
-    count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
-    value = _hash(found, count)  # the start is state 1 (the arrays have room for it)
-    members[:count] = found[:count]
-    first[1], size[1], hashes[1], used = 0, count, value, count
-    for i in range(count):
-        if kind[found[i]] == 2:
-            final[1] = True
-    slots[value & np.uint64(len(slots) - 1)] = 1
-    states, work, generation = 2, 0, 1  # row 0 is the dead state, row 1 the start
-    state = 0
+#: ``_subsets``' asks for room: the state it was reading is read again after.
+_MORE_MOVES, _MORE_ROOM = 3, 4
+
+
+@numba.njit(cache=True, nogil=True)
+def _subsets(kind, arg, out, set_start, set_columns, columns, max_states, max_work, mark, stack,
+             found, bucket_size, bucket_start, single, moves, members, first, size, hashes,
+             final, table, slots, progress):  # pragma: no cover (compiled)
+    """``determinize``'s subset construction, from the state after ``progress[0]`` on, in the
+    arrays it is given: BUILT, a bound passed, or ``_MORE_MOVES`` / ``_MORE_ROOM`` with
+    ``progress`` at the state before the one in hand and the room needed in ``progress[5]``
+    (what that state wrote is written alike when it is read again). A state's moves are sorted
+    into one bucket per column, member by member, so a member costs the columns its set
+    takes, not all of them."""
+    state, states, used, work, generation = (progress[0], progress[1], progress[2], progress[3],
+                                             progress[4])
     while state + 1 < states:  # each state's transitions, in the order the states were found
         state += 1
         begin, end = first[state], first[state] + size[state]
@@ -346,11 +325,15 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
                 for j in range(set_start[arg[s]], set_start[arg[s] + 1]):
                     bucket_size[set_columns[j]] += 1
                 total += set_start[arg[s] + 1] - set_start[arg[s]]
+        if total > len(moves):
+            bucket_size[:] = 0
+            progress[0], progress[1], progress[2], progress[3], progress[4], progress[5] = \
+                state - 1, states, used, work, generation, total
+            return _MORE_MOVES
+        work_before = work
         work += end - begin + total + columns
         if work > max_work:
-            return TOO_MUCH_WORK, empty, final[:0]
-        if total > len(moves):  # (a reassignment only where needed: it costs every pass)
-            moves = grown(moves, total)
+            return TOO_MUCH_WORK
         place = 0
         for column in range(columns):
             bucket_start[column] = place
@@ -392,16 +375,15 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
             target, slot = _find(found, closed, value, slots, hashes, size, first, members)
             if target == -1:
                 if states >= max_states or used + closed > max_work // 16:
-                    return TOO_MANY_STATES, empty, final[:0]
+                    return TOO_MANY_STATES
+                if states >= len(first) or used + closed > len(members):
+                    bucket_size[:] = 0  # (the columns not read yet)
+                    progress[0], progress[1], progress[2], progress[3], progress[4], \
+                        progress[5] = state - 1, states, used, work_before, generation, \
+                        used + closed
+                    return _MORE_ROOM
                 target = states  # a new state: its members stored, its slot taken
                 states += 1
-                if states > len(first):
-                    first, size = grown(first, states), grown(size, states)
-                    hashes, final = grown(hashes, states), grown(final, states)
-                if states * columns > len(table):
-                    table = grown(table, states * columns)
-                if used + closed > len(members):
-                    members = grown(members, used + closed)
                 members[used:used + closed] = found[:closed]
                 first[target], size[target], hashes[target] = used, closed, value
                 used += closed
@@ -409,19 +391,80 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
                     if kind[found[i]] == 2:
                         final[target] = True
                 slots[slot] = target
-                if 2 * states > len(slots):  # at most half full
-                    slots = np.full(2 * len(slots), -1, np.int64)
-                    mask = np.uint64(len(slots) - 1)
-                    for other in range(1, states):
-                        slot = hashes[other] & mask
-                        while slots[slot] != -1:
-                            slot = (slot + np.uint64(1)) & mask
-                        slots[slot] = other
             table[state * columns + column] = target
             last_start, last_count, last_target = at, count, target
             if count == 1:
                 single[moves[at]] = target
-    return BUILT, table[:states * columns].reshape(states, columns).copy(), final[:states].copy()
+    progress[1] = states
+    return BUILT
+
+
+@numba.njit(_DETERMINIZE, cache=True, nogil=True)
+def determinize(kind, arg, out, start, set_start, set_columns, columns, max_states,
+                max_work):  # pragma: no cover (compiled)
+    """(status, table[states, columns] with row 0 dead and row 1 the start, which rows are
+    final) of the NFA ``kind``/``arg``/``out`` from ``start``; byte set ``b`` takes the byte
+    columns ``set_columns[set_start[b]:set_start[b + 1]]`` (``byte_columns``).
+    ``_subsets`` finds the states; its arrays are grown here, between its runs, never inside
+    its loop (an array reassigned in a numba loop slows every pass of it: a third of the
+    work on the largest regexes)."""
+    n = len(kind)
+    empty = np.zeros((0, columns), np.int32)
+    mark = np.zeros(n, np.int64)
+    stack = np.empty(n, np.int32)
+    found = np.empty(n, np.int32)
+    bucket_size = np.zeros(columns + 1, np.int64)
+    bucket_start = np.zeros(columns + 1, np.int64)
+    moves = np.empty(64, np.int32)  # a state's moves, bucket after bucket
+    members = np.empty(max(1024, n), np.int32)  # every DFA state's NFA states, in a row
+    first = np.zeros(64, np.int64)  # DFA state -> where its members start in ``members``
+    size = np.zeros(64, np.int64)
+    hashes = np.zeros(64, np.uint64)
+    final = np.zeros(64, np.bool_)
+    table = np.zeros(64 * columns, np.int32)
+    slots = np.full(128, -1, np.int64)  # open addressing: hash -> DFA state, at most half full
+    # NFA state -> the DFA state of its closure, once found: a column whose one move is that
+    # state goes there without a closure (most moves are one state, most to a state seen)
+    single = np.full(n, -1, np.int32)
+    found[0] = start
+    count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
+    value = _hash(found, count)  # the start is state 1 (the arrays have room for it)
+    members[:count] = found[:count]
+    first[1], size[1], hashes[1] = 0, count, value
+    for i in range(count):
+        if kind[found[i]] == 2:
+            final[1] = True
+    slots[value & np.uint64(len(slots) - 1)] = 1
+    # the last state read, states found, members stored, work, the closures' generation; the
+    # room asked for: row 0 is the dead state, row 1 the start
+    progress = np.array([0, 2, count, 0, 1, 0], np.int64)
+    while True:
+        status = _subsets(kind, arg, out, set_start, set_columns, columns, max_states, max_work,
+                          mark, stack, found, bucket_size, bucket_start, single, moves, members,
+                          first, size, hashes, final, table, slots, progress)
+        if status == _MORE_MOVES:
+            moves = grown(moves, progress[5])
+        elif status == _MORE_ROOM:
+            states = progress[1]
+            if progress[5] > len(members):
+                members = grown(members, progress[5])
+            if states >= len(first):
+                first, size = grown(first, states + 1), grown(size, states + 1)
+                hashes, final = grown(hashes, states + 1), grown(final, states + 1)
+                table = grown(table, len(first) * columns)
+                slots = np.full(2 * len(slots), -1, np.int64)
+                mask = np.uint64(len(slots) - 1)
+                for other in range(1, states):
+                    slot = hashes[other] & mask
+                    while slots[slot] != -1:
+                        slot = (slot + np.uint64(1)) & mask
+                    slots[slot] = other
+        elif status != BUILT:
+            return status, empty, final[:0]
+        else:
+            states = progress[1]
+            return BUILT, table[:states * columns].reshape(states, columns).copy(), \
+                final[:states].copy()
 
 
 @numba.njit(cache=True, nogil=True)
