@@ -159,7 +159,7 @@ def test_kill_9_concurrent_runs_and_edits_never_duplicate_or_drop_a_row(tiny_mod
             wait_for(lambda: len(job.target.read_bytes().splitlines()) >= before + target, first,
                      "records")
             time.sleep(rng.uniform(0, 0.3))
-            os.kill(first.pid, signal.SIGKILL)
+            first.send_signal(signal.SIGKILL)  # (not to a run that ended and was reaped)
         finally:
             first.kill()
             first.communicate(timeout=TIMEOUT)
