@@ -68,7 +68,13 @@ class UnsupportedSchemaError(SchemaError):
 
 class RegexTooLargeError(UnsupportedSchemaError):
     """The schema's regex would pass ``MAX_REGEX_CHARS`` (definitions are inlined at every use);
-    ``compile_constraint`` then uses llguidance, or unrolls recursion less deeply."""
+    ``compile_constraint`` then uses llguidance, or unrolls recursion less deeply.
+    ``open_values``: whether the value that passed the limit writes a value the schema leaves
+    open, whose regex shrinks with ``max_any_depth`` (False: no shallower nesting can fit)."""
+
+    def __init__(self, reason: str, pointer: str = "", open_values: bool = True):
+        super().__init__(reason, pointer)
+        self.open_values = open_values
 
 
 class UnsatisfiableSchemaError(SchemaError):

@@ -283,6 +283,31 @@ def test_open_values_nest_as_deep_as_fits_below_the_depth_asked():
     assert regex == structgen.schema_to_regex(schema, whitespace="compact", max_any_depth=2)
 
 
+def test_a_regex_too_large_without_open_values_is_not_tried_shallower(monkeypatch):
+    """Where the value that passes 1 MiB writes no open value, nesting them less cannot help: one
+    attempt, not one per depth (JsonSchemaStore detekt-1.22.0 spent 111 ms on three)."""
+    attempts = []
+    convert = compiler_module.schema_to_regex
+    monkeypatch.setattr(compiler_module, "schema_to_regex",
+                        lambda *a, **k: attempts.append(k["max_any_depth"]) or convert(*a, **k))
+    words = {"enum": [f"{'x' * 60}{i}" for i in range(20_000)]}  # 1.3M characters, no {}
+    with pytest.raises(RegexTooLargeError) as refused:
+        _converted(as_output_type({"type": "object", "properties": {"a": {}, "b": words}}),
+                   Options("compact", False, 3), time.monotonic() + 30)
+    assert not refused.value.open_values and attempts == [3]
+    names = [f"p{i}" for i in range(300)]  # 300 open properties: the open values are too large
+    many = {"type": "object", "properties": {n: {} for n in names}, "required": names}
+    shared = {"$ref": "#/$defs/open"}  # one definition, written before: its regex reused
+    reusing = {"type": "object", "properties": {"a": {
+        "type": "object", "properties": {"x": shared}, "required": ["x"]}, "b": {
+        "type": "object", "properties": {n: shared for n in names}, "required": names}},
+        "required": ["a", "b"], "$defs": {"open": {}}}
+    for schema in (many, reusing):
+        attempts.clear()
+        _converted(as_output_type(schema), Options("compact", False, 3), time.monotonic() + 30)
+        assert attempts == [3, 2, 1]
+
+
 def test_a_remembered_schema_regex_is_keyed_by_the_code_that_chose_its_depth(monkeypatch):
     """The key of a remembered schema -> regex alias hashes the schema compiler's source and
     the constraint compiler's too (``_converted`` chooses the depth a regex is written at): an

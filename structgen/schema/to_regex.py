@@ -170,10 +170,12 @@ class _Compiler:
         self.any_number = unbounded_number(max_digits)
         self._any_values: dict[tuple[int, int], str] = {}
         self.cut: RecursionLimitError | None = None  # the first recursion cut met, if any
-        # (id of a node, level, inside a oneOf) -> (the node, its regex): normalize shares a
-        # definition's node between its uses, so each is written once however often it is
-        # inlined (the node is kept so that its id is not reused by another during the compile)
-        self._written: dict[tuple[int, int, bool], tuple[object, str]] = {}
+        # (id of a node, level, inside a oneOf) -> (the node, its regex, whether it writes an
+        # open value): normalize shares a definition's node between its uses, so each is written
+        # once however often it is inlined (the node is kept so that its id is not reused by
+        # another during the compile)
+        self._written: dict[tuple[int, int, bool], tuple[object, str, bool]] = {}
+        self._open_values_written = 0  # any_value's uses: a value's count tells if it wrote one
         self.branches = BranchAnalysis(origins, self.check_time)
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -187,13 +189,17 @@ class _Compiler:
         key = (id(node), self.level, self._one_of_depth > 0)
         known = self._written.get(key)
         if known is not None:
+            self._open_values_written += known[2]  # its users write what it wrote
             return known[1]
+        before = self._open_values_written
         regex = self._value(node, where)
-        self._written[key] = (node, regex)
-        if len(regex) > MAX_REGEX_CHARS:
+        open_values = self._open_values_written != before
+        self._written[key] = (node, regex, open_values)
+        if len(regex) > MAX_REGEX_CHARS:  # (one that writes no open value: too large at any depth)
             raise RegexTooLargeError(
                 f"the regex for this schema would pass {MAX_REGEX_CHARS:,} characters (definitions "
-                "inlined and unrolled at every use)", self.origins.pointer(node, where))
+                "inlined and unrolled at every use)", self.origins.pointer(node, where),
+                open_values=open_values)
         return regex
 
     def check_time(self) -> None:
@@ -707,6 +713,7 @@ class _Compiler:
 
     def any_value(self, depth: int) -> str:
         """Any JSON value, with arrays and objects nested at most ``depth`` deep."""
+        self._open_values_written += 1
         key = (depth, self.level if self.layout.indented else 0)  # indentation varies by level
         if key not in self._any_values:
             parts = [STRING, self.any_number, "true", "false", "null"]
