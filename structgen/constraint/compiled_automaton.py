@@ -21,6 +21,7 @@ from structgen.constraint.compiled_regex import (  # noqa: F401 (the NFA's, offe
     MAX_NFA_STATES,
     NFA_BUILT,
     NFA_TOO_LARGE,
+    fnv_span,
     fnv_step,
     grown,
     thompson,
@@ -273,14 +274,6 @@ def _closure(seeds, count, kind, arg, out, mark, generation, stack, found):  # p
 
 
 @numba.njit(cache=True, nogil=True)
-def _hash(found, size):  # pragma: no cover (compiled)
-    value = FNV_OFFSET  # over the members
-    for i in range(size):
-        value = fnv_step(value, found[i])
-    return value
-
-
-@numba.njit(cache=True, nogil=True)
 def _find(found, count, value, slots, hashes, size, first, members):  # pragma: no cover
     """(the DFA state whose members are ``found[:count]``, or -1; the slot it is or would be in)."""
     mask = np.uint64(len(slots) - 1)
@@ -371,7 +364,7 @@ def _subsets(kind, arg, out, set_start, set_columns, columns, max_states, max_wo
             generation += 1
             closed = _closure(moves[at:at + count], count, kind, arg, out, mark, generation,
                               stack, found)
-            value = _hash(found, closed)
+            value = fnv_span(found, 0, closed)
             target, slot = _find(found, closed, value, slots, hashes, size, first, members)
             if target == -1:
                 if states >= max_states or used + closed > max_work // 16:
@@ -428,7 +421,7 @@ def determinize(kind, arg, out, start, set_start, set_columns, columns, max_stat
     single = np.full(n, -1, np.int32)
     found[0] = start
     count = _closure(found, 1, kind, arg, out, mark, 1, stack, found)
-    value = _hash(found, count)  # the start is state 1 (the arrays have room for it)
+    value = fnv_span(found, 0, count)  # the start is state 1 (the arrays have room for it)
     members[:count] = found[:count]
     first[1], size[1], hashes[1] = 0, count, value
     for i in range(count):

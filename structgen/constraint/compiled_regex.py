@@ -49,6 +49,15 @@ def fnv_step(value, item):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, nogil=True)
+def fnv_span(values, start, end):  # pragma: no cover (compiled)
+    """FNV-1a of ``values[start:end]`` (a class's text, a DFA state's members)."""
+    value = FNV_OFFSET
+    for at in range(start, end):
+        value = fnv_step(value, values[at])
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
 def grown(array, needed):  # pragma: no cover (compiled)
     """``array``, or a zero-padded copy at least twice as long when ``needed`` exceeds it."""
     if needed <= len(array):
@@ -262,14 +271,6 @@ def _fnv(lows, highs):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, nogil=True)
-def _text_hash(text, start, end):  # pragma: no cover (compiled)
-    value = FNV_OFFSET
-    for at in range(start, end):
-        value = fnv_step(value, text[at])
-    return value
-
-
-@numba.njit(cache=True, nogil=True)
 def _class_seen(text, i, text_class, text_hash, text_start, text_end):  # pragma: no cover
     """(the distinct class of the class written at ``text[i]`` (a ``[``), where it ends) where
     the same text was parsed before, else (-1, -1). Its end is read as ``_class_ranges`` reads
@@ -282,7 +283,7 @@ def _class_seen(text, i, text_class, text_hash, text_start, text_end):  # pragma
     if end >= n:
         return -1, -1
     end += 1
-    value = _text_hash(text, i, end)
+    value = fnv_span(text, i, end)
     mask = np.uint64(len(text_class) - 1)
     slot = value & mask
     while text_class[slot] != -1:
@@ -303,7 +304,7 @@ def _class_seen(text, i, text_class, text_hash, text_start, text_end):  # pragma
 def _class_text_kept(text, start, end, known, text_class, text_hash, text_start,
                      text_end):  # pragma: no cover (compiled)
     """Keep that the class written at ``text[start:end]`` is distinct class ``known``."""
-    value = _text_hash(text, start, end)
+    value = fnv_span(text, start, end)
     mask = np.uint64(len(text_class) - 1)
     slot = value & mask
     while text_class[slot] != -1:
